@@ -1,0 +1,81 @@
+"""Config loading: presets, typed key=value overrides and errors that name the key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wildcapture.config import ConfigError, load_config, override, save_config
+
+DEFAULT = {"exp": "digits", "seed": 0, "model": {"name": "vit", "img_size": 16, "pretrained": False},
+           "train": {"lr": 1.0e-3, "epochs": 3, "extra": None, "classes": [0, 1]}}
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(DEFAULT))
+    (tmp_path / "big.yaml").write_text("exp: big\ntrain:\n  epochs: 20\n")
+    return tmp_path
+
+
+def test_defaults_preset_and_overrides_apply_in_order(config_dir):
+    cfg = load_config(config_dir, "big", ["train.epochs=5", "train.lr=1e-4", "model.name=vit_base_patch16_224"])
+    assert cfg["exp"] == "big"
+    assert cfg["train"]["epochs"] == 5
+    assert cfg["train"]["lr"] == pytest.approx(1e-4) and isinstance(cfg["train"]["lr"], float)
+    assert cfg["model"]["name"] == "vit_base_patch16_224"
+    assert cfg["model"]["img_size"] == 16
+
+
+def test_values_are_typed_like_the_default(config_dir):
+    cfg = load_config(config_dir, None, ["train.lr=1", "model.pretrained=true", "train.classes=[3, 4]",
+                                         "train.extra={a: 1}", "model.img_size=null"])
+    assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
+    assert cfg["model"]["pretrained"] is True
+    assert cfg["train"]["classes"] == [3, 4]
+    assert cfg["train"]["extra"] == {"a": 1}
+    assert cfg["model"]["img_size"] is None
+    with pytest.raises(ConfigError, match="train.epochs.*must be a int"):
+        load_config(config_dir, None, ["train.epochs=2.5"])
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        load_config(config_dir, None, ["model.pretrained=maybe"])
+
+
+def test_misspelled_key_is_named_with_suggestion_and_valid_keys(config_dir):
+    with pytest.raises(ConfigError) as err:
+        load_config(config_dir, None, ["train.epocs=5"])
+    message = str(err.value)
+    assert "'train.epocs'" in message and "Did you mean 'train.epochs'" in message
+    assert "Valid keys: train.classes, train.epochs, train.extra, train.lr" in message  # that section's keys
+
+
+def test_unknown_key_in_preset_names_the_file(config_dir):
+    (config_dir / "bad.yaml").write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"train.learning_rate.*bad.yaml"):
+        load_config(config_dir, "bad.yaml")
+
+
+def test_missing_preset_lists_the_available_ones(config_dir):
+    with pytest.raises(ConfigError, match="big.yaml"):
+        load_config(config_dir, "nosuch")
+
+
+def test_section_cannot_be_set_as_a_value(config_dir):
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(config_dir, None, ["train=5"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(config_dir, None, ["train.epochs"])
+
+
+def test_override_copies_and_save_round_trips(config_dir, tmp_path):
+    cfg = load_config(config_dir)
+    changed = override(cfg, "seed=7")
+    assert cfg["seed"] == 0 and changed["seed"] == 7
+    save_config(changed, tmp_path / "out" / "config.yaml")
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == changed
+
+
+def test_every_stage_preset_is_valid():
+    from wildcapture.paths import REPO_ROOT
+    for config_dir in sorted(REPO_ROOT.glob("*/config")):
+        for preset in config_dir.glob("*.yaml"):
+            load_config(config_dir, preset.name)

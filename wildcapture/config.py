@@ -1,0 +1,175 @@
+"""Stage configuration: a YAML default, an optional preset, and typed `key=value` overrides.
+
+Every stage script takes the same command line::
+
+    python STAGE.py [--config PRESET.yaml] [section.key=value ...]
+
+The stage's `config/config.yaml` holds every valid key with its default. A preset (a name in the
+stage's `config/` folder, or any path) replaces some of those values; `key=value` arguments then
+replace single keys, using dots for nested sections (`train.lr=3e-4`). A value is parsed as YAML
+and must have the type of the default (an int is accepted where a float is expected), or be `null`;
+a key whose default is `null` takes any value. A key that is not in the default is an error that names it and
+lists the valid keys.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from wildcapture.paths import resolve_path
+
+Config = dict[str, Any]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message names the key or file."""
+
+
+def _flat_keys(cfg: Config, prefix: str = "") -> list[str]:
+    """Return every leaf key of `cfg` as a dotted path, in file order."""
+    keys = []
+    for key, value in cfg.items():
+        path = f"{prefix}{key}"
+        keys.extend(_flat_keys(value, path + ".") if isinstance(value, dict) else [path])
+    return keys
+
+
+def _unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {source}.{hint} Valid keys: {', '.join(valid)}")
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Return `value` converted to the type of `default`, or raise ConfigError."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(default, list):
+        if isinstance(value, list):
+            return value
+    expected = type(default).__name__
+    raise ConfigError(f"config key '{key}' in {source} must be a {expected} (like its default {default!r}), got {value!r}")
+
+
+def _merge(base: Config, update: Config, source: str, prefix: str = "") -> None:
+    """Overwrite values of `base` with those of `update` in place, checking keys and types."""
+    valid = _flat_keys(base)
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise _unknown_key_error(path, [prefix + k for k in valid], source)
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' in {source} is a section; set its keys, e.g. {path}.{next(iter(base[key]))}=...")
+            _merge(base[key], value, source, path + ".")
+        else:
+            base[key] = _coerce(path, value, base[key], source)
+
+
+def read_yaml(path: Path) -> Config:
+    """Return the mapping stored in the YAML file at `path` (an empty file gives {})."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return loaded
+
+
+def find_preset(name: str, config_dir: Path) -> Path:
+    """Return the preset file: `name` inside the stage's config folder, else a path (cwd, then repo)."""
+    for candidate in (config_dir / name, config_dir / f"{name}.yaml", Path(name), resolve_path(name)):
+        if candidate.is_file():
+            return candidate
+    presets = sorted(p.name for p in config_dir.glob("*.yaml"))
+    raise ConfigError(f"config preset '{name}' not found; presets in {config_dir}: {', '.join(presets)}")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split a `key=value` argument into the key and its YAML-parsed value."""
+    if "=" not in item:
+        raise ConfigError(f"argument '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> Config:
+    node: Config = {}
+    parts = key.split(".")
+    cursor = node
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return node
+
+
+def load_config(config_dir: Path, preset: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Return the resolved config: `config_dir/config.yaml`, then `preset`, then `overrides`."""
+    cfg = read_yaml(config_dir / "config.yaml")
+    if preset:
+        path = find_preset(preset, config_dir)
+        _merge(cfg, read_yaml(path), str(path))
+    for item in overrides:
+        key, value = parse_override(item)
+        _merge(cfg, _nest(key, value), "the command line")
+    return cfg
+
+
+def parse_stage_args(config_dir: Path, description: str, argv: Sequence[str] | None = None) -> Config:
+    """Parse a stage script's command line and return its resolved config."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog=f"Defaults: {config_dir / 'config.yaml'}. Override single keys as key=value, e.g. train.epochs=5.",
+    )
+    parser.add_argument("--config", "-c", default=None, help="preset YAML: a name in the stage's config/ folder, or a path")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override one config key")
+    args = parser.parse_args(argv)
+    return load_config(config_dir, args.config, args.overrides)
+
+
+def override(cfg: Config, *items: str) -> Config:
+    """Return a copy of `cfg` with `key=value` items applied (type-checked like the command line)."""
+    cfg = copy.deepcopy(cfg)
+    for item in items:
+        key, value = parse_override(item)
+        _merge(cfg, _nest(key, value), "override")
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write `cfg` as YAML to `path` (parent folders are created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
