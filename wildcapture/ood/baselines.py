@@ -1,0 +1,299 @@
+"""Post-hoc OOD detectors on a trained classifier's pre-logit features and logits.
+
+One small class per detector, pytorch-ood style: `fit(features, logits, labels)` on the
+train_id split returns the detector; `score(features, logits)` returns one float64 OOD
+score per image, shape (N,), higher = more OOD. Features are (N, D) pre-logits, logits are
+(N, C) and labels (N,) integer class ids. Every array is converted to float64.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Upper bound on the float64 entries of one KNN similarity block (2**25 -> 256 MiB).
+_BLOCK_ENTRIES = 2**25
+
+
+def _as_2d(name: str, values: np.ndarray) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (N, dim), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty (0 rows)")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def _check_pair(features: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    feats = _as_2d("features", features)
+    logs = _as_2d("logits", logits)
+    if feats.shape[0] != logs.shape[0]:
+        raise ValueError(f"features has {feats.shape[0]} rows but logits has {logs.shape[0]}")
+    return feats, logs
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log(sum(exp(logits))) of an (N, C) array, computed stably; shape (N,)."""
+    m = logits.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def _covariance(centered: np.ndarray) -> np.ndarray:
+    """Empirical (1/N, maximum-likelihood) covariance of already-centred rows, (D, D)."""
+    return centered.T @ centered / centered.shape[0]
+
+
+class Detector:
+    """Base class: `fit` on ID training data, `score` new data (higher = more OOD)."""
+
+    name = "detector"
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "Detector":
+        """Fit on train_id features (N, D), logits (N, C), labels (N,); returns self."""
+        return self
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """OOD scores, float64 of shape (N,), higher = more OOD."""
+        raise NotImplementedError
+
+    def _require_fitted(self, attr: str) -> None:
+        if getattr(self, attr, None) is None:
+            raise RuntimeError(f"{type(self).__name__} must be fit on train_id data before score()")
+
+
+class MSP(Detector):
+    """Maximum softmax probability (Hendrycks & Gimpel 2017): score = -max_c softmax(logits)_c."""
+
+    name = "msp"
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        _, logs = _check_pair(features, logits)
+        return -np.exp(logs.max(axis=1) - logsumexp(logs))
+
+
+class MaxLogit(Detector):
+    """Maximum logit (Hendrycks et al. 2022): score = -max_c logits_c."""
+
+    name = "maxlogit"
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        _, logs = _check_pair(features, logits)
+        return -logs.max(axis=1)
+
+
+class Energy(Detector):
+    """Energy score at temperature 1 (Liu et al. 2020): score = -logsumexp(logits)."""
+
+    name = "energy"
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        _, logs = _check_pair(features, logits)
+        return -logsumexp(logs)
+
+
+class Mahalanobis(Detector):
+    """Class-conditional Gaussians with one tied covariance (Lee et al. 2018), on features.
+
+    fit: class means mu_c and the pooled within-class empirical covariance S (features centred
+    on their class mean, divided by N); the precision is pinv(S).
+    score: min_c (x - mu_c)^T pinv(S) (x - mu_c), a squared distance in feature units^2.
+    """
+
+    name = "mahalanobis"
+
+    def __init__(self) -> None:
+        self.classes_: np.ndarray | None = None
+        self.means_: np.ndarray | None = None
+        self.precision_: np.ndarray | None = None
+        self._whiten: np.ndarray | None = None
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "Mahalanobis":
+        feats = _as_2d("features", features)
+        if labels is None:
+            raise ValueError("Mahalanobis needs the train_id class labels to fit class means")
+        labels = np.asarray(labels).reshape(-1)
+        if labels.shape[0] != feats.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} entries but features has {feats.shape[0]} rows")
+        self.classes_, inverse = np.unique(labels, return_inverse=True)
+        self.means_ = np.stack([feats[inverse == i].mean(axis=0) for i in range(len(self.classes_))])
+        cov = _covariance(feats - self.means_[inverse])
+        # pinv through the eigen-decomposition; eigenvalues below numpy's rank tolerance
+        # (including tiny negative round-off) count as zero, as np.linalg.pinv would drop them.
+        eigvals, eigvecs = np.linalg.eigh(cov)
+        tol = max(eigvals.max(), 0.0) * cov.shape[0] * np.finfo(np.float64).eps
+        keep = eigvals > tol
+        self._whiten = eigvecs[:, keep] / np.sqrt(eigvals[keep])
+        self.precision_ = self._whiten @ self._whiten.T
+        return self
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to each class mean, shape (N, n_classes)."""
+        self._require_fitted("_whiten")
+        feats = _as_2d("features", features)
+        if feats.shape[1] != self.means_.shape[1]:
+            raise ValueError(f"features have dim {feats.shape[1]}, Mahalanobis was fit on dim {self.means_.shape[1]}")
+        z = feats @ self._whiten
+        zm = self.means_ @ self._whiten
+        return np.stack([((z - m) ** 2).sum(axis=1) for m in zm], axis=1)
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        _check_pair(features, logits)
+        return self.distances(features).min(axis=1)
+
+
+class KNN(Detector):
+    """Deep nearest neighbours (Sun et al. 2022) on L2-normalised features.
+
+    score: Euclidean distance from the normalised feature to its k-th nearest normalised
+    train feature, in [0, 2]. k is capped at the number of train features. The search runs
+    in float64 torch, in blocks of queries, on `device` ("cpu" or e.g. "cuda").
+    """
+
+    name = "knn"
+
+    def __init__(self, k: int = 50, device: str | torch.device = "cpu",
+                 block_entries: int = _BLOCK_ENTRIES) -> None:
+        if k < 1:
+            raise ValueError(f"KNN k must be >= 1, got {k}")
+        self.k = int(k)
+        self.device = torch.device(device)
+        self.block_entries = int(block_entries)
+        self.bank_: torch.Tensor | None = None
+        self.k_: int | None = None
+
+    def _normalised(self, feats: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(feats).to(self.device, torch.float64)
+        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "KNN":
+        self.bank_ = self._normalised(_as_2d("features", features))
+        self.k_ = min(self.k, self.bank_.shape[0])
+        return self
+
+    @torch.no_grad()
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        self._require_fitted("bank_")
+        feats, _ = _check_pair(features, logits)
+        if feats.shape[1] != self.bank_.shape[1]:
+            raise ValueError(f"features have dim {feats.shape[1]}, the fitted KNN bank has {self.bank_.shape[1]}")
+        rows = max(1, self.block_entries // self.bank_.shape[0])
+        out = []
+        for start in range(0, feats.shape[0], rows):
+            sims = self._normalised(feats[start:start + rows]) @ self.bank_.T
+            # k-th largest cosine similarity = k-th nearest neighbour on the unit sphere
+            kth = sims.topk(self.k_, dim=1).values[:, -1]
+            out.append((2.0 - 2.0 * kth).clamp_min(0.0).sqrt().cpu())
+        return torch.cat(out).numpy().astype(np.float64)
+
+
+class ViM(Detector):
+    """Virtual-logit matching (Wang et al. 2022), as in the official haoqiwang/vim code.
+
+    With head W (C, D), b (C,): origin u = -pinv(W) b; the principal subspace is spanned by the
+    top-`dim` eigenvectors of the empirical covariance of (train features - u), NS by the rest;
+    vlogit(x) = ||(x - u) NS||; alpha = mean(max train logit) / mean(train vlogit).
+    score = alpha * vlogit - logsumexp(logits), i.e. the official energy - vlogit, negated.
+    """
+
+    name = "vim"
+
+    def __init__(self, head_weight: np.ndarray, head_bias: np.ndarray, dim: int | None = None) -> None:
+        self.head_weight = _as_2d("head_weight", head_weight)
+        self.head_bias = np.asarray(head_bias, dtype=np.float64).reshape(-1)
+        if self.head_bias.shape[0] != self.head_weight.shape[0]:
+            raise ValueError(f"head_bias has {self.head_bias.shape[0]} entries, head_weight has "
+                             f"{self.head_weight.shape[0]} rows (classes)")
+        self.dim = dim
+        self.origin_ = -np.linalg.pinv(self.head_weight) @ self.head_bias
+        self.dim_: int | None = None
+        self.residual_basis_: np.ndarray | None = None
+        self.alpha_: float | None = None
+
+    @staticmethod
+    def default_dim(feature_dim: int) -> int:
+        """Official choice: 1000 if D >= 2048, 512 if D >= 768, else D // 2."""
+        if feature_dim >= 2048:
+            return 1000
+        if feature_dim >= 768:
+            return 512
+        return feature_dim // 2
+
+    def _check_features(self, feats: np.ndarray) -> None:
+        if feats.shape[1] != self.head_weight.shape[1]:
+            raise ValueError(f"features have dim {feats.shape[1]} but head_weight expects "
+                             f"{self.head_weight.shape[1]}")
+
+    def vlogit(self, features: np.ndarray) -> np.ndarray:
+        """Norm of each (x - u) in the residual (non-principal) subspace, shape (N,), unscaled."""
+        self._require_fitted("residual_basis_")
+        feats = _as_2d("features", features)
+        self._check_features(feats)
+        return np.linalg.norm((feats - self.origin_) @ self.residual_basis_, axis=1)
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "ViM":
+        feats, logs = _check_pair(features, logits)
+        self._check_features(feats)
+        d = feats.shape[1]
+        dim = self.default_dim(d) if self.dim is None else int(self.dim)
+        if not 0 <= dim < d:
+            raise ValueError(f"ViM dim must be in [0, {d}) for {d}-dim features, got {dim}")
+        eigvals, eigvecs = np.linalg.eigh(_covariance(feats - self.origin_))
+        order = np.argsort(-eigvals, kind="stable")
+        self.dim_ = dim
+        self.residual_basis_ = np.ascontiguousarray(eigvecs[:, order[dim:]])
+        mean_vlogit = float(self.vlogit(feats).mean())
+        if not mean_vlogit > 0.0:
+            raise ValueError(f"ViM: train features have no component outside the {dim}-dim principal "
+                             f"subspace (N={feats.shape[0]}, D={d}); lower vim_dim")
+        self.alpha_ = float(logs.max(axis=1).mean()) / mean_vlogit
+        return self
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        self._require_fitted("alpha_")
+        feats, logs = _check_pair(features, logits)
+        return self.alpha_ * self.vlogit(feats) - logsumexp(logs)
+
+
+BASELINES: dict[str, type] = {
+    "msp": MSP,
+    "maxlogit": MaxLogit,
+    "energy": Energy,
+    "mahalanobis": Mahalanobis,
+    "knn": KNN,
+    "vim": ViM,
+}
+
+
+def fit_baselines(
+    train_features: np.ndarray,
+    train_logits: np.ndarray,
+    train_labels: np.ndarray,
+    head_weight: np.ndarray | None,
+    head_bias: np.ndarray | None,
+    knn_k: int = 50,
+    vim_dim: int | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Detector]:
+    """Fit every detector of BASELINES on train_id data; returns {name: fitted detector}.
+
+    ViM needs the classifier head (W (C, D), b (C,)); it is left out when either is None.
+    `device` is where KNN runs its neighbour search.
+    """
+    detectors: dict[str, Detector] = {
+        "msp": MSP(),
+        "maxlogit": MaxLogit(),
+        "energy": Energy(),
+        "mahalanobis": Mahalanobis(),
+        "knn": KNN(k=knn_k, device=device),
+    }
+    if head_weight is not None and head_bias is not None:
+        detectors["vim"] = ViM(head_weight, head_bias, dim=vim_dim)
+    for det in detectors.values():
+        det.fit(train_features, train_logits, train_labels)
+    return detectors
+
+
+def score_all(detectors: dict[str, Detector], features: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+    """Score one split with every detector: {name: float64 scores (N,)}, higher = more OOD."""
+    return {name: np.asarray(det.score(features, logits), dtype=np.float64) for name, det in detectors.items()}

@@ -1,0 +1,101 @@
+"""The OOD results table: one row per detector, written as Markdown, CSV and JSON."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .metrics import METRIC_NAMES, ood_metrics
+
+CONVENTION = (
+    "OOD = positive class; higher score = more OOD; FPR@95TPR = fraction of ID flagged at the "
+    "threshold catching 95% of OOD; values are fractions in [0,1]. "
+    "AUROC, AUPR-IN, AUPR-OUT: higher is better; FPR@95TPR: lower is better."
+)
+COLUMNS = ("detector",) + METRIC_NAMES + ("n_id", "n_ood")
+_HEADERS = ("Detector", "AUROC", "AUPR-IN", "AUPR-OUT", "FPR@95TPR", "N ID", "N OOD")
+
+
+def ood_rows(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
+    """One row per detector, in the order given.
+
+    `scores` maps detector name -> (id_scores (N_id,), ood_scores (N_ood,)). Each row is a dict
+    with keys COLUMNS: "detector" (str), the four metrics (float fractions), "n_id", "n_ood" (int).
+    """
+    rows = []
+    for name, (id_scores, ood_scores) in scores.items():
+        try:
+            values = ood_metrics(id_scores, ood_scores)
+        except ValueError as err:
+            raise ValueError(f"detector {name!r}: {err}") from None
+        rows.append({"detector": str(name), **values,
+                     "n_id": int(np.asarray(id_scores).size), "n_ood": int(np.asarray(ood_scores).size)})
+    return rows
+
+
+def to_markdown(rows: list[dict], caption: str = "") -> str:
+    """A Markdown table (metrics to 4 decimals) preceded by `caption` and the metric convention."""
+    lines = [f"{caption.strip()} {CONVENTION}".strip(), "",
+             "| " + " | ".join(_HEADERS) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(_HEADERS) - 1)) + "|"]
+    for row in rows:
+        cells = [str(row["detector"])] + [f"{float(row[m]):.4f}" for m in METRIC_NAMES]
+        cells += [str(int(row["n_id"])), str(int(row["n_ood"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(float(row[k])) if k in METRIC_NAMES else row[k]) for k in COLUMNS})
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(rows: list[dict], out_dir: str | Path, stem: str = "ood_table", caption: str = "") -> dict[str, Path]:
+    """Write `out_dir/stem.{md,csv,json}`; returns {"md", "csv", "json"} -> path.
+
+    The CSV and JSON keep full float precision; the JSON also holds the caption and convention.
+    Each file is written to a temporary file and renamed, so none is ever half-written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{stem}.{ext}" for ext in ("md", "csv", "json")}
+    clean = [{k: (float(r[k]) if k in METRIC_NAMES else int(r[k]) if k in ("n_id", "n_ood") else str(r[k]))
+              for k in COLUMNS} for r in rows]
+    _write_atomic(paths["md"], to_markdown(clean, caption))
+    _write_atomic(paths["csv"], _to_csv(clean))
+    payload = {"caption": caption, "convention": CONVENTION, "columns": list(COLUMNS), "rows": clean}
+    _write_atomic(paths["json"], json.dumps(payload, indent=2) + "\n")
+    return paths
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """Read rows back from a .csv or .json written by `write_table` (metrics as float, counts as int)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return json.loads(path.read_text(encoding="utf-8"))["rows"]
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [{k: (float(v) if k in METRIC_NAMES else int(v) if k in ("n_id", "n_ood") else v)
+                     for k, v in row.items()} for row in csv.DictReader(fh)]
+    raise ValueError(f"read_table: expected a .csv or .json file, got {path}")
