@@ -1,0 +1,42 @@
+"""Atomic writes and safe loading of checkpoints and small files."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`.
+
+    A crash mid-write leaves the previous file (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """Write `obj` with torch.save atomically to `path`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: Path) -> Any:
+    """Return the object stored at `path`, loaded with `weights_only=True` onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle and zip errors come in many types
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err

@@ -1,0 +1,103 @@
+"""Building the timm Vision Transformer and loading classifier weights into it.
+
+Accepted weight files: this project's checkpoints (`{"model": state_dict, "model_args": ...}`)
+and the paper's released classifier (a state dict whose keys carry the prefix `modelVit.`; its
+training script used `model_vit.`, and DistributedDataParallel adds `module.`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from wildcapture.checkpoint_io import load_checkpoint
+
+# Model config keys passed to timm.create_model when not null.
+ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",
+             "drop_rate", "attn_drop_rate", "drop_path_rate")
+WRAPPER_PREFIXES = ("module.", "modelVit.", "model_vit.")
+
+
+class WeightsMismatchError(ValueError):
+    """The weights do not fit the model; the message says what differs and which key to change."""
+
+
+def model_args_from_config(model_cfg: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """Return the arguments that rebuild the model: timm name, class count and architecture overrides."""
+    kwargs = {key: model_cfg[key] for key in ARCH_KEYS if model_cfg.get(key) is not None}
+    return {"name": model_cfg["name"], "num_classes": num_classes, "kwargs": kwargs}
+
+
+def build_vit(model_args: dict[str, Any], pretrained: bool = False) -> nn.Module:
+    """Return the timm model described by `model_args` (see `model_args_from_config`)."""
+    try:
+        return timm.create_model(model_args["name"], pretrained=pretrained,
+                                 num_classes=model_args["num_classes"], **model_args["kwargs"])
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown timm model '{model_args['name']}' (config key model.name)") from err
+        raise
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return `state_dict` with the DDP and paper-wrapper prefixes removed from its keys."""
+    stripped = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        stripped[key] = value
+    return stripped
+
+
+def extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Return the model state dict held by a loaded weights file (bare, or under 'model'/'state_dict')."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise WeightsMismatchError("the file holds no model state dict (expected tensors, or a dict with a 'model' entry)")
+
+
+def check_compatible(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise WeightsMismatchError naming the problem if `state_dict` does not fit `model` exactly."""
+    expected = model.state_dict()
+    head_key = "head.weight"
+    if head_key in state_dict and head_key in expected and state_dict[head_key].shape[0] != expected[head_key].shape[0]:
+        raise WeightsMismatchError(
+            f"{source} has {state_dict[head_key].shape[0]} classes but the model has {expected[head_key].shape[0]} "
+            "(the number of ID classes in the data config): make data.id_classes match the weights")
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)})")
+        raise WeightsMismatchError(f"{source} does not fit the model architecture: {'; '.join(parts)}. "
+                                   "Check model.name and its overrides (img_size, patch_size, ...)")
+
+
+def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Load a weights file (ours or the paper's) into `model`, strictly.
+
+    Returns the whole loaded object (a dict) so callers can read its metadata.
+    """
+    obj = load_checkpoint(path)
+    state_dict = strip_wrapper_prefixes(extract_state_dict(obj))
+    check_compatible(model, state_dict, f"weights file {path}")
+    model.load_state_dict(state_dict, strict=True)
+    return obj if isinstance(obj, dict) else {}
