@@ -1,0 +1,87 @@
+"""Defaults and validation of the ``data:`` config section.
+
+`resolve_data_cfg` fills missing keys from `DATA_DEFAULTS`, rejects unknown keys and checks
+value types and ranges, so the builders can trust what they read.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .errors import DatasetError
+
+BENCHMARK_NAMES = ("digits", "cifar10", "cifar100", "wildcapture", "imagefolder")
+
+AUGMENT_DEFAULTS: dict[str, Any] = {"hflip": 0.0, "random_resized_crop": None, "color_jitter": 0.0}
+
+DATA_DEFAULTS: dict[str, Any] = {
+    "name": "digits",
+    "root": "data",
+    "download": False,
+    "id_classes": None,
+    "ood_classes": None,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "seed": 0,
+    "limit_per_split": None,
+    "annotations": None,
+    "manifest": None,
+    "augment": AUGMENT_DEFAULTS,
+    "mean": None,
+    "std": None,
+}
+
+
+def _check_fraction(cfg: dict, key: str) -> None:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise DatasetError(f"data.{key} must be a number in [0, 1), got {value!r}")
+
+
+def _check_class_list(cfg: dict, key: str) -> None:
+    value = cfg[key]
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
+        raise DatasetError(f"data.{key} must be null or a list of class names, got {value!r}")
+    if len(set(map(str, value))) != len(value):
+        raise DatasetError(f"data.{key} lists a class twice: {list(value)}")
+
+
+def resolve_augment(augment: dict | None) -> dict[str, Any]:
+    """Return the ``data.augment`` dict with defaults filled in and values checked."""
+    augment = dict(augment or {})
+    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
+    if unknown:
+        raise DatasetError(f"unknown key(s) data.augment.{unknown}; valid keys: {sorted(AUGMENT_DEFAULTS)}")
+    out = {**AUGMENT_DEFAULTS, **augment}
+    if not isinstance(out["hflip"], (int, float)) or not 0.0 <= out["hflip"] <= 1.0:
+        raise DatasetError(f"data.augment.hflip must be a probability in [0, 1], got {out['hflip']!r}")
+    rrc = out["random_resized_crop"]
+    if rrc is not None and (not isinstance(rrc, (int, float)) or not 0.0 < rrc <= 1.0):
+        raise DatasetError(f"data.augment.random_resized_crop must be null or a min scale in (0, 1], got {rrc!r}")
+    if not isinstance(out["color_jitter"], (int, float)) or out["color_jitter"] < 0:
+        raise DatasetError(f"data.augment.color_jitter must be a number >= 0, got {out['color_jitter']!r}")
+    return out
+
+
+def resolve_data_cfg(data_cfg: dict | None) -> dict[str, Any]:
+    """Return a new, complete and checked copy of ``data_cfg`` (missing keys take `DATA_DEFAULTS`)."""
+    data_cfg = dict(data_cfg or {})
+    unknown = sorted(set(data_cfg) - set(DATA_DEFAULTS))
+    if unknown:
+        raise DatasetError(f"unknown key(s) in data config: {unknown}; valid keys: {sorted(DATA_DEFAULTS)}")
+    cfg = copy.deepcopy({**DATA_DEFAULTS, **data_cfg})
+    if cfg["name"] not in BENCHMARK_NAMES:
+        raise DatasetError(f"unknown data.name {cfg['name']!r}; valid names: {', '.join(BENCHMARK_NAMES)}")
+    _check_fraction(cfg, "val_fraction")
+    _check_fraction(cfg, "test_fraction")
+    _check_class_list(cfg, "id_classes")
+    _check_class_list(cfg, "ood_classes")
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
+        raise DatasetError(f"data.seed must be an integer >= 0, got {cfg['seed']!r}")
+    limit = cfg["limit_per_split"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DatasetError(f"data.limit_per_split must be null or an integer >= 1, got {limit!r}")
+    cfg["augment"] = resolve_augment(cfg["augment"])
+    return cfg

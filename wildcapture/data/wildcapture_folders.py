@@ -1,0 +1,155 @@
+"""Class-folder benchmarks: `wildcapture` (the paper's camera-trap species) and generic `imagefolder`.
+
+Layout: one folder per class, images (.jpg/.jpeg/.png, any case) anywhere inside it; hidden files
+and folders (name starting with ".") are skipped. wildcapture reads ``<root>/WildCapture/<Species>/``,
+imagefolder reads ``<root>/<class>/``. Class names match folder names ignoring case, spaces, "_"
+and "-". Files are never moved or copied; sources are their paths (``#box=`` appended for crops).
+
+ID images are split stratified and seeded: ``test_fraction`` of them to test_id, then
+``val_fraction`` of the rest to val_id. The split is by image, so the crops of one image always
+share a split. Every image of an OOD class goes to test_ood. With ``annotations`` set, each
+annotated box is one item and unannotated images are used whole (format: `annotations` module).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..paths import resolve_path
+from .annotations import Box, normalize_relpath, read_annotations
+from .classes import check_disjoint, match_classes, normalize_class_name
+from .errors import DatasetError
+from .images import FileImages, box_source
+from .splits import Benchmark, ImageSplit, split_id_pool
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+
+PAPER_ID_SPECIES = ["Domestic Cattle", "Eurasian Badger", "European Hare", "Grey Wolf", "Red Deer", "Red Fox",
+                    "Wild Boar"]
+PAPER_OOD_SPECIES = ["Beech Marten", "Crested Porcupine", "Domestic Dog", "Domestic Horse", "European Roe Deer",
+                     "Persian Fallow Deer", "Western Polecat", "Wild Cat"]
+
+
+def list_class_folders(folder: Path) -> list[str]:
+    """Names of the non-hidden sub-folders of ``folder``, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_images(class_dir: Path) -> list[Path]:
+    """Image files anywhere under ``class_dir`` (by extension, case-insensitive), sorted, hidden ones skipped."""
+    return sorted(p for p in class_dir.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
+
+
+def _class_items(folder: Path, class_folder: str, boxes: dict[str, list[Box]], used: set[str]
+                 ) -> list[list[str]]:
+    """Sources of one class, grouped per image: [[source, ...] per image]. Adds annotation keys hit to ``used``."""
+    images = list_images(folder / class_folder)
+    if not images:
+        raise DatasetError(f"class folder {folder / class_folder} holds no .jpg/.jpeg/.png images")
+    groups = []
+    for path in images:
+        key = normalize_relpath(path.relative_to(folder).as_posix())
+        if key in boxes:
+            used.add(key)
+            groups.append([box_source(path, box) for box in boxes[key]])
+        else:
+            groups.append([str(path)])
+    return groups
+
+
+def _check_annotations_used(folder: Path, boxes: dict[str, list[Box]], used: set[str], csv_path: Path) -> None:
+    """Annotated images of unused classes are fine; annotated paths that do not exist are an error."""
+    absent = [k for k in boxes if k not in used and not (folder / k).is_file()]
+    if absent:
+        raise DatasetError(f"{len(absent)} image(s) in annotation file {csv_path} do not exist under {folder}, "
+                           f"e.g. {absent[:5]}; paths must be relative to {folder}")
+
+
+def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[str],
+                                 ood_classes: Sequence[str] | None, cfg: dict) -> Benchmark:
+    """Build a benchmark from class folders under ``folder``.
+
+    ``ood_classes`` None means every class folder not matched by ``id_classes``. Class names are
+    reported as configured (folder names for defaulted OOD classes).
+    """
+    available = list_class_folders(folder)
+    where = f"class folders in {folder}"
+    id_names = [str(c) for c in id_classes]
+    id_folders = match_classes(id_names, available, where, "id_classes")
+    if ood_classes is None:
+        ood_folders = [f for f in available if f not in id_folders]
+        ood_names = list(ood_folders)
+    else:
+        ood_names = [str(c) for c in ood_classes]
+        ood_folders = match_classes(ood_names, available, where, "ood_classes")
+    check_disjoint(id_names, ood_names)
+    if not id_names or not ood_names:
+        raise DatasetError(f"need at least one ID and one OOD class; data.id_classes={id_names}, OOD={ood_names} "
+                           f"(class folders found in {folder}: {available})")
+
+    csv_path = resolve_path(cfg["annotations"]) if cfg["annotations"] else None
+    boxes = read_annotations(csv_path) if csv_path else {}
+    used: set[str] = set()
+    id_groups = [_class_items(folder, f, boxes, used) for f in id_folders]
+    ood_groups = [_class_items(folder, f, boxes, used) for f in ood_folders]
+    if csv_path:
+        _check_annotations_used(folder, boxes, used, csv_path)
+
+    loader = FileImages()
+    image_sources = [g for groups in id_groups for g in groups]  # one entry per ID image
+    image_labels = np.array([c for c, groups in enumerate(id_groups) for _ in groups], dtype=np.int64)
+    train, val, test = split_id_pool(image_labels, cfg["test_fraction"], cfg["val_fraction"], cfg["seed"],
+                                     id_names, f"ID images in {folder}")
+
+    def make_id(image_rows: np.ndarray) -> ImageSplit:
+        sources, labels = [], []
+        for r in image_rows:
+            sources += image_sources[r]
+            labels += [int(image_labels[r])] * len(image_sources[r])
+        return ImageSplit(sources, labels, [id_names[c] for c in labels], loader)
+
+    ood_sources = [s for groups in ood_groups for g in groups for s in g]
+    ood_item_names = [ood_names[c] for c, groups in enumerate(ood_groups) for g in groups for _ in g]
+    splits = {
+        "train_id": make_id(train),
+        "val_id": make_id(val),
+        "test_id": make_id(test),
+        "test_ood": ImageSplit(ood_sources, np.full(len(ood_sources), -1, dtype=np.int64), ood_item_names, loader),
+    }
+    return Benchmark(name, id_names, ood_names, splits)
+
+
+def find_wildcapture_folder(root: Path) -> Path:
+    """Return ``<root>/WildCapture`` (its name matched ignoring case); DatasetError saying how to get it."""
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and normalize_class_name(child.name) == "wildcapture":
+                return child
+    raise DatasetError(
+        f"WildCapture folder not found: looked for {root / 'WildCapture'}. Get the WildCapture camera-trap "
+        "dataset from the paper's authors (Cultrera, Seidenari, Del Bimbo, 'Leveraging Visual Attention for "
+        "out-of-distribution Detection', ICCV 2023 workshops) and place it there as one folder per species, "
+        f"e.g. {root / 'WildCapture' / 'Red Deer'}/*.jpg, or set data.root to the folder that contains WildCapture/")
+
+
+def build_wildcapture(cfg: dict) -> Benchmark:
+    """The WildCapture benchmark; default ID/OOD species are the paper's 7/8 split."""
+    folder = find_wildcapture_folder(resolve_path(cfg["root"]))
+    id_classes = cfg["id_classes"] if cfg["id_classes"] is not None else PAPER_ID_SPECIES
+    ood_classes = cfg["ood_classes"] if cfg["ood_classes"] is not None else PAPER_OOD_SPECIES
+    return build_class_folder_benchmark("wildcapture", folder, id_classes, ood_classes, cfg)
+
+
+def build_imagefolder(cfg: dict) -> Benchmark:
+    """A generic class-folder benchmark at ``root``; id_classes is required, OOD defaults to the other folders."""
+    folder = resolve_path(cfg["root"])
+    if not folder.is_dir():
+        raise DatasetError(f"imagefolder root not found: {folder}; set data.root to a folder of class folders")
+    if cfg["id_classes"] is None:
+        raise DatasetError(f"data.id_classes is required for imagefolder; class folders in {folder}: "
+                           f"{list_class_folders(folder)}")
+    return build_class_folder_benchmark("imagefolder", folder, cfg["id_classes"], cfg["ood_classes"], cfg)
