@@ -1,4 +1,4 @@
-"""Atomic writes and safe loading of checkpoints and small files."""
+"""Atomic writes of checkpoints and arrays, and safe loading of checkpoints."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 
@@ -29,6 +30,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
     """Write `obj` with torch.save atomically to `path`."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_array(array: np.ndarray, path: Path) -> None:
+    """Write `array` as a .npy file atomically to `path` (no pickled objects)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: Path) -> Any:

@@ -91,13 +91,18 @@ def check_compatible(model: nn.Module, state_dict: dict[str, torch.Tensor], sour
                                    "Check model.name and its overrides (img_size, patch_size, ...)")
 
 
+def load_state(model: nn.Module, obj: Any, source: str) -> None:
+    """Load the state dict held by `obj` (a loaded weights file) into `model`, strictly."""
+    state_dict = strip_wrapper_prefixes(extract_state_dict(obj))
+    check_compatible(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True)
+
+
 def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     """Load a weights file (ours or the paper's) into `model`, strictly.
 
     Returns the whole loaded object (a dict) so callers can read its metadata.
     """
     obj = load_checkpoint(path)
-    state_dict = strip_wrapper_prefixes(extract_state_dict(obj))
-    check_compatible(model, state_dict, f"weights file {path}")
-    model.load_state_dict(state_dict, strict=True)
+    load_state(model, obj, f"weights file {path}")
     return obj if isinstance(obj, dict) else {}

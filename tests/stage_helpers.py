@@ -1,0 +1,24 @@
+"""Tiny stage configs for fast end-to-end tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from wildcapture.config import Config, load_config
+from wildcapture.paths import REPO_ROOT
+
+TINY_VIT = ["model.img_size=8", "model.patch_size=2", "model.embed_dim=16", "model.depth=2", "model.num_heads=2",
+            "data.limit_per_split=40", "train.batch_size=8", "train.eval_batch_size=16", "device=cpu"]
+
+
+def stage1_config(out: Path, *overrides: str) -> Config:
+    """Return a stage-1 config training a tiny ViT on 40 digits per split, writing to `out`."""
+    return load_config(REPO_ROOT / "Train_Vit_Classifier" / "config", None,
+                       [*TINY_VIT, f"output_dir={out}", *overrides])
+
+
+def stage2_config(checkpoint: Path, out: Path, *overrides: str) -> Config:
+    """Return a stage-2 config reading `checkpoint`, writing heatmaps and results under `out`."""
+    return load_config(REPO_ROOT / "Test_Classifier" / "config", None,
+                       [f"checkpoint={checkpoint}", f"heatmaps_dir={out / 'heatmaps'}",
+                        f"results_dir={out / 'results'}", "device=cpu", "batch_size=16", "gallery_size=2",
+                        "baselines.knn_k=5", *overrides])

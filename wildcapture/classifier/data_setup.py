@@ -1,0 +1,43 @@
+"""Turning a data config plus a model into the benchmark's splits and loaders (stages 1 and 2)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from wildcapture.data import Benchmark, build_transforms
+
+
+def input_spec(model: nn.Module, data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Return the preprocessing the model expects: {"input_size": (H, W), "mean", "std", "interpolation"}.
+
+    `data.mean` / `data.std` override the model's own normalisation when set.
+    """
+    pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
+    height, width = model.patch_embed.img_size
+    return {
+        "input_size": [int(height), int(width)],
+        "mean": list(data_cfg.get("mean") or pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
+        "std": list(data_cfg.get("std") or pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        "interpolation": pretrained_cfg.get("interpolation", "bicubic"),
+    }
+
+
+def attach_transforms(bench: Benchmark, data_cfg: dict[str, Any], spec: dict[str, Any],
+                      augment_train: bool = True) -> None:
+    """Give every split plain resizing and normalisation, in place; `train_id` also gets the
+    train-time augmentation when `augment_train`."""
+    train_tf, eval_tf = build_transforms(data_cfg, tuple(spec["input_size"]), spec["mean"], spec["std"],
+                                         spec["interpolation"])
+    for name, split in bench.splits.items():
+        split.transform = train_tf if name == "train_id" and augment_train else eval_tf
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
+                device: torch.device, generator_seed: int = 0) -> DataLoader:
+    """Return a DataLoader with pinned memory on CUDA and seeded worker RNGs."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False,
+                      generator=torch.Generator().manual_seed(generator_seed))

@@ -1,0 +1,5 @@
+"""Errors shared by several stages."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""

@@ -1,0 +1,1 @@
+"""The four stages' `run(cfg)` functions; the stage scripts only parse arguments and call them."""

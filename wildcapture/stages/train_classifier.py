@@ -1,0 +1,145 @@
+"""Stage 1: train the ViT classifier on the ID classes and keep the best and last checkpoints.
+
+Outputs in `output_dir` (default `weights/<exp>/vit/`): `best.pth` (best val accuracy),
+`last.pth` (end of the latest epoch, with optimizer state for `train.resume=true`),
+`config.yaml` (the resolved config), `log.jsonl` (one JSON line per epoch) and `manifest.csv`
+(every item of every split).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from wildcapture.checkpoint_io import load_checkpoint, save_checkpoint
+from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
+from wildcapture.classifier.engine import evaluate, train_one_epoch
+from wildcapture.classifier.sampler import EpochSampler
+from wildcapture.config import Config, save_config
+from wildcapture.data import build_benchmark
+from wildcapture.paths import resolve_path
+from wildcapture.runtime import cleanup_distributed, init_distributed, seed_everything
+from wildcapture.vit import build_vit, load_weights, model_args_from_config
+
+
+def output_dir(cfg: Config) -> Path:
+    """Return the stage-1 output folder: `output_dir`, or `weights/<exp>/vit` when that is null."""
+    return resolve_path(cfg["output_dir"] or f"weights/{cfg['exp']}/vit")
+
+
+def build_optimizer(params, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """Return the optimizer named by `train.optimizer` (adam, adamw or sgd)."""
+    name, lr, wd = train_cfg["optimizer"], train_cfg["lr"], train_cfg["weight_decay"]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
+    raise ValueError(f"unknown train.optimizer '{name}'; choose adam, adamw or sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]):
+    """Return the per-epoch LR scheduler named by `train.scheduler` (step, cosine or none)."""
+    name = train_cfg["scheduler"]
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_cfg["step_size"], gamma=train_cfg["gamma"])
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg["epochs"])
+    if name == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    raise ValueError(f"unknown train.scheduler '{name}'; choose step, cosine or none")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Train the classifier described by `cfg`; returns the last epoch's log record plus `best_val_acc`."""
+    dist_state, device = init_distributed(cfg["device"])
+    try:
+        return _train(cfg, dist_state, device)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
+    train_cfg, out = cfg["train"], output_dir(cfg)
+    seed_everything(cfg["seed"])
+    bench = build_benchmark(cfg["data"], None, None)
+    model_args = model_args_from_config(cfg["model"], num_classes=len(bench.id_class_names))
+    model = build_vit(model_args, pretrained=cfg["model"]["pretrained"])
+    if cfg["model"]["init_weights"]:
+        load_weights(model, resolve_path(cfg["model"]["init_weights"]))
+    model.to(device)
+    spec = input_spec(model, cfg["data"])
+    attach_transforms(bench, cfg["data"], spec)
+
+    train_split, val_split = bench.splits["train_id"], bench.splits["val_id"]
+    rank, world = dist_state.rank, dist_state.world_size
+    train_sampler = EpochSampler(train_split.labels, shuffle=True, balanced=train_cfg["balanced_sampling"],
+                                 seed=cfg["seed"], rank=rank, world_size=world)
+    val_sampler = EpochSampler(val_split.labels, shuffle=False, rank=rank, world_size=world, pad=False)
+    workers = cfg["num_workers"]
+    train_loader = make_loader(train_split, train_cfg["batch_size"], train_sampler, workers, device)
+    val_loader = make_loader(val_split, train_cfg["eval_batch_size"], val_sampler, workers, device)
+
+    optimizer = build_optimizer(model.parameters(), train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
+    amp = train_cfg["amp"] and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    start_epoch, best_acc = 0, -1.0
+    if train_cfg["resume"] and (out / "last.pth").is_file():
+        state = load_checkpoint(out / "last.pth")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_acc = state["epoch"] + 1, state["best_val_acc"]
+    if dist_state.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    is_main = dist_state.is_main
+    if is_main:
+        if start_epoch == 0:
+            (out / "log.jsonl").unlink(missing_ok=True)
+        save_config(cfg, out / "config.yaml")
+        bench.write_manifest(out / "manifest.csv")
+        print(f"stage 1: {len(train_split)} train / {len(val_split)} val images, "
+              f"{len(bench.id_class_names)} ID classes, {sum(p.numel() for p in model.parameters()):,} parameters, "
+              f"device {device}, {world} process(es); writing to {out}", flush=True)
+    record: dict[str, Any] = {"best_val_acc": best_acc}
+    meta = {"model_args": model_args, "class_names": bench.id_class_names, "input_spec": spec, "config": cfg,
+            "format": "wildcapture-vit-1"}
+    for epoch in range(start_epoch, train_cfg["epochs"]):
+        started = time.perf_counter()
+        torch.manual_seed(cfg["seed"] * 100_003 + epoch)  # dropout/augmentation RNG depends on the epoch only
+        train_sampler.set_epoch(epoch)
+        train_loader.generator.manual_seed(cfg["seed"] * 100_003 + epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        record = {"epoch": epoch, **train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, amp,
+                                                    train_cfg["grad_clip"], progress=is_main)}
+        record.update(evaluate(model, val_loader, device, amp, progress=is_main))
+        scheduler.step()
+        record.update(lr=lr, seconds=round(time.perf_counter() - started, 3))
+        if not is_main:
+            continue
+        weights = _unwrap(model).state_dict()
+        if record["val_acc"] > best_acc:
+            best_acc = record["val_acc"]
+            save_checkpoint({**meta, "model": weights, "epoch": epoch, "val_acc": best_acc}, out / "best.pth")
+        record["best_val_acc"] = best_acc
+        save_checkpoint({**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
+                         "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, out / "last.pth")
+        line = json.dumps(record)
+        with open(out / "log.jsonl", "a") as log:
+            log.write(line + "\n")
+        print(line, flush=True)
+    return record
