@@ -1,0 +1,150 @@
+"""CLS-attention heatmaps from a timm VisionTransformer, in the same pass as logits and features.
+
+Heatmap convention (the project's design): post-softmax attention of the CLS query to the patch
+tokens, averaged over heads, reshaped row-major to the patch grid, so cell (0, 0) is the
+top-left patch. Prefix tokens (class, register, distillation) are sliced off with the
+model's own ``num_prefix_tokens``.
+
+The attention matrix is read with a forward hook on ``block.attn.attn_drop``: in timm's
+unfused ``Attention.forward`` (timm 1.0.x) its input is ``softmax(q @ k^T * scale)`` of shape
+(N, heads, T, T). Only the blocks that are needed leave the fused (SDPA) path, and only for
+the duration of the call.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+HEATMAP_KINDS = ("cls_last", "rollout")
+
+
+def _check_model(model: nn.Module) -> None:
+    missing = [a for a in ("blocks", "patch_embed", "num_prefix_tokens", "forward_features",
+                           "forward_head", "head") if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            f"forward_with_heatmaps needs a timm VisionTransformer-like model; "
+            f"{type(model).__name__} has no {', '.join(missing)}. "
+            f"If the ViT is wrapped, pass the inner timm model (e.g. wrapper.modelVit).")
+    if getattr(model, "cls_token", None) is None:
+        raise ValueError(
+            f"{type(model).__name__} has no class token (class_token=False); CLS-attention "
+            f"heatmaps need one. Build the ViT with class_token=True.")
+    for i, blk in enumerate(model.blocks):
+        attn = getattr(blk, "attn", None)
+        if attn is None or not hasattr(attn, "fused_attn") or not isinstance(
+                getattr(attn, "attn_drop", None), nn.Module):
+            raise TypeError(
+                f"block {i} ({type(blk).__name__}) has no timm Attention module with "
+                f"'fused_attn' and 'attn_drop'; only standard timm ViT blocks are supported.")
+
+
+def _resolve_block(block: int, depth: int) -> int:
+    if not -depth <= block < depth:
+        raise ValueError(f"block={block} is out of range for a model with {depth} blocks; "
+                         f"valid values are {-depth}..{depth - 1}.")
+    return block % depth
+
+
+@contextmanager
+def _unfused(attns: Sequence[nn.Module]) -> Iterator[None]:
+    """Switch the given timm Attention modules to the unfused path; restore on exit."""
+    saved = [a.fused_attn for a in attns]
+    try:
+        for a in attns:
+            a.fused_attn = False
+        yield
+    finally:
+        for a, flag in zip(attns, saved):
+            a.fused_attn = flag
+
+
+@contextmanager
+def _hooks(modules: Sequence[nn.Module], hook) -> Iterator[None]:
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
+    pe = model.patch_embed
+    if getattr(model, "dynamic_img_size", False) and hasattr(pe, "dynamic_feat_size"):
+        return tuple(pe.dynamic_feat_size(tuple(images.shape[-2:])))
+    return tuple(pe.grid_size)
+
+
+def forward_with_heatmaps(
+    model: nn.Module,
+    images: Tensor,
+    kind: str = "cls_last",
+    block: int = -1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward pass giving logits, pre-logit features and CLS-attention heatmaps.
+
+    Args:
+        model: a timm ``VisionTransformer`` (with a class token). Usually in eval mode.
+        images: (N, 3, H, W) batch, already normalised for the model.
+        kind: ``"cls_last"``: CLS-to-patch attention of block ``block``, head mean;
+            ``"rollout"``: attention rollout (Abnar & Zuidema 2020) through all blocks,
+            i.e. the product of row-normalised (head-mean attention + identity), later blocks
+            on the left; the heatmap is the CLS row's patch entries.
+        block: which block for ``cls_last`` (negative indices count from the end).
+            Ignored by ``rollout``.
+
+    Returns:
+        ``(logits, features, heatmaps)``: logits (N, num_classes) equal to ``model(images)``;
+        features (N, D) equal to ``model.forward_head(tokens, pre_logits=True)``; heatmaps
+        (N, grid_h, grid_w) float32, detached, non-negative, each summing to at most 1
+        (``cls_last``: 1 minus the attention the CLS token pays to the prefix tokens).
+    """
+    if kind not in HEATMAP_KINDS:
+        raise ValueError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}.")
+    _check_model(model)
+    if images.ndim != 4:
+        raise ValueError(f"images must be a (N, C, H, W) batch, got shape {tuple(images.shape)}.")
+    blocks = list(model.blocks)
+    npt = int(model.num_prefix_tokens)
+    gh, gw = _grid(model, images)
+    if kind == "cls_last":
+        b = _resolve_block(block, len(blocks))
+        attns = [blocks[b].attn]
+    else:
+        attns = [blk.attn for blk in blocks]
+
+    state: dict[str, Tensor] = {}
+
+    def check_tokens(t: int) -> None:
+        if t - npt != gh * gw:
+            raise RuntimeError(
+                f"attention has {t} tokens but {npt} prefix + {gh}x{gw} patches were expected "
+                f"(patch dropout active? call model.eval()).")
+
+    def cls_hook(_m: nn.Module, inputs: tuple, _out: Tensor) -> None:
+        a = inputs[0].detach()  # (N, heads, T, T) post-softmax
+        check_tokens(a.shape[-1])
+        state["row"] = a[:, :, 0, :].float().mean(1)  # (N, T)
+
+    def rollout_hook(_m: nn.Module, inputs: tuple, _out: Tensor) -> None:
+        a = inputs[0].detach()
+        check_tokens(a.shape[-1])
+        a = a.float().mean(1)  # (N, T, T)
+        a = a + torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        prev = state.get("rollout")
+        state["rollout"] = a if prev is None else torch.bmm(a, prev)
+
+    hook = cls_hook if kind == "cls_last" else rollout_hook
+    with _unfused(attns), _hooks([a.attn_drop for a in attns], hook):
+        tokens = model.forward_features(images)
+    features = model.forward_head(tokens, pre_logits=True)
+    logits = model.head(features)
+
+    row = state["row"] if kind == "cls_last" else state["rollout"][:, 0, :]
+    heatmaps = row[:, npt:].reshape(row.shape[0], gh, gw).contiguous()
+    return logits, features, heatmaps
