@@ -1,0 +1,70 @@
+"""Stage 2 end to end on a tiny checkpoint: files agree with an independent forward pass."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from wildcapture.checkpoint_io import load_checkpoint
+from wildcapture.classifier.data_setup import attach_transforms
+from wildcapture.data import SPLITS, build_benchmark
+from wildcapture.stages.test_classifier import run
+from wildcapture.vit import WeightsMismatchError, build_vit
+
+from stage_helpers import stage2_config
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.e2e
+def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
+    report = run(stage2_config(tiny_vit_checkpoint, tmp_path))
+    ckpt = load_checkpoint(tiny_vit_checkpoint)
+    model = build_vit(ckpt["model_args"]).eval()
+    model.load_state_dict(ckpt["model"])
+    bench = build_benchmark(ckpt["config"]["data"], None, None)
+    attach_transforms(bench, ckpt["config"]["data"], ckpt["input_spec"], augment_train=False)
+
+    for split in SPLITS:
+        folder = tmp_path / "heatmaps" / split
+        heatmaps, logits = np.load(folder / "heatmaps.npy"), np.load(folder / "logits.npy")
+        features, index = np.load(folder / "features.npy"), _rows(folder / "index.csv")
+        n = len(bench.splits[split])
+        assert heatmaps.shape == (n, 4, 4) and logits.shape == (n, 5) and features.shape == (n, 16)
+        assert [r["source"] for r in index] == bench.splits[split].sources
+        assert [int(r["pred"]) for r in index] == logits.argmax(1).tolist()
+        # row i is image i: an independent plain forward pass gives the same logits
+        images = torch.stack([bench.splits[split][i][0] for i in range(n)])
+        with torch.no_grad():
+            np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
+        assert np.all(heatmaps >= 0) and np.all(heatmaps.sum((1, 2)) <= 1 + 1e-6)
+
+    test_logits = np.load(tmp_path / "heatmaps" / "test_id" / "logits.npy")
+    labels = bench.splits["test_id"].labels
+    assert report["accuracy"] == pytest.approx((test_logits.argmax(1) == labels).mean())
+    assert np.asarray(report["confusion_matrix"]).sum() == len(labels)
+
+    scores = _rows(tmp_path / "results" / "baseline_scores.csv")
+    assert len(scores) == len(bench.splits["test_id"]) + len(bench.splits["test_ood"])
+    assert set(scores[0]) >= {"split", "row", "source", "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
+    first = scores[0]
+    expected_msp = -torch.softmax(torch.from_numpy(test_logits[0]).double(), 0).max().item()
+    assert float(first["msp"]) == pytest.approx(expected_msp, rel=1e-5)
+    for name in ("classifier_report.json", "confusion_matrix.png", "heatmap_gallery.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+
+
+def test_paper_format_weights_load_and_wrong_class_count_is_clear(tiny_vit_checkpoint, tmp_path):
+    ckpt = load_checkpoint(tiny_vit_checkpoint)
+    torch.save({"modelVit." + k: v for k, v in ckpt["model"].items()}, tmp_path / "paper.pt")
+    arch = [f"model.{k}={v}" for k, v in ckpt["model_args"]["kwargs"].items() if k != "drop_path_rate"]
+    base = [f"model.name={ckpt['model_args']['name']}", *arch, "data.limit_per_split=20", "heatmap.kind=rollout"]
+    run(stage2_config(tmp_path / "paper.pt", tmp_path / "ok", *base))
+    logits = np.load(tmp_path / "ok" / "heatmaps" / "test_id" / "logits.npy")
+    assert logits.shape == (20, 5)
+    with pytest.raises(WeightsMismatchError, match="has 5 classes but the model has 3"):
+        run(stage2_config(tmp_path / "paper.pt", tmp_path / "bad", *base, "data.id_classes=[0,1,2]",
+                          "data.ood_classes=[5,6]"))

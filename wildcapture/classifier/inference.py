@@ -1,0 +1,48 @@
+"""Stage 2's single batched pass over a split: logits, pre-logits features and heatmaps together."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from wildcapture.classifier.engine import autocast_context
+from wildcapture.heatmaps import forward_with_heatmaps
+
+
+@dataclass
+class SplitOutputs:
+    """Row i of every array is item i of the split."""
+
+    logits: np.ndarray    # (N, num_classes) float32
+    features: np.ndarray  # (N, D) float32, the input of the classifier head
+    heatmaps: np.ndarray  # (N, grid_h, grid_w) float32
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """(N,) int64 predicted ID class index."""
+        return self.logits.argmax(1)
+
+
+@torch.inference_mode()
+def infer_split(model: nn.Module, loader: Iterable, num_items: int, kind: str, block: int,
+                device: torch.device, amp: bool = True, desc: str = "infer") -> SplitOutputs:
+    """Run `model` once over `loader` (in order) and return its logits, features and heatmaps."""
+    model.eval()
+    logits = features = heatmaps = None
+    start = 0
+    for images, _ in tqdm(loader, desc=desc, leave=False):
+        with autocast_context(device, amp):
+            batch = forward_with_heatmaps(model, images.to(device, non_blocking=True), kind, block)
+        batch = [t.float().cpu().numpy() for t in batch]
+        if logits is None:  # allocate once the shapes are known
+            logits, features, heatmaps = (np.empty((num_items, *t.shape[1:]), np.float32) for t in batch)
+        stop = start + len(batch[0])
+        logits[start:stop], features[start:stop], heatmaps[start:stop] = batch
+        start = stop
+    if start != num_items:
+        raise RuntimeError(f"{desc}: the loader gave {start} items, expected {num_items}")
+    return SplitOutputs(logits, features, heatmaps)
