@@ -1,0 +1,112 @@
+"""Time one CAE training epoch through the real data path against the bare model compute.
+
+real : raw (N, grid, grid) heatmaps in memory -> prepare_heatmaps -> train_one_epoch (shuffled)
+model: the same number and sizes of forward + backward + Adam steps on a pre-made
+       (N, 1, size, size) tensor, in order: no preparation, no shuffling.
+Prints the median of --repeats for each and real/model (target <= 1.15), plus the data
+path alone (prepare + shuffled batches, no model), which is robust to a busy CPU.
+
+    python benchmarks/bench_cae_epoch.py --n 2000 --grid 14 --size 128 --batch-size 64
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from wildcapture.cae import ConvAutoencoder, iterate_batches, prepare_heatmaps, train_one_epoch  # noqa: E402
+
+
+def _fresh(size: int, zdim: int, device: str) -> tuple[ConvAutoencoder, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = ConvAutoencoder(size, zdim).to(device)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-4)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_real(raw: torch.Tensor, args: argparse.Namespace) -> float:
+    """Seconds for prepare_heatmaps + one shuffled train_one_epoch."""
+    model, optimizer = _fresh(args.size, args.zdim, args.device)
+    generator = torch.Generator().manual_seed(0)
+    _sync(args.device)
+    start = time.perf_counter()
+    x = prepare_heatmaps(raw, args.size, mode="bilinear", norm="max").to(args.device)
+    train_one_epoch(model, x, optimizer, args.batch_size, generator, args.device, progress=False)
+    _sync(args.device)
+    return time.perf_counter() - start
+
+
+def time_model(x: torch.Tensor, args: argparse.Namespace) -> float:
+    """Seconds for the same steps on a pre-made tensor, in order."""
+    model, optimizer = _fresh(args.size, args.zdim, args.device)
+    model.train()
+    _sync(args.device)
+    start = time.perf_counter()
+    for i in range(0, x.shape[0], args.batch_size):
+        batch = x[i:i + args.batch_size]
+        loss = F.mse_loss(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _sync(args.device)
+    return time.perf_counter() - start
+
+
+def time_data_path(raw: torch.Tensor, args: argparse.Namespace) -> float:
+    """Seconds for the real path without the model: prepare + shuffled batches to device."""
+    generator = torch.Generator().manual_seed(0)
+    _sync(args.device)
+    start = time.perf_counter()
+    x = prepare_heatmaps(raw, args.size, mode="bilinear", norm="max").to(args.device)
+    for _, batch in iterate_batches(x, args.batch_size, shuffle=True, generator=generator):
+        batch.to(args.device, non_blocking=True)
+    _sync(args.device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="number of heatmaps")
+    parser.add_argument("--grid", type=int, default=14, help="heatmap side (14 for ViT-B/16 at 224)")
+    parser.add_argument("--size", type=int, default=128, help="CAE input side")
+    parser.add_argument("--zdim", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    raw = torch.rand(args.n, args.grid, args.grid, generator=torch.Generator().manual_seed(0))
+    premade = prepare_heatmaps(raw, args.size).to(args.device)
+    time_model(premade[: args.batch_size * 2], args)  # warm-up (allocator, kernels)
+
+    real, bare = [], []
+    for rep in range(args.repeats):  # alternate which goes first, so drift hits both alike
+        if rep % 2:
+            bare.append(time_model(premade, args))
+        real.append(time_real(raw, args))
+        if not rep % 2:
+            bare.append(time_model(premade, args))
+    real_s, bare_s = statistics.median(real), statistics.median(bare)
+    data_s = statistics.median(time_data_path(raw, args) for _ in range(args.repeats))
+    print(f"device={args.device} threads={torch.get_num_threads()} n={args.n} grid={args.grid} "
+          f"size={args.size} batch={args.batch_size} repeats={args.repeats}")
+    print(f"real epoch (prepare + shuffled train_one_epoch): {real_s:.3f} s  {args.n / real_s:.0f} img/s")
+    print(f"model compute only (pre-made tensor):            {bare_s:.3f} s  {args.n / bare_s:.0f} img/s")
+    print(f"data path alone (prepare + shuffled batches):    {data_s:.3f} s  "
+          f"({100 * data_s / bare_s:.2f}% of model compute)")
+    print(f"ratio real/model: {real_s / bare_s:.3f} (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()

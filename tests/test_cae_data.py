@@ -1,0 +1,121 @@
+"""Heatmap loading, resizing/normalisation and in-memory batching for the CAE."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from wildcapture.cae import iterate_batches, load_heatmaps, prepare_heatmaps
+
+
+def test_max_norm_gives_per_image_max_one():
+    heatmaps = torch.rand(5, 14, 14) * torch.arange(1, 6).view(5, 1, 1)
+    out = prepare_heatmaps(heatmaps, 32, norm="max")
+    assert out.shape == (5, 1, 32, 32) and out.dtype == torch.float32
+    torch.testing.assert_close(out.amax(dim=(1, 2, 3)), torch.ones(5))
+    # max-norm is a pure rescale: proportional to the resized map
+    resized = F.interpolate(heatmaps.unsqueeze(1), size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, resized / resized.amax(dim=(2, 3), keepdim=True))
+
+
+def test_minmax_norm_gives_min_zero_max_one():
+    out = prepare_heatmaps(torch.rand(4, 7, 7) + 3.0, 16, norm="minmax")
+    torch.testing.assert_close(out.amin(dim=(1, 2, 3)), torch.zeros(4))
+    torch.testing.assert_close(out.amax(dim=(1, 2, 3)), torch.ones(4))
+
+
+def test_constant_and_zero_maps_become_zeros():
+    heatmaps = torch.stack([torch.full((4, 4), 0.3), torch.zeros(4, 4), torch.rand(4, 4)])
+    minmax = prepare_heatmaps(heatmaps, 8, norm="minmax")
+    assert torch.isfinite(minmax).all()
+    assert torch.equal(minmax[0], torch.zeros(1, 8, 8)) and torch.equal(minmax[1], torch.zeros(1, 8, 8))
+    maxed = prepare_heatmaps(heatmaps, 8, norm="max")
+    assert torch.isfinite(maxed).all()
+    assert torch.equal(maxed[1], torch.zeros(1, 8, 8))
+    torch.testing.assert_close(maxed[0], torch.ones(1, 8, 8))
+
+
+def test_nearest_upsampling_repeats_cells():
+    heatmap = np.array([[0.1, 0.2], [0.3, 0.4]], dtype=np.float32)
+    out = prepare_heatmaps(torch.from_numpy(heatmap)[None], 4, mode="nearest", norm="none")
+    np.testing.assert_array_equal(out[0, 0].numpy(), np.kron(heatmap, np.ones((2, 2), dtype=np.float32)))
+
+
+def test_bilinear_equals_f_interpolate():
+    heatmaps = torch.rand(3, 14, 14)
+    out = prepare_heatmaps(heatmaps, 64, mode="bilinear", norm="none")
+    expected = F.interpolate(heatmaps[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.equal(out, expected)
+
+
+def test_unknown_mode_or_norm_lists_valid_ones():
+    with pytest.raises(ValueError, match="bilinear, nearest"):
+        prepare_heatmaps(torch.rand(1, 4, 4), 8, mode="bicubic")
+    with pytest.raises(ValueError, match="max, minmax, none"):
+        prepare_heatmaps(torch.rand(1, 4, 4), 8, norm="zscore")
+
+
+def test_iterate_batches_covers_all_rows_once_and_is_seeded():
+    x = torch.arange(10.0).view(10, 1)
+    batches = list(iterate_batches(x, 4, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    assert [len(idx) for idx, _ in batches] == [4, 4, 2]
+    idx = torch.cat([i for i, _ in batches])
+    assert sorted(idx.tolist()) == list(range(10))
+    assert torch.equal(torch.cat([b for _, b in batches]).view(-1), idx.float())
+    again = list(iterate_batches(x, 4, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(torch.cat([i for i, _ in again]), idx)
+    ordered = torch.cat([i for i, _ in iterate_batches(x, 3, shuffle=False)])
+    assert ordered.tolist() == list(range(10))
+
+
+def test_npy_round_trip(tmp_path):
+    heatmaps = np.random.default_rng(0).random((6, 14, 14)).astype(np.float32)
+    path = tmp_path / "heatmaps.npy"
+    np.save(path, heatmaps)
+    loaded = load_heatmaps(path)
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, heatmaps)
+
+
+def test_missing_file_error_names_path(tmp_path):
+    path = tmp_path / "nowhere" / "heatmaps.npy"
+    with pytest.raises(FileNotFoundError, match=str(path)):
+        load_heatmaps(path)
+
+
+def test_corrupt_npy_error_names_file(tmp_path):
+    path = tmp_path / "heatmaps.npy"
+    path.write_bytes(b"\x00garbage bytes, not an array" * 3)
+    with pytest.raises(ValueError, match="heatmaps.npy"):
+        load_heatmaps(path)
+
+
+def test_npy_with_wrong_ndim_rejected(tmp_path):
+    path = tmp_path / "flat.npy"
+    np.save(path, np.zeros((4, 196), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"flat\.npy.*\(N, h, w\)"):
+        load_heatmaps(path)
+
+
+def test_csv_of_pngs_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(3, 16, 16), dtype=np.uint8)
+    (tmp_path / "maps").mkdir()
+    rows = ["img,label"]
+    for i, image in enumerate(pixels):
+        Image.fromarray(image, mode="L").save(tmp_path / "maps" / f"{i}.png")
+        name = f"maps/{i}.png" if i != 1 else str(tmp_path / "maps" / f"{i}.png")  # relative and absolute
+        rows.append(f"{name},{i % 2}")
+    csv_path = tmp_path / "heatmaps.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    loaded = load_heatmaps(csv_path)
+    assert loaded.shape == (3, 16, 16) and loaded.dtype == np.float32
+    np.testing.assert_allclose(loaded, pixels.astype(np.float32) / 255.0, rtol=0, atol=1e-7)
+
+
+def test_csv_with_unreadable_png_names_it(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    csv_path = tmp_path / "heatmaps.csv"
+    csv_path.write_text("img,label\nbad.png,0\n")
+    with pytest.raises(ValueError, match="bad.png"):
+        load_heatmaps(csv_path)

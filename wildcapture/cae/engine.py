@@ -1,0 +1,111 @@
+"""CAE training epoch, reconstruction errors (the OOD score) and the OOD threshold."""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from wildcapture.cae.heatmap_data import iterate_batches
+from wildcapture.errors import NonFiniteLossError
+
+
+def train_one_epoch(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: Optional[torch.Generator],
+    device: torch.device | str,
+    progress: bool = True,
+    epoch: Optional[int] = None,
+) -> float:
+    """Train one pass over shuffled x_train (N, 1, S, S) with the MSE reconstruction loss.
+
+    Returns the epoch's mean training MSE per pixel (batch losses weighted by batch size).
+    Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step.
+    """
+    model.train()
+    total, seen = 0.0, 0
+    n_steps = math.ceil(x_train.shape[0] / batch_size)
+    batches = iterate_batches(x_train, batch_size, shuffle=True, generator=generator)
+    desc = "train" if epoch is None else f"train epoch {epoch}"
+    for step, (_, batch) in enumerate(tqdm(batches, total=n_steps, desc=desc, disable=not progress, leave=False)):
+        batch = batch.to(device, non_blocking=True)
+        loss = F.mse_loss(model(batch), batch)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"non-finite loss ({loss_value}) in CAE training at epoch {epoch}, step {step}: "
+                                     "lower train.lr or check the heatmaps for NaN/inf values")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss_value * batch.shape[0]
+        seen += batch.shape[0]
+    if seen == 0:
+        raise ValueError("train_one_epoch got no training heatmaps")
+    return total / seen
+
+
+def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (batch, reconstruction) on `device` for x in order, in eval mode without grad."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for _, batch in iterate_batches(x, batch_size, shuffle=False):
+                batch = batch.to(device)
+                yield batch, model(batch)
+    finally:
+        model.train(was_training)
+
+
+def reconstruction_errors(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> np.ndarray:
+    """Return each image's mean squared reconstruction error, shape (N,) float64.
+
+    x: (N, 1, S, S). The error of image i is mean over its pixels of (model(x)_i - x_i)^2,
+    so it does not depend on batch_size (up to the convolution's float rounding).
+    """
+    errors = [
+        ((recon.double() - batch.double()) ** 2).mean(dim=(1, 2, 3)).cpu()
+        for batch, recon in _outputs(model, x, batch_size, device)
+    ]
+    return torch.cat(errors).numpy() if errors else np.zeros(0, dtype=np.float64)
+
+
+def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
+    """Return the reconstructions of x (N, 1, S, S) as a float32 CPU tensor of the same shape."""
+    outs = [recon.float().cpu() for _, recon in _outputs(model, x, batch_size, device)]
+    return torch.cat(outs) if outs else torch.empty_like(x, device="cpu")
+
+
+def evaluate_loss(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> float:
+    """Return the MSE per pixel over all of x (= mean of the per-image errors)."""
+    errors = reconstruction_errors(model, x, batch_size, device)
+    if errors.size == 0:
+        raise ValueError("evaluate_loss got no heatmaps")
+    return float(errors.mean())
+
+
+def ood_threshold(val_errors: np.ndarray, accept_fraction: float = 0.95) -> float:
+    """Return the smallest error threshold that accepts at least accept_fraction of val_errors.
+
+    An image is accepted as ID when its error <= threshold. This is the
+    `accept_fraction` quantile with numpy's "inverted_cdf" rule: the k-th smallest error,
+    k = ceil(accept_fraction * N). E.g. errors 1..20 and 0.95 give 19 (19 of 20 accepted);
+    numpy's "higher" rule would give 20 and accept all 20.
+    """
+    errors = np.asarray(val_errors, dtype=np.float64).ravel()
+    if errors.size == 0:
+        raise ValueError("ood_threshold needs at least one validation error")
+    if not np.isfinite(errors).all():
+        raise ValueError("ood_threshold got NaN or infinite validation errors")
+    if not 0.0 < accept_fraction <= 1.0:
+        raise ValueError(f"accept_fraction must be in (0, 1], got {accept_fraction}")
+    # round first: 0.95 * 20 is 19.000000000000004 in some float paths
+    k = max(1, math.ceil(round(accept_fraction * errors.size, 9)))
+    return float(np.partition(errors, k - 1)[k - 1])
