@@ -22,7 +22,7 @@ def test_rows_hold_metrics_and_counts():
 
 def test_markdown_has_caption_convention_and_4_decimals():
     md = to_markdown(ood_rows(SCORES), caption="CIFAR-10 vs CIFAR-100.")
-    assert md.startswith("CIFAR-10 vs CIFAR-100. ")
+    assert md.startswith("CIFAR-10 vs CIFAR-100.\n\n" + CONVENTION)
     assert CONVENTION in md and "OOD = positive class" in md and "fractions in [0,1]" in md
     assert "| Detector | AUROC | AUPR-IN | AUPR-OUT | FPR@95TPR | N ID | N OOD |" in md
     assert "| cae | 0.7778 | 0.8056 | 0.8667 | 0.6667 | 3 | 3 |" in md

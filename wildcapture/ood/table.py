@@ -41,7 +41,7 @@ def ood_rows(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
 
 def to_markdown(rows: list[dict], caption: str = "") -> str:
     """A Markdown table (metrics to 4 decimals) preceded by `caption` and the metric convention."""
-    lines = [f"{caption.strip()} {CONVENTION}".strip(), "",
+    lines = [*([caption.strip(), ""] if caption.strip() else []), CONVENTION, "",
              "| " + " | ".join(_HEADERS) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(_HEADERS) - 1)) + "|"]
     for row in rows:
