@@ -1,0 +1,56 @@
+"""Run stages 1-4 of one benchmark with each stage's preset config (`reproduce.py`)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+from wildcapture.config import Config, load_config
+from wildcapture.paths import REPO_ROOT
+from wildcapture.stages import test_cae, test_classifier, train_cae, train_classifier
+
+BENCHMARKS = ("digits", "cifar10", "cifar100", "wildcapture")
+# (name, config folder, run function, overrides that make the stage a smoke run of a few batches)
+STAGES: tuple[tuple[str, str, Callable[[Config], Any], tuple[str, ...]], ...] = (
+    ("1 train classifier", "Train_Vit_Classifier", train_classifier.run,
+     ("data.limit_per_split=48", "train.epochs=1", "train.batch_size=16", "data.download=false")),
+    ("2 test classifier", "Test_Classifier", test_classifier.run, ("batch_size=16", "gallery_size=2")),
+    ("3 train CAE", "AutoEncoder", train_cae.run, ("train.epochs=1", "train.batch_size=16")),
+    ("4 test CAE", "AutoEncoder", test_cae.run, ("test.gallery_size=2",)),
+)
+
+
+def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()) -> list[Config]:
+    """Return the four stage configs: the benchmark's preset (the defaults for digits), the smoke
+    overrides and experiment name `<benchmark>-smoke` when `smoke`, then `extra` key=value items
+    that apply to every stage that has the key."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark '{benchmark}'; choose one of {', '.join(BENCHMARKS)}")
+    preset = None if benchmark == "digits" else f"{benchmark}.yaml"
+    configs = []
+    for _, folder, _, smoke_overrides in STAGES:
+        config_dir = REPO_ROOT / folder / "config"
+        defaults = load_config(config_dir, preset)
+        overrides = [*(smoke_overrides + (f"exp={defaults['exp']}-smoke",) if smoke else ()),
+                     *(item for item in extra if _has_key(defaults, item.split("=", 1)[0]))]
+        configs.append(load_config(config_dir, preset, overrides))
+    return configs
+
+
+def _has_key(cfg: Config, dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def run_pipeline(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Run stages 1-4; returns stage 4's result ({"rows", "markdown"}) plus per-stage `seconds`."""
+    seconds, result = {}, {}
+    for (name, _, run, _), cfg in zip(STAGES, stage_configs(benchmark, smoke, extra)):
+        print(f"=== stage {name} ({benchmark}{', smoke' if smoke else ''}) ===", flush=True)
+        started = time.perf_counter()
+        result = run(cfg)
+        seconds[name] = round(time.perf_counter() - started, 1)
+    return {**result, "seconds": seconds}
