@@ -6,7 +6,6 @@ that accepts 95% of `val_id` images.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from wildcapture.cae import ConvAutoencoder, prepare_heatmaps, reconstruction_errors
-from wildcapture.checkpoint_io import atomic_write, load_checkpoint
+from wildcapture.storage import load_checkpoint, write_csv
 from wildcapture.classifier.data_setup import make_loader
 from wildcapture.classifier.engine import autocast_context
 from wildcapture.data import DatasetError, ImageSplit, build_transforms
@@ -85,12 +84,5 @@ def detect(folder: Path, cae_path: Path, out_csv: Path, batch_size: int = 64, de
     rows = [{"image": str(p), "predicted_class": names[int(np.argmax(pr))], "confidence": float(pr.max()),
              "ood_score": float(s), "ood_flag": bool(s > threshold), "threshold": float(threshold)}
             for p, pr, s in zip(paths, probs, scores)]
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(out_csv, write)
+    write_csv(out_csv, COLUMNS, ([row[c] for c in COLUMNS] for row in rows))
     return rows

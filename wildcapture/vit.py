@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from wildcapture.checkpoint_io import load_checkpoint
+from wildcapture.storage import load_checkpoint
 
 # Model config keys passed to timm.create_model when not null.
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",

@@ -1,10 +1,7 @@
 """The split containers (`ImageSplit`, `Benchmark`) and the seeded splitting helpers."""
 from __future__ import annotations
 
-import csv
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -14,6 +11,8 @@ import torch
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from torchvision.transforms import functional as TF
+
+from wildcapture.storage import write_csv
 
 from .errors import DatasetError
 
@@ -70,21 +69,10 @@ class Benchmark:
 
         Written to a temporary file and renamed, so a crash never leaves a half-written manifest.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["split", "source", "label", "class_name"])
-                for split_name in SPLITS:
-                    split = self.splits[split_name]
-                    for source, label, class_name in zip(split.sources, split.labels, split.class_names):
-                        writer.writerow([split_name, source, int(label), class_name])
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_csv(Path(path), ["split", "source", "label", "class_name"],
+                  ([name, source, int(label), class_name] for name in SPLITS
+                   for source, label, class_name in zip(self.splits[name].sources, self.splits[name].labels,
+                                                        self.splits[name].class_names)))
 
 
 def stratified_split(labels: Sequence[int], fraction: float, seed: int, class_names: Sequence[str],

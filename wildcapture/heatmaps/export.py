@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from wildcapture.storage import write_csv
+
 CSV_NAME = "heatmaps.csv"
 
 
@@ -78,13 +80,7 @@ def export_heatmap_pngs(
         Image.fromarray(_to_uint8(hm)).save(path, format="PNG")
 
     csv_path = out / CSV_NAME
-    tmp = csv_path.with_name(CSV_NAME + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["img", "label"])
-        for rel, lab in zip(rels, labels):
-            w.writerow([str(rel), str(lab)])
-    os.replace(tmp, csv_path)
+    write_csv(csv_path, ["img", "label"], ([str(rel), str(lab)] for rel, lab in zip(rels, labels)))
     return csv_path
 
 

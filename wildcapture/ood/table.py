@@ -4,12 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from wildcapture.storage import write_text
 
 from .metrics import METRIC_NAMES, ood_metrics
 
@@ -60,17 +60,6 @@ def _to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_table(rows: list[dict], out_dir: str | Path, stem: str = "ood_table", caption: str = "") -> dict[str, Path]:
     """Write `out_dir/stem.{md,csv,json}`; returns {"md", "csv", "json"} -> path.
 
@@ -82,10 +71,10 @@ def write_table(rows: list[dict], out_dir: str | Path, stem: str = "ood_table", 
     paths = {ext: out / f"{stem}.{ext}" for ext in ("md", "csv", "json")}
     clean = [{k: (float(r[k]) if k in METRIC_NAMES else int(r[k]) if k in ("n_id", "n_ood") else str(r[k]))
               for k in COLUMNS} for r in rows]
-    _write_atomic(paths["md"], to_markdown(clean, caption))
-    _write_atomic(paths["csv"], _to_csv(clean))
+    write_text(paths["md"], to_markdown(clean, caption))
+    write_text(paths["csv"], _to_csv(clean))
     payload = {"caption": caption, "convention": CONVENTION, "columns": list(COLUMNS), "rows": clean}
-    _write_atomic(paths["json"], json.dumps(payload, indent=2) + "\n")
+    write_text(paths["json"], json.dumps(payload, indent=2) + "\n")
     return paths
 
 

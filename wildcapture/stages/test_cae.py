@@ -22,7 +22,7 @@ import torch
 
 from wildcapture.cae import ConvAutoencoder, prepare_heatmaps, reconstruct, reconstruction_errors
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
-from wildcapture.checkpoint_io import atomic_write, load_checkpoint
+from wildcapture.storage import atomic_write, load_checkpoint, write_csv
 from wildcapture.config import Config
 from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.ood import ood_rows, plot_roc_curves, plot_score_histograms, to_markdown, write_table
@@ -101,16 +101,11 @@ def write_recon_errors(result: dict[str, Any], out: Path) -> None:
         with open(tmp, "wb") as handle:
             pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
-    def write_csv(tmp: Path) -> None:
-        columns = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for i in range(len(result["errors"])):
-                writer.writerow([repr(float(result[c][i])) if c == "errors" else result[c][i] for c in columns])
-
+    columns = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
     atomic_write(out / "recon_errors.pkl", write_pickle)
-    atomic_write(out / "recon_errors.csv", write_csv)
+    write_csv(out / "recon_errors.csv", columns,
+              ([repr(float(result[c][i])) if c == "errors" else result[c][i] for c in columns]
+               for i in range(len(result["errors"]))))
 
 
 def _gallery(cfg: Config, model: ConvAutoencoder, raw: dict[str, np.ndarray], prepared: dict[str, torch.Tensor],
@@ -168,7 +163,7 @@ def run(cfg: Config) -> dict[str, Any]:
     write_recon_errors(result, out)
 
     scores = {CAE_NAME: (errors["test_id"], errors["test_ood"])}
-    baseline_path = out / "baseline_scores.csv"
+    baseline_path = resolve_path(cfg["test"]["baseline_scores"] or out / "baseline_scores.csv")
     if cfg["test"]["baselines"] and baseline_path.is_file():
         scores.update(read_baseline_scores(baseline_path, {s: len(errors[s]) for s in TEST_SPLITS}))
     rows = ood_rows(scores)

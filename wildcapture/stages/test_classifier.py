@@ -12,14 +12,13 @@ Outputs:
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from wildcapture.checkpoint_io import atomic_write, load_checkpoint, save_array
+from wildcapture.storage import load_checkpoint, save_array, write_csv
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.inference import SplitOutputs, infer_split
 from wildcapture.classifier.report import classifier_report, write_report
@@ -72,34 +71,19 @@ def write_split(out: Path, outputs: SplitOutputs, split, class_names: list[str])
     """Write the split's arrays and `index.csv` to `out`, each file atomically."""
     for name in ("heatmaps", "logits", "features"):
         save_array(getattr(outputs, name), out / f"{name}.npy")
-    predictions = outputs.predictions
-
-    def write_index(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(INDEX_COLUMNS)
-            for i, (source, label, name, pred) in enumerate(zip(split.sources, split.labels, split.class_names,
-                                                                 predictions)):
-                writer.writerow((i, source, int(label), name, int(pred), class_names[pred]))
-
-    atomic_write(out / "index.csv", write_index)
+    names = split.class_names
+    write_csv(out / "index.csv", INDEX_COLUMNS,
+              ((i, split.sources[i], int(split.labels[i]), names[i], int(pred), class_names[pred])
+               for i, pred in enumerate(outputs.predictions)))
 
 
 def write_baseline_scores(path: Path, bench: Benchmark, scores: dict[str, dict[str, np.ndarray]]) -> None:
     """Write one CSV row per test image: split, row, source, label, then one column per detector."""
     detectors = list(scores["test_id"])
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["split", "row", "source", "label", *detectors])
-            for split_name in ("test_id", "test_ood"):
-                split = bench.splits[split_name]
-                for i in range(len(split)):
-                    writer.writerow([split_name, i, split.sources[i], int(split.labels[i]),
-                                     *(repr(float(scores[split_name][d][i])) for d in detectors)])
-
-    atomic_write(path, write)
+    write_csv(path, ["split", "row", "source", "label", *detectors],
+              ([name, i, bench.splits[name].sources[i], int(bench.splits[name].labels[i]),
+                *(repr(float(scores[name][d][i])) for d in detectors)]
+               for name in ("test_id", "test_ood") for i in range(len(bench.splits[name]))))
 
 
 def _gallery(bench: Benchmark, outputs: dict[str, SplitOutputs], n: int, seed: int, path: Path) -> None:

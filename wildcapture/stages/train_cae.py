@@ -18,7 +18,7 @@ import yaml
 
 from wildcapture.cae import ConvAutoencoder, load_heatmaps, ood_threshold, prepare_heatmaps, reconstruction_errors
 from wildcapture.cae.engine import train_one_epoch
-from wildcapture.checkpoint_io import load_checkpoint, save_checkpoint
+from wildcapture.storage import load_checkpoint, save_checkpoint
 from wildcapture.config import Config, save_config
 from wildcapture.data import DatasetError
 from wildcapture.paths import resolve_path

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from wildcapture.checkpoint_io import load_checkpoint, save_checkpoint
+from wildcapture.storage import load_checkpoint, save_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler

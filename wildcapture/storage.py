@@ -1,10 +1,11 @@
-"""Atomic writes of checkpoints and arrays, and safe loading of checkpoints."""
+"""Atomic writes (checkpoints, arrays, CSV, text) and safe loading of checkpoints."""
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +39,21 @@ def save_array(array: np.ndarray, path: Path) -> None:
         with open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
     atomic_write(path, write)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Write a CSV with `header` and `rows` atomically to `path` (UTF-8)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+    atomic_write(path, write)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` atomically to `path` (UTF-8)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def load_checkpoint(path: Path) -> Any:
