@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from wildcapture.checkpoint_io import load_checkpoint
+from wildcapture.storage import load_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms
 from wildcapture.data import SPLITS, build_benchmark
 from wildcapture.stages.test_classifier import run

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import wildcapture.stages.train_classifier as stage1
-from wildcapture.checkpoint_io import load_checkpoint
+from wildcapture.storage import load_checkpoint
 from wildcapture.errors import NonFiniteLossError
 from wildcapture.cli import stage_main
 from wildcapture.paths import REPO_ROOT

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wildcapture.checkpoint_io import load_checkpoint, save_checkpoint
+from wildcapture.storage import load_checkpoint, save_checkpoint
 from wildcapture.vit import (WeightsMismatchError, build_vit, check_compatible, load_weights,
                              model_args_from_config, strip_wrapper_prefixes)
 
