@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread is fastest, and immune to CPU oversubscription
 sys.path.insert(0, str(Path(__file__).parent))  # tests/stage_helpers.py
 
 from stage_helpers import stage1_config  # noqa: E402
@@ -19,3 +19,29 @@ def tiny_vit_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stage1")
     run(stage1_config(out, "train.epochs=2"))
     return out / "best.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_heatmaps(tiny_vit_checkpoint, tmp_path_factory) -> Path:
+    """Folder of one stage-2 run on `tiny_vit_checkpoint`: `heatmaps/` (40 per split, 4x4) and `results/`.
+
+    Shared by the stage-3/4 and detect tests: treat it as read-only.
+    """
+    from stage_helpers import stage2_config
+    from wildcapture.stages.test_classifier import run
+
+    out = tmp_path_factory.mktemp("stage2")
+    run(stage2_config(tiny_vit_checkpoint, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cae(tiny_heatmaps, tmp_path_factory) -> Path:
+    """Folder of one uninterrupted 3-epoch stage-3 run (16x16 CAE) on `tiny_heatmaps`: `cae/` holds
+    best.pth, last.pth, config.yaml, log.jsonl. Read-only for the tests that share it."""
+    from stage_helpers import cae_config
+    from wildcapture.stages.train_cae import run
+
+    out = tmp_path_factory.mktemp("stage3")
+    run(cae_config(tiny_heatmaps / "heatmaps", out, "train.epochs=3"))
+    return out

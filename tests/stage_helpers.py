@@ -22,3 +22,13 @@ def stage2_config(checkpoint: Path, out: Path, *overrides: str) -> Config:
                        [f"checkpoint={checkpoint}", f"heatmaps_dir={out / 'heatmaps'}",
                         f"results_dir={out / 'results'}", "device=cpu", "batch_size=16", "gallery_size=2",
                         "baselines.knn_k=5", *overrides])
+
+TINY_CAE = ["cae.input_size=16", "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16",
+            "test.batch_size=16", "test.gallery_size=2", "device=cpu"]
+
+
+def cae_config(heatmaps_dir: Path, out: Path, *overrides: str) -> Config:
+    """Return a stage-3/4 config: a 16x16 CAE on stage 2's `heatmaps_dir`, writing `out/cae` and `out/results`."""
+    return load_config(REPO_ROOT / "AutoEncoder" / "config", None,
+                       [*TINY_CAE, f"heatmaps_dir={heatmaps_dir}", f"output_dir={out / 'cae'}",
+                        f"results_dir={out / 'results'}", *overrides])

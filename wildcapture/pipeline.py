@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Sequence
 
-from wildcapture.config import Config, load_config
+from wildcapture.config import Config, ConfigError, load_config, parse_override
 from wildcapture.paths import REPO_ROOT
 from wildcapture.stages import test_cae, test_classifier, train_cae, train_classifier
 
@@ -22,17 +22,24 @@ STAGES: tuple[tuple[str, str, Callable[[Config], Any], tuple[str, ...]], ...] = 
 def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()) -> list[Config]:
     """Return the four stage configs: the benchmark's preset (the defaults for digits), the smoke
     overrides and experiment name `<benchmark>-smoke` when `smoke`, then `extra` key=value items
-    that apply to every stage that has the key."""
+    that apply to every stage that has the key (ConfigError for a key that no stage has)."""
     if benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark '{benchmark}'; choose one of {', '.join(BENCHMARKS)}")
     preset = None if benchmark == "digits" else f"{benchmark}.yaml"
-    configs = []
+    keys = [parse_override(item)[0] for item in extra]  # ConfigError for an item without '='
+    configs, used = [], set()
     for _, folder, _, smoke_overrides in STAGES:
         config_dir = REPO_ROOT / folder / "config"
         defaults = load_config(config_dir, preset)
+        mine = [(item, key) for item, key in zip(extra, keys) if _has_key(defaults, key)]
+        used.update(key for _, key in mine)
         overrides = [*(smoke_overrides + (f"exp={defaults['exp']}-smoke",) if smoke else ()),
-                     *(item for item in extra if _has_key(defaults, item.split("=", 1)[0]))]
+                     *(item for item, _ in mine)]
         configs.append(load_config(config_dir, preset, overrides))
+    unknown = [key for key in keys if key not in used]
+    if unknown:
+        raise ConfigError(f"unknown config key '{unknown[0]}' in the overrides: no stage config has it "
+                          "(see the config.yaml of Train_Vit_Classifier, Test_Classifier and AutoEncoder)")
     return configs
 
 

@@ -73,7 +73,9 @@ def run(cfg: Config) -> dict[str, Any]:
     model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     start_epoch, best_loss, stale = 0, float("inf"), 0
-    if train_cfg["resume"] and (out / "last.pth").is_file():
+    if train_cfg["resume"] and not (out / "last.pth").is_file():
+        print(f"train.resume=true but {out / 'last.pth'} does not exist: starting from epoch 0", flush=True)
+    elif train_cfg["resume"]:
         state = load_checkpoint(out / "last.pth")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -95,7 +95,9 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     amp = train_cfg["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     start_epoch, best_acc = 0, -1.0
-    if train_cfg["resume"] and (out / "last.pth").is_file():
+    if train_cfg["resume"] and not (out / "last.pth").is_file():
+        print(f"train.resume=true but {out / 'last.pth'} does not exist: starting from epoch 0", flush=True)
+    elif train_cfg["resume"]:
         state = load_checkpoint(out / "last.pth")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,156 @@
+"""Stage 4 (score test images by CAE reconstruction error) on a tiny stage-3 run: files agree with
+an independent computation, the OOD table with the baselines of stage 2, and bad inputs are named."""
+import csv
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from wildcapture.cae import ConvAutoencoder
+from wildcapture.data import DatasetError
+from wildcapture.ood import auroc, ood_metrics
+from wildcapture.paths import REPO_ROOT
+from wildcapture.stages.test_cae import load_cae, run
+from wildcapture.vit import WeightsMismatchError
+
+from stage_helpers import cae_config
+
+SPLITS = ("test_id", "test_ood")
+BASELINES = ("msp", "maxlogit", "energy", "mahalanobis", "knn", "vim")
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _config(tiny_heatmaps, tiny_cae, results, *overrides):
+    """Stage-4 config reading the shared stage-2/3 outputs and writing only to `results`."""
+    return cae_config(tiny_heatmaps / "heatmaps", tiny_cae, f"results_dir={results}", *overrides)
+
+
+@pytest.fixture(scope="module")
+def stage4(tiny_heatmaps, tiny_cae, tmp_path_factory):
+    """Results folder of one stage-4 run (test.batch_size=7) with stage 2's baseline scores beside it."""
+    results = tmp_path_factory.mktemp("stage4") / "results"
+    results.mkdir()
+    shutil.copy(tiny_heatmaps / "results" / "baseline_scores.csv", results)
+    run(_config(tiny_heatmaps, tiny_cae, results, "test.batch_size=7"))
+    return results
+
+
+def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmaps, tiny_cae):
+    with open(stage4 / "recon_errors.pkl", "rb") as handle:
+        result = pickle.load(handle)
+    index = {s: _rows(tiny_heatmaps / "heatmaps" / s / "index.csv") for s in SPLITS}
+    n = {s: len(index[s]) for s in SPLITS}
+    assert n == {"test_id": 40, "test_ood": 40}
+    keys = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
+    assert {len(result[k]) for k in keys} == {80}
+    assert result["ids"] == [r["source"] for s in SPLITS for r in index[s]]
+    assert result["rows"] == [*range(40), *range(40)]
+    assert result["split"] == ["test_id"] * 40 + ["test_ood"] * 40
+    assert result["labels"] == [int(r["label"]) for s in SPLITS for r in index[s]]
+    assert min(result["labels"][:40]) >= 0 and set(result["labels"][40:]) == {-1}
+    assert result["class_names"] == [r["class_name"] for s in SPLITS for r in index[s]]
+    assert list(result["is_ood"]) == [0] * 40 + [1] * 40
+    best = _load(tiny_cae / "cae" / "best.pth")
+    assert result["threshold"] == best["threshold"]
+    assert result["checkpoint"] == str(tiny_cae / "cae" / "best.pth")
+    assert list(result["flagged_ood"]) == list(result["errors"] > best["threshold"])
+    assert result["errors"].dtype == np.float64 and np.all(result["errors"] > 0)
+
+    # errors = mean over pixels of (model(x) - x)^2, x prepared here from the raw heatmaps, one image at a time
+    model = ConvAutoencoder(**best["model_args"]).eval()
+    model.load_state_dict(best["model"])
+    expected = []
+    for s in SPLITS:
+        raw = torch.from_numpy(np.load(tiny_heatmaps / "heatmaps" / s / "heatmaps.npy"))
+        x = F.interpolate(raw[:, None], size=(16, 16), mode="bilinear", align_corners=False)
+        x = x / x.amax(dim=(2, 3), keepdim=True)
+        with torch.no_grad():
+            expected += [((model(x[i:i + 1]) - x[i:i + 1]) ** 2).mean().item() for i in range(len(x))]
+    np.testing.assert_allclose(result["errors"], expected, rtol=1e-5)
+
+    # the CSV twin has the same rows, errors to full precision
+    twin = _rows(stage4 / "recon_errors.csv")
+    assert [r["ids"] for r in twin] == result["ids"] and [r["split"] for r in twin] == result["split"]
+    assert [int(r["rows"]) for r in twin] == result["rows"]
+    assert [float(r["errors"]) for r in twin] == list(result["errors"])
+    assert [r["flagged_ood"] == "True" for r in twin] == list(result["flagged_ood"])
+
+
+def test_ood_table_has_cae_and_the_stage_2_baselines(stage4, tiny_heatmaps):
+    with open(stage4 / "recon_errors.pkl", "rb") as handle:
+        result = pickle.load(handle)
+    table = json.loads((stage4 / "ood_table.json").read_text())
+    rows = {r["detector"]: r for r in table["rows"]}
+    assert [r["detector"] for r in table["rows"]] == ["cae", *BASELINES]
+    is_ood = np.asarray(result["is_ood"]) == 1
+    errors = np.asarray(result["errors"])
+    assert rows["cae"]["auroc"] == pytest.approx(auroc(errors[~is_ood], errors[is_ood]), abs=1e-12)
+    assert rows["cae"]["n_id"] == 40 and rows["cae"]["n_ood"] == 40
+
+    scores = _rows(tiny_heatmaps / "results" / "baseline_scores.csv")
+    for name in BASELINES:
+        per_split = [np.array([float(r[name]) for r in scores if r["split"] == s]) for s in SPLITS]
+        for metric, value in ood_metrics(*per_split).items():
+            assert rows[name][metric] == pytest.approx(value, abs=1e-12), (name, metric)
+    # and the baseline rows line up with stage 2's logits: MSP recomputed from logits.npy
+    msp = [-torch.softmax(torch.from_numpy(np.load(tiny_heatmaps / "heatmaps" / s / "logits.npy")).double(), 1)
+           .max(1).values.numpy() for s in SPLITS]
+    assert rows["msp"]["auroc"] == pytest.approx(auroc(*msp), abs=1e-9)
+    assert "test_id (40 ID images)" in table["caption"]
+
+    for name in ("roc_curves.png", "score_histograms.png", "reconstruction_gallery.png"):
+        assert (stage4 / name).stat().st_size > 0
+        with Image.open(stage4 / name) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_errors_do_not_depend_on_the_batch_size(stage4, tiny_heatmaps, tiny_cae, tmp_path):
+    run(_config(tiny_heatmaps, tiny_cae, tmp_path, "test.batch_size=1", "test.baselines=false"))
+    with open(tmp_path / "recon_errors.pkl", "rb") as one, open(stage4 / "recon_errors.pkl", "rb") as seven:
+        np.testing.assert_allclose(pickle.load(one)["errors"], pickle.load(seven)["errors"], rtol=1e-6)
+    assert [r["detector"] for r in json.loads((tmp_path / "ood_table.json").read_text())["rows"]] == ["cae"]
+
+
+def test_empty_ood_split_is_named(tiny_heatmaps, tiny_cae, tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4, 4), dtype=np.float32))
+    with pytest.raises(DatasetError, match="test_ood"):
+        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", f"inputs.test_ood={tmp_path / 'empty.npy'}"))
+    assert not (tmp_path / "results" / "recon_errors.pkl").exists()
+
+
+def test_cae_checkpoint_of_another_input_size_is_named(tiny_heatmaps, tiny_cae, tmp_path):
+    with pytest.raises(WeightsMismatchError, match=r"cae\.input_size=16"):
+        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "cae.input_size=32"))
+    assert not (tmp_path / "results").exists()
+
+
+def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_heatmaps, tiny_cae, tmp_path):
+    # the paper's AutoEncoderW.pt: a bare state dict, 128x128 input (bottleneck kernel 8x8)
+    paper = json.loads((REPO_ROOT / "tests" / "fixtures" / "paper_cae_state_dict.json").read_text())["state_dict"]
+    generator = torch.Generator().manual_seed(0)
+    torch.save({k: torch.randn(shape, generator=generator) * 0.01 for k, shape in paper.items()},
+               tmp_path / "AutoEncoderW.pt")
+    assert "encoder.0.weight" in paper
+    with pytest.raises(WeightsMismatchError, match=r"cae\.input_size=128"):
+        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", f"test.checkpoint={tmp_path / 'AutoEncoderW.pt'}"))
+
+    # one of the config's size loads strictly, and has no threshold
+    state = ConvAutoencoder(16, 512).state_dict()
+    torch.save(state, tmp_path / "bare16.pt")
+    model, ckpt = load_cae(_config(tiny_heatmaps, tiny_cae, tmp_path, f"test.checkpoint={tmp_path / 'bare16.pt'}"))
+    assert model.constructor_args() == {"input_size": 16, "zdim": 512}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert "threshold" not in ckpt and ckpt["path"] == str(tmp_path / "bare16.pt")

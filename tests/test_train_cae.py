@@ -1,0 +1,157 @@
+"""Stage 3 (train the CAE) on the heatmaps of a tiny stage-2 run: checkpoints, log, resume, errors."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from wildcapture.cae import ConvAutoencoder, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.data import DatasetError
+from wildcapture.heatmaps import export_heatmap_pngs
+from wildcapture.stages import train_cae
+from wildcapture.stages.train_cae import run
+
+from stage_helpers import cae_config
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _log(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def _model(ckpt):
+    model = ConvAutoencoder(**ckpt["model_args"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval()
+
+
+def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_checkpoint):
+    folder = tiny_cae / "cae"
+    best, last, log = _load(folder / "best.pth"), _load(folder / "last.pth"), _log(folder)
+
+    assert best["model_args"] == {"input_size": 16, "zdim": 512}
+    assert best["prep"] == {"resize": "bilinear", "norm": "max"}
+    assert best["accept_fraction"] == 0.95
+    # the heatmap source's metadata (stage 2's heatmaps_meta.yaml) travels with the CAE: detect.py needs it
+    meta = yaml.safe_load((tiny_heatmaps / "heatmaps" / "heatmaps_meta.yaml").read_text())
+    assert best["heatmaps"] == meta and best["heatmaps"]["checkpoint"] == str(tiny_vit_checkpoint)
+
+    # one line per epoch; best = min of the logged val losses, running best logged each epoch
+    assert [r["epoch"] for r in log] == [0, 1, 2]
+    val_losses = [r["val_loss"] for r in log]
+    assert best["val_loss"] == min(val_losses) and best["epoch"] == int(np.argmin(val_losses))
+    assert [r["best_val_loss"] for r in log] == list(np.minimum.accumulate(val_losses))
+    assert last["epoch"] == 2 and last["best_val_loss"] == min(val_losses) and "optimizer" in last
+
+    # threshold recomputed independently from the raw val_id heatmaps and the best model
+    raw = np.load(tiny_heatmaps / "heatmaps" / "val_id" / "heatmaps.npy")
+    x = prepare_heatmaps(raw, 16, "bilinear", "max")
+    model = _model(best)
+    errors = reconstruction_errors(model, x, 5, "cpu")
+    with torch.no_grad():
+        direct = ((model(x).double() - x.double()) ** 2).mean(dim=(1, 2, 3)).numpy()
+    np.testing.assert_allclose(errors, direct, rtol=1e-6)
+    assert best["val_loss"] == pytest.approx(errors.mean(), rel=1e-6)
+    assert best["threshold"] == pytest.approx(ood_threshold(errors, 0.95), rel=1e-6)
+    k = math.ceil(0.95 * len(errors))  # 38 of 40 accepted
+    assert best["threshold"] == pytest.approx(np.sort(errors)[k - 1], rel=1e-6)
+    assert (errors <= best["threshold"] * (1 + 1e-6)).sum() >= k
+
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    assert saved["cae"]["input_size"] == 16 and saved["train"]["epochs"] == 3
+
+
+def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmaps, tmp_path, monkeypatch):
+    original = train_cae.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if kwargs.get("epoch") == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_cae, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=3"))
+    folder = tmp_path / "cae"
+    assert [r["epoch"] for r in _log(folder)] == [0, 1] and _load(folder / "last.pth")["epoch"] == 1
+    monkeypatch.setattr(train_cae, "train_one_epoch", original)
+
+    record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=3", "train.resume=true"))
+    reference = tiny_cae / "cae"  # the same config run for 3 epochs without a break
+    assert record["epoch"] == 2
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _log(folder)]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in _log(reference)]
+    for name in ("best.pth", "last.pth"):
+        ours, theirs = _load(folder / name), _load(reference / name)
+        assert ours["epoch"] == theirs["epoch"]
+        assert ours["model"].keys() == theirs["model"].keys()
+        for key in ours["model"]:
+            assert torch.equal(ours["model"][key], theirs["model"][key]), f"{name}: {key} differs"
+    assert _load(folder / "best.pth")["threshold"] == _load(reference / "best.pth")["threshold"]
+
+
+def test_early_stopping_stops_when_val_loss_stalls(tiny_heatmaps, tmp_path):
+    # lr=0: the weights never change, so the val loss of epoch 0 is never beaten
+    record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=20", "train.lr=0.0",
+                            "train.early_stopping=2"))
+    log = _log(tmp_path / "cae")
+    assert [r["epoch"] for r in log] == [0, 1, 2] and record["epoch"] == 2
+    assert len({r["val_loss"] for r in log}) == 1
+    assert _load(tmp_path / "cae" / "best.pth")["epoch"] == 0
+    assert _load(tmp_path / "cae" / "last.pth")["stale_epochs"] == 2
+
+
+def test_heatmap_png_csv_inputs(tiny_heatmaps, tmp_path):
+    csvs, raws = {}, {}
+    for split in ("train_id", "val_id"):
+        folder = tiny_heatmaps / "heatmaps" / split
+        raws[split] = np.load(folder / "heatmaps.npy")
+        with open(folder / "index.csv", newline="") as handle:
+            labels = [row["label"] for row in csv.DictReader(handle)]
+        csvs[split] = export_heatmap_pngs(raws[split], tmp_path / "png" / split,
+                                          [f"{i:04d}" for i in range(len(labels))], labels)
+    run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1",
+                   f"inputs.train_id={csvs['train_id']}", f"inputs.val_id={csvs['val_id']}"))
+
+    best = _load(tmp_path / "cae" / "best.pth")
+    x_png = train_cae.load_prepared(cae_config(tiny_heatmaps / "heatmaps", tmp_path,
+                                               f"inputs.val_id={csvs['val_id']}"), "val_id")
+    # the 8-bit PNGs are the npy heatmaps scaled by their max, to within rounding
+    x_npy = prepare_heatmaps(raws["val_id"], 16, "bilinear", "max")
+    assert x_png.shape == (40, 1, 16, 16)
+    np.testing.assert_allclose(x_png.numpy(), x_npy.numpy(), atol=2 / 255)
+    assert not torch.equal(x_png, x_npy)  # and they really were read from the PNGs
+    errors = reconstruction_errors(_model(best), x_png, 40, "cpu")
+    assert best["threshold"] == pytest.approx(ood_threshold(errors, 0.95), rel=1e-6)
+    assert best["val_loss"] == pytest.approx(errors.mean(), rel=1e-6)
+
+
+def test_missing_heatmaps_name_the_file_and_stage_2(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        run(cae_config(tmp_path / "nowhere", tmp_path))
+    message = str(info.value)
+    assert str(tmp_path / "nowhere" / "train_id" / "heatmaps.npy") in message and "stage 2" in message
+    assert not (tmp_path / "cae" / "best.pth").exists()
+
+
+def test_corrupt_heatmaps_name_the_file(tiny_heatmaps, tmp_path):
+    bad = tmp_path / "heatmaps" / "train_id" / "heatmaps.npy"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x00garbage, not a numpy file" * 10)
+    with pytest.raises(DatasetError) as info:
+        run(cae_config(tmp_path / "heatmaps", tmp_path / "out"))
+    assert str(bad) in str(info.value) and "train_id" in str(info.value)
+
+    nan = np.load(tiny_heatmaps / "heatmaps" / "val_id" / "heatmaps.npy")
+    nan[3, 1, 2] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(DatasetError, match="NaN") as info:
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "out", f"inputs.val_id={tmp_path / 'nan.npy'}"))
+    assert str(tmp_path / "nan.npy") in str(info.value)
+    assert not (tmp_path / "out" / "cae" / "best.pth").exists()
