@@ -25,7 +25,6 @@ DATA_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "limit_per_split": None,
     "annotations": None,
-    "manifest": None,
     "augment": AUGMENT_DEFAULTS,
     "mean": None,
     "std": None,
