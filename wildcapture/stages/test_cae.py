@@ -8,7 +8,7 @@ Outputs in `results/<exp>/`:
   (errors > threshold); plus `threshold` (float) and `checkpoint` (str). `recon_errors.csv` has
   the same rows.
 - `ood_table.{md,csv,json}`: AUROC, AUPR-IN, AUPR-OUT, FPR@95TPR for the CAE and every baseline.
-- `roc_curves.png`, `score_histograms.png`, `reconstruction_gallery.png`.
+- `roc_curves.png`, `score_histograms.png`, `reconstruction_gallery.png`, `config_test_autoencoder.yaml`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from wildcapture.cae import ConvAutoencoder, prepare_heatmaps, reconstruct, reconstruction_errors
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
 from wildcapture.storage import atomic_write, load_checkpoint, write_csv
-from wildcapture.config import Config
+from wildcapture.config import Config, save_config
 from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.ood import ood_rows, plot_roc_curves, plot_score_histograms, to_markdown, write_table
 from wildcapture.paths import resolve_path
@@ -136,6 +136,7 @@ def run(cfg: Config) -> dict[str, Any]:
     model, ckpt = load_cae(cfg)
     model.to(device)
     cae_cfg, out = cfg["cae"], resolve_path(cfg["results_dir"] or f"results/{cfg['exp']}")
+    save_config(cfg, out / "config_test_autoencoder.yaml")
     raw = {s: load_heatmaps_of(cfg, s) for s in TEST_SPLITS}
     prepared = {s: prepare_heatmaps(raw[s], cae_cfg["input_size"], cae_cfg["resize"], cae_cfg["norm"])
                 for s in TEST_SPLITS}
