@@ -72,3 +72,15 @@ def load_checkpoint(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle and zip errors come in many types
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def load_resume_state(out_dir: Path, resume: bool) -> dict[str, Any] | None:
+    """Return the contents of `out_dir/last.pth` when `resume` is set and the file exists, else None
+    (saying so when a resume was asked for but there is nothing to resume from)."""
+    path = Path(out_dir) / "last.pth"
+    if not resume:
+        return None
+    if not path.is_file():
+        print(f"train.resume=true but {path} does not exist: starting from epoch 0", flush=True)
+        return None
+    return load_checkpoint(path)

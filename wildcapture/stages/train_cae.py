@@ -18,7 +18,7 @@ import yaml
 
 from wildcapture.cae import ConvAutoencoder, load_heatmaps, ood_threshold, prepare_heatmaps, reconstruction_errors
 from wildcapture.cae.engine import train_one_epoch
-from wildcapture.storage import load_checkpoint, save_checkpoint
+from wildcapture.storage import load_resume_state, save_checkpoint
 from wildcapture.config import Config, save_config
 from wildcapture.data import DatasetError
 from wildcapture.paths import resolve_path
@@ -73,10 +73,8 @@ def run(cfg: Config) -> dict[str, Any]:
     model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     start_epoch, best_loss, stale = 0, float("inf"), 0
-    if train_cfg["resume"] and not (out / "last.pth").is_file():
-        print(f"train.resume=true but {out / 'last.pth'} does not exist: starting from epoch 0", flush=True)
-    elif train_cfg["resume"]:
-        state = load_checkpoint(out / "last.pth")
+    state = load_resume_state(out, train_cfg["resume"])
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_loss, stale = state["epoch"] + 1, state["best_val_loss"], state["stale_epochs"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from wildcapture.storage import load_checkpoint, save_checkpoint
+from wildcapture.storage import load_resume_state, save_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
@@ -95,10 +95,8 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     amp = train_cfg["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     start_epoch, best_acc = 0, -1.0
-    if train_cfg["resume"] and not (out / "last.pth").is_file():
-        print(f"train.resume=true but {out / 'last.pth'} does not exist: starting from epoch 0", flush=True)
-    elif train_cfg["resume"]:
-        state = load_checkpoint(out / "last.pth")
+    state = load_resume_state(out, train_cfg["resume"])
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
