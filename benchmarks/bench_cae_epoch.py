@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from wildcapture.cae import ConvAutoencoder, iterate_batches, prepare_heatmaps, train_one_epoch  # noqa: E402
+from wildcapture.cae import ConvAutoencoder, iterate_batches, prepare_heatmaps, train_one_epoch
 
 
 def _fresh(size: int, zdim: int, device: str) -> tuple[ConvAutoencoder, torch.optim.Optimizer]:
