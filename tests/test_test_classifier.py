@@ -68,3 +68,8 @@ def test_paper_format_weights_load_and_wrong_class_count_is_clear(tiny_vit_check
     with pytest.raises(WeightsMismatchError, match="has 5 classes but the model has 3"):
         run(stage2_config(tmp_path / "paper.pt", tmp_path / "bad", *base, "data.id_classes=[0,1,2]",
                           "data.ood_classes=[5,6]"))
+
+
+def test_missing_checkpoint_says_to_run_stage_1(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothere\.pth; run stage 1"):
+        run(stage2_config(tmp_path / "nothere.pth", tmp_path))

@@ -51,6 +51,9 @@ def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, 
     state dict (the paper's weights) is rebuilt from `model.*` and `data.*` of the stage config.
     """
     path = resolve_path(cfg["checkpoint"] or f"weights/{cfg['exp']}/vit/best.pth")
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier checkpoint not found: {path}; run stage 1 (Train_Vit_Classifier/train.py) "
+                                f"for exp={cfg['exp']} or set checkpoint=PATH")
     obj = load_checkpoint(path)
     ours = isinstance(obj, dict) and "model_args" in obj
     data_cfg = obj["config"]["data"] if ours and cfg["data_from_checkpoint"] else cfg["data"]
