@@ -79,3 +79,9 @@ def test_every_stage_preset_is_valid():
     for config_dir in sorted(REPO_ROOT.glob("*/config")):
         for preset in config_dir.glob("*.yaml"):
             load_config(config_dir, preset.name)
+
+
+def test_exponent_floats_are_numbers_even_where_the_default_is_null(config_dir):
+    cfg = load_config(config_dir, None, ["train.extra=1e-1", "train.lr=5e-5"])
+    assert cfg["train"]["extra"] == pytest.approx(0.1) and isinstance(cfg["train"]["extra"], float)
+    assert cfg["train"]["lr"] == pytest.approx(5e-5)

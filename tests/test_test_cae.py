@@ -154,3 +154,27 @@ def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_
     assert model.constructor_args() == {"input_size": 16, "zdim": 512}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert "threshold" not in ckpt and ckpt["path"] == str(tmp_path / "bare16.pt")
+
+
+def test_heatmap_csv_inputs_give_ood_labels_and_no_foreign_baselines(tiny_heatmaps, tiny_cae, tmp_path):
+    from wildcapture.heatmaps import export_heatmap_pngs
+
+    inputs = []
+    for split in SPLITS:
+        raw = np.load(tiny_heatmaps / "heatmaps" / split / "heatmaps.npy")
+        labels = [r["label"] for r in _rows(tiny_heatmaps / "heatmaps" / split / "index.csv")]
+        csv_path = export_heatmap_pngs(raw, tmp_path / "png" / split, [f"{i:03d}" for i in range(len(raw))], labels)
+        inputs.append(f"inputs.{split}={csv_path}")
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(tiny_heatmaps / "results" / "baseline_scores.csv", results)  # stage 2's, for other images
+    out = run(_config(tiny_heatmaps, tiny_cae, results, *inputs))
+
+    assert [row["detector"] for row in out["rows"]] == ["cae"]
+    with open(results / "recon_errors.pkl", "rb") as handle:
+        saved = pickle.load(handle)
+    ood = [s == "test_ood" for s in saved["split"]]
+    assert all(label == -1 for label, o in zip(saved["labels"], ood) if o)
+    assert all(isinstance(label, int) and label >= 0 for label, o in zip(saved["labels"], ood) if not o)
+    assert saved["ids"][0] == str((tmp_path / "png" / "test_id" / "000.png").resolve())
+    assert (results / "reconstruction_gallery.png").stat().st_size > 0

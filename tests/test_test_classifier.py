@@ -62,9 +62,17 @@ def test_paper_format_weights_load_and_wrong_class_count_is_clear(tiny_vit_check
     torch.save({"modelVit." + k: v for k, v in ckpt["model"].items()}, tmp_path / "paper.pt")
     arch = [f"model.{k}={v}" for k, v in ckpt["model_args"]["kwargs"].items() if k != "drop_path_rate"]
     base = [f"model.name={ckpt['model_args']['name']}", *arch, "data.limit_per_split=20", "heatmap.kind=rollout"]
-    run(stage2_config(tmp_path / "paper.pt", tmp_path / "ok", *base))
+    cfg = stage2_config(tmp_path / "paper.pt", tmp_path / "ok", *base)
+    run(cfg)
     logits = np.load(tmp_path / "ok" / "heatmaps" / "test_id" / "logits.npy")
-    assert logits.shape == (20, 5)
+    # the same weights loaded directly give the same logits on the same images
+    model = build_vit(ckpt["model_args"]).eval()
+    model.load_state_dict(ckpt["model"])
+    bench = build_benchmark(cfg["data"], None, None)
+    attach_transforms(bench, cfg["data"], ckpt["input_spec"], augment_train=False)
+    images = torch.stack([bench.splits["test_id"][i][0] for i in range(20)])
+    with torch.no_grad():
+        np.testing.assert_allclose(model(images).numpy(), logits, atol=1e-5)
     with pytest.raises(WeightsMismatchError, match="has 5 classes but the model has 3"):
         run(stage2_config(tmp_path / "paper.pt", tmp_path / "bad", *base, "data.id_classes=[0,1,2]",
                           "data.ood_classes=[5,6]"))

@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -155,3 +156,19 @@ def test_corrupt_heatmaps_name_the_file(tiny_heatmaps, tmp_path):
         run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "out", f"inputs.val_id={tmp_path / 'nan.npy'}"))
     assert str(tmp_path / "nan.npy") in str(info.value)
     assert not (tmp_path / "out" / "cae" / "best.pth").exists()
+
+
+def test_incomplete_stage_2_output_is_refused(tiny_heatmaps, tmp_path):
+    heatmaps = tmp_path / "heatmaps"
+    shutil.copytree(tiny_heatmaps / "heatmaps", heatmaps)
+    (heatmaps / "heatmaps_meta.yaml").unlink()  # what a stage-2 run that died midway leaves
+    with pytest.raises(DatasetError, match="incomplete.*rerun Test_Classifier"):
+        run(cae_config(heatmaps, tmp_path / "out", "train.epochs=1"))
+    assert not (tmp_path / "out" / "cae" / "best.pth").exists()
+
+
+def test_unknown_normalisation_is_a_config_error(tiny_heatmaps, tmp_path):
+    from wildcapture.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown cae.norm 'maximum'.*max, minmax, none"):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "cae.norm=maximum"))

@@ -96,3 +96,10 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     attach_transforms(bench, best["config"]["data"], best["input_spec"])
     loader = make_loader(bench.splits["val_id"], 16, None, 0, torch.device("cpu"))
     assert evaluate(model, loader, torch.device("cpu"), progress=False)["val_acc"] == pytest.approx(best["val_acc"])
+
+
+def test_empty_validation_split_is_a_clear_error(tmp_path):
+    from wildcapture.data import DatasetError
+
+    with pytest.raises(DatasetError, match="val_id is empty.*data.val_fraction"):
+        stage1.run(stage1_config(tmp_path, "train.epochs=1", "data.val_fraction=0.0"))

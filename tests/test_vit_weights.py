@@ -67,3 +67,11 @@ def test_paper_state_dict_keys_and_shapes_fit_vit_base_with_7_classes():
     check_compatible(model, state, "paper weights")
     with pytest.raises(WeightsMismatchError, match="has 7 classes but the model has 5"):
         check_compatible(five_classes, state, "paper")
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    from wildcapture.errors import CheckpointError
+
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="broken.pth"):
+        load_checkpoint(tmp_path / "broken.pth")

@@ -7,11 +7,11 @@ from typing import Any, Callable, Sequence
 
 from wildcapture.config import Config, ConfigError, parse_stage_args
 from wildcapture.data import DatasetError
-from wildcapture.errors import NonFiniteLossError
+from wildcapture.errors import CheckpointError, NonFiniteLossError
 from wildcapture.vit import WeightsMismatchError
 
 # Errors whose message already tells the user what to fix: shown without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, WeightsMismatchError,
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, WeightsMismatchError, CheckpointError,
                                                 NonFiniteLossError, FileNotFoundError)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,8 +46,13 @@ def _unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {source}.{hint} Valid keys: {', '.join(valid)}")
 
 
+_EXPONENT_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     """Return `value` converted to the type of `default`, or raise ConfigError."""
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):  # YAML 1.1 reads "1e-4" as a string
+        value = float(value)
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -55,11 +61,6 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value

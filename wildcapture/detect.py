@@ -19,7 +19,7 @@ from wildcapture.classifier.data_setup import make_loader
 from wildcapture.classifier.engine import autocast_context
 from wildcapture.data import DatasetError, ImageSplit, build_transforms
 from wildcapture.data.images import FileImages
-from wildcapture.data.wildcapture_folders import IMAGE_EXTENSIONS
+from wildcapture.data.wildcapture_folders import list_images
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.paths import resolve_path
 from wildcapture.vit import build_vit, load_weights
@@ -31,8 +31,7 @@ def list_folder_images(folder: Path) -> list[Path]:
     """Return every image file (jpg, jpeg, png; any case) under `folder`, recursively, sorted."""
     if not folder.is_dir():
         raise DatasetError(f"image folder not found: {folder}")
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    images = list_images(folder)
     if not images:
         raise DatasetError(f"no .jpg/.jpeg/.png images in {folder}")
     return images

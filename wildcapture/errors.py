@@ -3,3 +3,7 @@
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read."""

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from wildcapture.errors import CheckpointError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -71,7 +73,8 @@ def load_checkpoint(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle and zip errors come in many types
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a torch file): "
+                              f"{type(err).__name__}: {err}") from err
 
 
 def load_resume_state(out_dir: Path, resume: bool) -> dict[str, Any] | None:

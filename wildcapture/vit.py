@@ -13,6 +13,7 @@ import timm
 import torch
 from torch import nn
 
+from wildcapture.config import ConfigError
 from wildcapture.storage import load_checkpoint
 
 # Model config keys passed to timm.create_model when not null.
@@ -38,7 +39,8 @@ def build_vit(model_args: dict[str, Any], pretrained: bool = False) -> nn.Module
                                  num_classes=model_args["num_classes"], **model_args["kwargs"])
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"unknown timm model '{model_args['name']}' (config key model.name)") from err
+            raise ConfigError(f"unknown timm model '{model_args['name']}' (config key model.name); "
+                              "list them with timm.list_models('vit_*')") from err
         raise
 
 

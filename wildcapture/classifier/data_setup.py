@@ -13,7 +13,7 @@ from wildcapture.data import Benchmark, build_transforms
 def input_spec(model: nn.Module, data_cfg: dict[str, Any]) -> dict[str, Any]:
     """Return the preprocessing the model expects: {"input_size": (H, W), "mean", "std", "interpolation"}.
 
-    `data.mean` / `data.std` override the model's own normalisation when set.
+    `data.mean`, `data.std` and `data.interpolation` override the model's own when set.
     """
     pretrained_cfg = getattr(model, "pretrained_cfg", {}) or {}
     height, width = model.patch_embed.img_size
@@ -21,7 +21,7 @@ def input_spec(model: nn.Module, data_cfg: dict[str, Any]) -> dict[str, Any]:
         "input_size": [int(height), int(width)],
         "mean": list(data_cfg.get("mean") or pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
         "std": list(data_cfg.get("std") or pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
-        "interpolation": pretrained_cfg.get("interpolation", "bicubic"),
+        "interpolation": data_cfg.get("interpolation") or pretrained_cfg.get("interpolation", "bicubic"),
     }
 
 
@@ -36,8 +36,8 @@ def attach_transforms(bench: Benchmark, data_cfg: dict[str, Any], spec: dict[str
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
-                device: torch.device, generator_seed: int = 0) -> DataLoader:
-    """Return a DataLoader with pinned memory on CUDA and seeded worker RNGs."""
+                device: torch.device) -> DataLoader:
+    """Return an in-order DataLoader (or in `sampler`'s order) with pinned memory on CUDA; its
+    `generator` seeds the worker RNGs (stage 1 reseeds it every epoch)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False,
-                      generator=torch.Generator().manual_seed(generator_seed))
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterable
 
 import torch
@@ -48,7 +49,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             logits = model(images)
             loss = F.cross_entropy(logits, labels)
         loss_value = loss.item()
-        if not torch.isfinite(loss).item():
+        if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss_value}) at epoch {epoch}, step {step}: lower train.lr, "
                 "enable train.grad_clip, or check the input data for NaN/inf values")

@@ -28,6 +28,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "augment": AUGMENT_DEFAULTS,
     "mean": None,
     "std": None,
+    "interpolation": None,
 }
 
 

@@ -143,7 +143,8 @@ def forward_with_heatmaps(
     with _unfused(attns), _hooks([a.attn_drop for a in attns], hook):
         tokens = model.forward_features(images)
     features = model.forward_head(tokens, pre_logits=True)
-    logits = model.head(features)
+    with torch.autocast(device_type=features.device.type, enabled=False):  # fp32 logits under mixed precision
+        logits = model.head(features.float())
 
     row = state["row"] if kind == "cls_last" else state["rollout"][:, 0, :]
     heatmaps = row[:, npt:].reshape(row.shape[0], gh, gw).contiguous()

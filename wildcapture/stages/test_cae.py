@@ -26,9 +26,10 @@ from wildcapture.storage import atomic_write, load_checkpoint, write_csv
 from wildcapture.config import Config, save_config
 from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.ood import ood_rows, plot_roc_curves, plot_score_histograms, to_markdown, write_table
-from wildcapture.paths import resolve_path
+from wildcapture.paths import resolve_path, results_dir
 from wildcapture.runtime import pick_device
-from wildcapture.stages.train_cae import cae_dir, heatmap_source, heatmaps_meta, load_heatmaps_of
+from wildcapture.stages.train_cae import (cae_dir, check_cae_settings, heatmap_source, heatmaps_meta, load_heatmaps_of,
+                                          uses_external_heatmaps)
 from wildcapture.vit import WeightsMismatchError
 
 TEST_SPLITS = ("test_id", "test_ood")
@@ -47,6 +48,7 @@ def load_cae(cfg: Config) -> tuple[ConvAutoencoder, dict[str, Any]]:
     Raises WeightsMismatchError if the checkpoint's input size, zdim or heatmap preparation differ
     from `cae.*` in the config.
     """
+    check_cae_settings(cfg["cae"])
     path = resolve_path(cfg["test"]["checkpoint"] or cae_dir(cfg) / "best.pth")
     if not path.is_file():
         raise FileNotFoundError(f"CAE checkpoint not found: {path}; run stage 3 (AutoEncoder/train.py) first")
@@ -76,8 +78,17 @@ def read_index(cfg: Config, split: str) -> dict[str, list]:
     if source.suffix == ".npy":
         return {"ids": [r["source"] for r in rows], "labels": [int(r["label"]) for r in rows],
                 "class_names": [r["class_name"] for r in rows]}
-    return {"ids": [r["img"] for r in rows], "labels": [r["label"] for r in rows],
+    # A heatmap-image CSV (img,label): ids are the heatmap files; OOD items get label -1 like ours.
+    return {"ids": [str((source.parent / r["img"]).resolve()) for r in rows],
+            "labels": [-1 if split == "test_ood" else _as_label(r["label"]) for r in rows],
             "class_names": [r["label"] for r in rows]}
+
+
+def _as_label(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def read_baseline_scores(path: Path, sizes: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -114,19 +125,20 @@ def _gallery(cfg: Config, model: ConvAutoencoder, raw: dict[str, np.ndarray], pr
     n, errors = cfg["test"]["gallery_size"], result["errors"]
     order = np.argsort(errors, kind="stable")
     picks = [*order[::-1][:n], *order[:n]]
-    meta = heatmaps_meta(cfg)
+    meta = heatmaps_meta(cfg)  # {} for external heatmaps: no source images to show
     try:
         bench = build_benchmark(meta["data"], None, None) if meta.get("data") else None
     except DatasetError:
         bench = None  # images moved since stage 2: the gallery shows heatmaps only
+    x = torch.cat([prepared[result["split"][i]][result["rows"][i]].unsqueeze(0) for i in picks])
+    recons = reconstruct(model, x, len(picks), "cpu")[:, 0].numpy()
     rows = []
     for rank, i in enumerate(picks):
         split, row = result["split"][i], result["rows"][i]
-        recon = reconstruct(model, prepared[split][row:row + 1], 1, "cpu")[0, 0].numpy()
         image = bench.splits[split].load_image(row) if bench else None
         kind = "most" if rank < n else "least"
         rows.append(GalleryRow(f"{kind} OOD\n{split} {result['class_names'][i]}\nerror {errors[i]:.4g}", image,
-                               raw[split][row], prepared[split][row, 0].numpy(), recon))
+                               raw[split][row], x[rank, 0].numpy(), recons[rank]))
     plot_reconstruction_gallery(rows, path, f"{cfg['exp']}: most and least OOD test images by CAE error")
 
 
@@ -135,7 +147,7 @@ def run(cfg: Config) -> dict[str, Any]:
     device = pick_device(cfg["device"])
     model, ckpt = load_cae(cfg)
     model.to(device)
-    cae_cfg, out = cfg["cae"], resolve_path(cfg["results_dir"] or f"results/{cfg['exp']}")
+    cae_cfg, out = cfg["cae"], results_dir(cfg)
     save_config(cfg, out / "config_test_autoencoder.yaml")
     raw = {s: load_heatmaps_of(cfg, s) for s in TEST_SPLITS}
     prepared = {s: prepare_heatmaps(raw[s], cae_cfg["input_size"], cae_cfg["resize"], cae_cfg["norm"])
@@ -148,6 +160,9 @@ def run(cfg: Config) -> dict[str, Any]:
         if len(index[s]["ids"]) != len(errors[s]):
             raise DatasetError(f"split {s}: {len(errors[s])} heatmaps but {len(index[s]['ids'])} index rows")
     threshold = ckpt.get("threshold", float("nan"))
+    if np.isnan(threshold):
+        print(f"note: {ckpt['path']} stores no OOD threshold (not a stage-3 checkpoint): flagged_ood is all False",
+              flush=True)
     all_errors = np.concatenate([errors[s] for s in TEST_SPLITS])
     result: dict[str, Any] = {
         "ids": [i for s in TEST_SPLITS for i in index[s]["ids"]],
@@ -161,19 +176,23 @@ def run(cfg: Config) -> dict[str, Any]:
         "threshold": threshold,
         "checkpoint": ckpt["path"],
     }
-    write_recon_errors(result, out)
 
     scores = {CAE_NAME: (errors["test_id"], errors["test_ood"])}
     baseline_path = resolve_path(cfg["test"]["baseline_scores"] or out / "baseline_scores.csv")
-    if cfg["test"]["baselines"] and baseline_path.is_file():
+    if cfg["test"]["baselines"] and uses_external_heatmaps(cfg):
+        print("note: heatmaps from inputs.*: stage 2's baseline scores belong to other images and are left out",
+              flush=True)
+    elif cfg["test"]["baselines"] and baseline_path.is_file():
         scores.update(read_baseline_scores(baseline_path, {s: len(errors[s]) for s in TEST_SPLITS}))
     rows = ood_rows(scores)
     caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors['test_id'])} ID images) vs test_ood "
                f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps")
-    write_table(rows, out, caption=caption)
-    markdown = to_markdown(rows, caption)
-    print(markdown, flush=True)
     plot_roc_curves(scores, out / "roc_curves.png")
     plot_score_histograms(scores, out / "score_histograms.png")
     _gallery(cfg, model, raw, prepared, result, out / "reconstruction_gallery.png")
+    # the tables and scores last: they exist only when the whole stage succeeded
+    write_recon_errors(result, out)
+    write_table(rows, out, caption=caption)
+    markdown = to_markdown(rows, caption)
+    print(markdown, flush=True)
     return {"rows": rows, "markdown": markdown}

@@ -2,7 +2,8 @@
 
 Outputs:
 - `data/heatmaps/<exp>/heatmaps_meta.yaml`: the classifier, preprocessing, data config and heatmap
-  kind these files came from (read by stages 3-4 and detect.py).
+  kind these files came from (read by stages 3-4 and detect.py); written last, so it is present
+  only after a complete run.
 - `data/heatmaps/<exp>/<split>/`: `heatmaps.npy` (N x grid_h x grid_w float32), `logits.npy`
   (N x classes), `features.npy` (N x D, pre-logits), `index.csv` (row, source, label, class_name,
   pred, pred_name); row i of every file is the same image. Optionally `png/` + `heatmaps.csv`.
@@ -22,25 +23,16 @@ from wildcapture.storage import load_checkpoint, save_array, write_csv
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.inference import SplitOutputs, infer_split
 from wildcapture.classifier.report import classifier_report, write_report
-from wildcapture.config import Config, save_config
+from wildcapture.config import Config, ConfigError, save_config
 from wildcapture.data import SPLITS, Benchmark, DatasetError, build_benchmark
-from wildcapture.heatmaps import export_heatmap_pngs, plot_heatmap_gallery
+from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatmap_gallery
 from wildcapture.ood import fit_baselines, score_all
-from wildcapture.paths import resolve_path
+from wildcapture.paths import heatmaps_dir, resolve_path, results_dir
 from wildcapture.runtime import pick_device, seed_everything
 from wildcapture.vit import build_vit, load_state, model_args_from_config
 
 INDEX_COLUMNS = ("row", "source", "label", "class_name", "pred", "pred_name")
-
-
-def heatmaps_dir(cfg: Config) -> Path:
-    """Return the stage-2 output folder for per-split arrays (default `data/heatmaps/<exp>`)."""
-    return resolve_path(cfg["heatmaps_dir"] or f"data/heatmaps/{cfg['exp']}")
-
-
-def results_dir(cfg: Config) -> Path:
-    """Return the folder for reports, tables and plots (default `results/<exp>`)."""
-    return resolve_path(cfg["results_dir"] or f"results/{cfg['exp']}")
+META_NAME = "heatmaps_meta.yaml"
 
 
 def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, Any]]:
@@ -101,14 +93,16 @@ def _gallery(bench: Benchmark, outputs: dict[str, SplitOutputs], n: int, seed: i
 
 def run(cfg: Config) -> dict[str, Any]:
     """Run stage 2 for `cfg`; returns the classifier report of `test_id`."""
+    if cfg["heatmap"]["kind"] not in HEATMAP_KINDS:
+        raise ConfigError(f"unknown heatmap.kind '{cfg['heatmap']['kind']}'; choose one of {', '.join(HEATMAP_KINDS)}")
     seed_everything(cfg["seed"])
     device = pick_device(cfg["device"])
     model, bench, source = load_classifier(cfg)
     model.to(device)
     heat_cfg, out_heat, out_results = cfg["heatmap"], heatmaps_dir(cfg), results_dir(cfg)
     save_config(cfg, out_results / "config_test_classifier.yaml")
-    save_config({**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"]}},
-                out_heat / "heatmaps_meta.yaml")
+    meta_path = out_heat / META_NAME
+    meta_path.unlink(missing_ok=True)  # written again last: its presence marks a complete stage-2 run
     print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
           f"heatmap {heat_cfg['kind']}; device {device}; writing to {out_heat} and {out_results}", flush=True)
 
@@ -140,4 +134,5 @@ def run(cfg: Config) -> dict[str, Any]:
     scores = {s: score_all(detectors, outputs[s].features, outputs[s].logits) for s in ("test_id", "test_ood")}
     write_baseline_scores(out_results / "baseline_scores.csv", bench, scores)
     _gallery(bench, outputs, cfg["gallery_size"], cfg["seed"], out_results / "heatmap_gallery.png")
+    save_config({**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"]}}, meta_path)
     return report

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 import yaml
 
-from wildcapture.cae import ConvAutoencoder, load_heatmaps, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae import (NORMS, RESIZE_MODES, ConvAutoencoder, load_heatmaps, ood_threshold, prepare_heatmaps,
+                             reconstruction_errors)
 from wildcapture.cae.engine import train_one_epoch
 from wildcapture.storage import load_resume_state, save_checkpoint
-from wildcapture.config import Config, save_config
+from wildcapture.config import Config, ConfigError, save_config
 from wildcapture.data import DatasetError
-from wildcapture.paths import resolve_path
+from wildcapture.paths import heatmaps_dir, resolve_path
 from wildcapture.runtime import pick_device, seed_everything
+from wildcapture.stages.test_classifier import META_NAME
 
 
 def cae_dir(cfg: Config) -> Path:
@@ -30,17 +32,38 @@ def cae_dir(cfg: Config) -> Path:
     return resolve_path(cfg["output_dir"] or f"weights/{cfg['exp']}/cae")
 
 
+def check_cae_settings(cae_cfg: dict[str, Any]) -> None:
+    """Raise ConfigError naming the key if `cae.*` holds a value the CAE cannot use."""
+    size = cae_cfg["input_size"]
+    if not isinstance(size, int) or size < 16 or size % 16:
+        raise ConfigError(f"cae.input_size must be a positive multiple of 16, got {size!r}")
+    if cae_cfg["resize"] not in RESIZE_MODES:
+        raise ConfigError(f"unknown cae.resize '{cae_cfg['resize']}'; choose one of {', '.join(RESIZE_MODES)}")
+    if cae_cfg["norm"] not in NORMS:
+        raise ConfigError(f"unknown cae.norm '{cae_cfg['norm']}'; choose one of {', '.join(NORMS)}")
+
+
+def uses_external_heatmaps(cfg: Config) -> bool:
+    """True when any split's heatmaps come from `inputs.*` rather than this experiment's stage 2."""
+    return any(cfg["inputs"].values())
+
+
 def heatmap_source(cfg: Config, split: str) -> Path:
     """Return the heatmap file of `split`: `inputs.<split>` if set, else stage 2's `heatmaps.npy`."""
     explicit = cfg["inputs"][split]
-    base = resolve_path(cfg["heatmaps_dir"] or f"data/heatmaps/{cfg['exp']}")
-    return resolve_path(explicit) if explicit else base / split / "heatmaps.npy"
+    return resolve_path(explicit) if explicit else heatmaps_dir(cfg) / split / "heatmaps.npy"
 
 
 def heatmaps_meta(cfg: Config) -> dict[str, Any]:
-    """Return stage 2's `heatmaps_meta.yaml` (classifier, data and heatmap kind), or {} if absent."""
-    path = resolve_path(cfg["heatmaps_dir"] or f"data/heatmaps/{cfg['exp']}") / "heatmaps_meta.yaml"
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    """Return stage 2's `heatmaps_meta.yaml` (classifier, data and heatmap kind); {} for external
+    heatmaps. Raises DatasetError if stage 2's run did not complete (the file is written last)."""
+    if uses_external_heatmaps(cfg):
+        return {}
+    path = heatmaps_dir(cfg) / META_NAME
+    if not path.is_file():
+        raise DatasetError(f"stage 2's output in {path.parent} is incomplete ({META_NAME}, written at the end of "
+                           "a complete run, is missing): rerun Test_Classifier/test_classifier.py")
+    return yaml.safe_load(path.read_text())
 
 
 def load_heatmaps_of(cfg: Config, split: str) -> np.ndarray:
@@ -69,6 +92,7 @@ def run(cfg: Config) -> dict[str, Any]:
     seed_everything(cfg["seed"])
     device = pick_device(cfg["device"])
     train_cfg, cae_cfg, out = cfg["train"], cfg["cae"], cae_dir(cfg)
+    check_cae_settings(cae_cfg)
     x_train, x_val = load_prepared(cfg, "train_id").to(device), load_prepared(cfg, "val_id").to(device)
     model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])

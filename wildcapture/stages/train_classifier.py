@@ -20,8 +20,8 @@ from wildcapture.storage import load_resume_state, save_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
-from wildcapture.config import Config, save_config
-from wildcapture.data import build_benchmark
+from wildcapture.config import Config, ConfigError, save_config
+from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.paths import resolve_path
 from wildcapture.runtime import cleanup_distributed, init_distributed, seed_everything
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
@@ -41,7 +41,7 @@ def build_optimizer(params, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
-    raise ValueError(f"unknown train.optimizer '{name}'; choose adam, adamw or sgd")
+    raise ConfigError(f"unknown train.optimizer '{name}'; choose adam, adamw or sgd")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]):
@@ -53,7 +53,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any])
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg["epochs"])
     if name == "none":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    raise ValueError(f"unknown train.scheduler '{name}'; choose step, cosine or none")
+    raise ConfigError(f"unknown train.scheduler '{name}'; choose step, cosine or none")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -82,6 +82,9 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     attach_transforms(bench, cfg["data"], spec)
 
     train_split, val_split = bench.splits["train_id"], bench.splits["val_id"]
+    if len(val_split) == 0:
+        raise DatasetError("val_id is empty, so no checkpoint could be selected: set data.val_fraction > 0 "
+                           "(and data.limit_per_split large enough)")
     rank, world = dist_state.rank, dist_state.world_size
     train_sampler = EpochSampler(train_split.labels, shuffle=True, balanced=train_cfg["balanced_sampling"],
                                  seed=cfg["seed"], rank=rank, world_size=world)
