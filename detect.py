@@ -25,11 +25,13 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=None, help="override the stored OOD threshold")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that decode the images")
     args = parser.parse_args()
     cae = resolve_path(args.cae or f"weights/{args.exp}/cae/best.pth")
     out = args.out or resolve_path(f"results/{args.exp}/detections.csv")
     try:
-        rows = detect(args.folder.resolve(), cae, out, args.batch_size, str(pick_device(args.device)), args.threshold)
+        rows = detect(args.folder.resolve(), cae, out, args.batch_size, str(pick_device(args.device)), args.threshold,
+                      args.workers)
     except USER_ERRORS + (ValueError,) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -52,11 +52,12 @@ def load_detector(cae_path: Path) -> tuple[torch.nn.Module, ConvAutoencoder, dic
 
 
 def detect(folder: Path, cae_path: Path, out_csv: Path, batch_size: int = 64, device: str = "cpu",
-           threshold: float | None = None) -> list[dict[str, Any]]:
+           threshold: float | None = None, workers: int = 0) -> list[dict[str, Any]]:
     """Score every image under `folder`; write and return one row per image (see COLUMNS).
 
     ood_score is the CAE reconstruction error (higher = more OOD); ood_flag = ood_score > threshold
-    (default: the stage-3 threshold stored in the checkpoint).
+    (default: the stage-3 threshold stored in the checkpoint). `workers` DataLoader processes decode
+    and resize the images.
     """
     dev = torch.device(device)
     classifier, cae, obj = load_detector(cae_path)
@@ -69,7 +70,7 @@ def detect(folder: Path, cae_path: Path, out_csv: Path, batch_size: int = 64, de
     classifier.to(dev)
     logits, heatmaps = [], []
     with torch.inference_mode():
-        for images, _ in tqdm(make_loader(split, batch_size, None, 0, dev), desc="classify", leave=False):
+        for images, _ in tqdm(make_loader(split, batch_size, None, workers, dev), desc="classify", leave=False):
             with autocast_context(dev, True):
                 batch_logits, _, batch_heatmaps = forward_with_heatmaps(
                     classifier, images.to(dev), meta["heatmap"]["kind"], meta["heatmap"]["block"])
