@@ -17,6 +17,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Return the RNG seed of one epoch: it depends on (seed, epoch) only, so resumed runs repeat it."""
+    return seed * 100_003 + epoch
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """Return the torch device for `name` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps')."""
     if name == "auto":

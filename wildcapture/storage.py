@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -58,6 +59,14 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
             writer.writerow(header)
             writer.writerows(rows)
     atomic_write(path, write)
+
+
+def append_log_line(path: Path, record: dict[str, Any]) -> None:
+    """Append `record` as one JSON line to the log at `path` and print the same line."""
+    line = json.dumps(record)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(line + "\n")
+    print(line, flush=True)
 
 
 def write_text(path: Path, text: str) -> None:

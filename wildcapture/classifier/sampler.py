@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from wildcapture.runtime import epoch_seed
+
 
 def class_balanced_weights(labels: np.ndarray) -> torch.Tensor:
     """Return per-item sampling weights 1/count(class), so every class is drawn equally often."""
@@ -37,7 +39,7 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def _epoch_indices(self) -> list[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is not None:
             return torch.multinomial(self.weights, self.num_items, replacement=True, generator=generator).tolist()
         if self.shuffle:

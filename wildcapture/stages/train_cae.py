@@ -7,7 +7,6 @@ for `train.resume=true`), `config.yaml` and `log.jsonl` (one JSON line per epoch
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ import yaml
 from wildcapture.cae import (NORMS, RESIZE_MODES, ConvAutoencoder, load_heatmaps, ood_threshold, prepare_heatmaps,
                              reconstruction_errors)
 from wildcapture.cae.engine import train_one_epoch
-from wildcapture.storage import load_resume_state, save_checkpoint
+from wildcapture.storage import append_log_line, load_resume_state, save_checkpoint
 from wildcapture.config import Config, ConfigError, save_config
 from wildcapture.data import DatasetError
 from wildcapture.paths import heatmaps_dir, resolve_path
-from wildcapture.runtime import pick_device, seed_everything
+from wildcapture.runtime import epoch_seed, pick_device, seed_everything
 from wildcapture.stages.test_classifier import META_NAME
 
 
@@ -114,7 +113,7 @@ def run(cfg: Config) -> dict[str, Any]:
     patience = train_cfg["early_stopping"]
     for epoch in range(start_epoch, train_cfg["epochs"]):
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(cfg["seed"], epoch))
         train_loss = train_one_epoch(model, x_train, optimizer, train_cfg["batch_size"], generator, device,
                                      epoch=epoch)
         val_errors = reconstruction_errors(model, x_val, train_cfg["eval_batch_size"], device)
@@ -131,10 +130,7 @@ def run(cfg: Config) -> dict[str, Any]:
         record.update(best_val_loss=best_loss, seconds=round(time.perf_counter() - started, 3))
         save_checkpoint({**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                          "best_val_loss": best_loss, "stale_epochs": stale}, out / "last.pth")
-        line = json.dumps(record)
-        with open(out / "log.jsonl", "a") as log:
-            log.write(line + "\n")
-        print(line, flush=True)
+        append_log_line(out / "log.jsonl", record)
         if patience and stale >= patience:
             print(f"early stopping: val loss has not improved for {patience} epochs", flush=True)
             break

@@ -7,7 +7,6 @@ Outputs in `output_dir` (default `weights/<exp>/vit/`): `best.pth` (best val acc
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from wildcapture.storage import load_resume_state, save_checkpoint
+from wildcapture.storage import append_log_line, load_resume_state, save_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
 from wildcapture.config import Config, ConfigError, save_config
 from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.paths import resolve_path
-from wildcapture.runtime import cleanup_distributed, init_distributed, seed_everything
+from wildcapture.runtime import cleanup_distributed, epoch_seed, init_distributed, seed_everything
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
 
 
@@ -122,9 +121,9 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
             "format": "wildcapture-vit-1"}
     for epoch in range(start_epoch, train_cfg["epochs"]):
         started = time.perf_counter()
-        torch.manual_seed(cfg["seed"] * 100_003 + epoch)  # dropout/augmentation RNG depends on the epoch only
+        torch.manual_seed(epoch_seed(cfg["seed"], epoch))  # dropout/augmentation RNG depends on the epoch only
         train_sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(cfg["seed"] * 100_003 + epoch)
+        train_loader.generator.manual_seed(epoch_seed(cfg["seed"], epoch))
         lr = optimizer.param_groups[0]["lr"]
         record = {"epoch": epoch, **train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, amp,
                                                     train_cfg["grad_clip"], progress=is_main)}
@@ -141,8 +140,5 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
         save_checkpoint({**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
                          "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, out / "last.pth")
-        line = json.dumps(record)
-        with open(out / "log.jsonl", "a") as log:
-            log.write(line + "\n")
-        print(line, flush=True)
+        append_log_line(out / "log.jsonl", record)
     return record
