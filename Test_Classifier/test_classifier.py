@@ -5,7 +5,7 @@
 from pathlib import Path
 
 from wildcapture.cli import stage_main
-from wildcapture.stages.test_classifier import run
+from wildcapture.stages.evaluate_classifier import run
 
 if __name__ == "__main__":
     stage_main(Path(__file__).resolve().parent / "config", __doc__.splitlines()[0], run)

@@ -14,7 +14,7 @@ import argparse
 from wildcapture.config import load_config
 from wildcapture.ood import read_table
 from wildcapture.paths import REPO_ROOT
-from wildcapture.stages import test_cae, test_classifier, train_cae
+from wildcapture.stages import evaluate_classifier, score_cae, train_cae
 
 
 def main() -> None:
@@ -31,14 +31,14 @@ def main() -> None:
         exp = f"compare-{args.exp}-{kind}"
         stage2 = load_config(REPO_ROOT / "Test_Classifier" / "config", args.preset,
                              [f"exp={exp}", f"checkpoint=weights/{args.exp}/vit/best.pth", f"heatmap.kind={kind}"])
-        test_classifier.run(stage2)
+        evaluate_classifier.run(stage2)
         for norm in args.norms:
             overrides = [f"exp={exp}", f"cae.norm={norm}", f"output_dir=weights/{exp}/cae-{norm}",
                          f"results_dir=results/{exp}/{norm}", f"heatmaps_dir=data/heatmaps/{exp}",
                          f"test.baseline_scores=results/{exp}/baseline_scores.csv", *args.overrides]
             cae_cfg = load_config(REPO_ROOT / "AutoEncoder" / "config", args.preset, overrides)
             train_cae.run(cae_cfg)
-            test_cae.run(cae_cfg)
+            score_cae.run(cae_cfg)
             table = read_table(REPO_ROOT / f"results/{exp}/{norm}/ood_table.json")
             rows.append({"kind": kind, "norm": norm, **table[0]})
             baselines = table[1:]  # the same for every kind and norm: they use logits and features only

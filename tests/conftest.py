@@ -28,7 +28,7 @@ def tiny_heatmaps(tiny_vit_checkpoint, tmp_path_factory) -> Path:
     Shared by the stage-3/4 and detect tests: treat it as read-only.
     """
     from stage_helpers import stage2_config
-    from wildcapture.stages.test_classifier import run
+    from wildcapture.stages.evaluate_classifier import run
 
     out = tmp_path_factory.mktemp("stage2")
     run(stage2_config(tiny_vit_checkpoint, out))

@@ -6,16 +6,16 @@ from typing import Any, Callable, Sequence
 
 from wildcapture.config import Config, ConfigError, load_config, parse_override
 from wildcapture.paths import REPO_ROOT
-from wildcapture.stages import test_cae, test_classifier, train_cae, train_classifier
+from wildcapture.stages import evaluate_classifier, score_cae, train_cae, train_classifier
 
 BENCHMARKS = ("digits", "cifar10", "cifar100", "wildcapture")
 # (name, config folder, run function, overrides that make the stage a smoke run of a few batches)
 STAGES: tuple[tuple[str, str, Callable[[Config], Any], tuple[str, ...]], ...] = (
     ("1 train classifier", "Train_Vit_Classifier", train_classifier.run,
      ("data.limit_per_split=48", "train.epochs=1", "train.batch_size=16", "data.download=false")),
-    ("2 test classifier", "Test_Classifier", test_classifier.run, ("batch_size=16", "gallery_size=2")),
+    ("2 test classifier", "Test_Classifier", evaluate_classifier.run, ("batch_size=16", "gallery_size=2")),
     ("3 train CAE", "AutoEncoder", train_cae.run, ("train.epochs=1", "train.batch_size=16")),
-    ("4 test CAE", "AutoEncoder", test_cae.run, ("test.gallery_size=2",)),
+    ("4 test CAE", "AutoEncoder", score_cae.run, ("test.gallery_size=2",)),
 )
 
 

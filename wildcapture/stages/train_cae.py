@@ -23,7 +23,7 @@ from wildcapture.config import Config, ConfigError, save_config
 from wildcapture.data import DatasetError
 from wildcapture.paths import heatmaps_dir, resolve_path
 from wildcapture.runtime import epoch_seed, pick_device, seed_everything
-from wildcapture.stages.test_classifier import META_NAME
+from wildcapture.stages.evaluate_classifier import META_NAME
 
 
 def cae_dir(cfg: Config) -> Path:

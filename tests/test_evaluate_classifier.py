@@ -8,7 +8,7 @@ import torch
 from wildcapture.storage import load_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms
 from wildcapture.data import SPLITS, build_benchmark
-from wildcapture.stages.test_classifier import run
+from wildcapture.stages.evaluate_classifier import run
 from wildcapture.vit import WeightsMismatchError, build_vit
 
 from stage_helpers import stage2_config

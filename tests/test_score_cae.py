@@ -15,7 +15,7 @@ from wildcapture.cae import ConvAutoencoder
 from wildcapture.data import DatasetError
 from wildcapture.ood import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
-from wildcapture.stages.test_cae import load_cae, run
+from wildcapture.stages.score_cae import load_cae, run
 from wildcapture.vit import WeightsMismatchError
 
 from stage_helpers import cae_config
