@@ -5,14 +5,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wildcapture.config import Config, ConfigError, parse_stage_args
-from wildcapture.data import DatasetError
-from wildcapture.errors import CheckpointError, NonFiniteLossError
-from wildcapture.vit import WeightsMismatchError
+from wildcapture.config import Config, parse_stage_args
+from wildcapture.errors import UserError
 
 # Errors whose message already tells the user what to fix: shown without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DatasetError, WeightsMismatchError, CheckpointError,
-                                                NonFiniteLossError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError)
 
 
 def stage_main(config_dir: Path, description: str, run: Callable[[Config], Any],

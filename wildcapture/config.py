@@ -22,13 +22,12 @@ from typing import Any, Sequence
 
 import yaml
 
+from wildcapture.errors import ConfigError
 from wildcapture.paths import resolve_path
 
 Config = dict[str, Any]
 
 
-class ConfigError(ValueError):
-    """A configuration problem the user must fix; the message names the key or file."""
 
 
 def _flat_keys(cfg: Config, prefix: str = "") -> list[str]:

@@ -13,17 +13,13 @@ import timm
 import torch
 from torch import nn
 
-from wildcapture.config import ConfigError
+from wildcapture.errors import ConfigError, WeightsMismatchError
 from wildcapture.storage import load_checkpoint
 
 # Model config keys passed to timm.create_model when not null.
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",
              "drop_rate", "attn_drop_rate", "drop_path_rate")
 WRAPPER_PREFIXES = ("module.", "modelVit.", "model_vit.")
-
-
-class WeightsMismatchError(ValueError):
-    """The weights do not fit the model; the message says what differs and which key to change."""
 
 
 def model_args_from_config(model_cfg: dict[str, Any], num_classes: int) -> dict[str, Any]:

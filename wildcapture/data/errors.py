@@ -1,8 +1,4 @@
-"""The one exception type for user-facing data problems."""
+"""The data package's error type (defined with the other user errors in `wildcapture.errors`)."""
+from wildcapture.errors import DatasetError
 
-
-class DatasetError(Exception):
-    """A data problem the user can fix (missing folder, bad class name, corrupt image, bad config value).
-
-    The message always names the thing to fix: a path, a config key (``data.<key>``) or a class.
-    """
+__all__ = ["DatasetError"]
