@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wildcapture.config import ConfigError, load_config, override, save_config
+from wildcapture.config import ConfigError, load_config
+from wildcapture.storage import write_yaml
 
 DEFAULT = {"exp": "digits", "seed": 0, "model": {"name": "vit", "img_size": 16, "pretrained": False},
            "train": {"lr": 1.0e-3, "epochs": 3, "extra": None, "classes": [0, 1]}}
@@ -66,12 +67,22 @@ def test_section_cannot_be_set_as_a_value(config_dir):
         load_config(config_dir, None, ["train.epochs"])
 
 
-def test_override_copies_and_save_round_trips(config_dir, tmp_path):
-    cfg = load_config(config_dir)
-    changed = override(cfg, "seed=7")
-    assert cfg["seed"] == 0 and changed["seed"] == 7
-    save_config(changed, tmp_path / "out" / "config.yaml")
-    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == changed
+def test_saved_config_round_trips(config_dir, tmp_path):
+    cfg = load_config(config_dir, None, ["seed=7"])
+    write_yaml(tmp_path / "out" / "config.yaml", cfg)
+    assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text()) == cfg
+    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "config.yaml"]  # no temporary file left
+
+
+def test_data_section_is_filled_from_its_one_definition(tmp_path):
+    from wildcapture.data import DATA_DEFAULTS
+    (tmp_path / "config.yaml").write_text("exp: x\ndata: {}\n")
+    (tmp_path / "p.yaml").write_text("data:\n  name: cifar10\n  augment:\n    hflip: 0.5\n")
+    cfg = load_config(tmp_path, "p", ["data.seed=3"])
+    expected = {**DATA_DEFAULTS, "name": "cifar10", "seed": 3, "augment": {**DATA_DEFAULTS["augment"], "hflip": 0.5}}
+    assert cfg["data"] == expected
+    with pytest.raises(ConfigError, match="data.sed.*Did you mean 'data.seed'"):
+        load_config(tmp_path, None, ["data.sed=3"])
 
 
 def test_every_stage_preset_is_valid():

@@ -59,7 +59,7 @@ def cifar_root(tmp_path, monkeypatch):
 
 def test_cifar10_vs_cifar100(cifar_root):
     root, tests = cifar_root
-    bench = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.1}, None, None)
+    bench = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.1})
     s = bench.splits
     assert bench.id_class_names == C10_NAMES and bench.ood_class_names == C100_NAMES
     assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["test_ood"])) == (90, 10, 30, 100)
@@ -79,14 +79,14 @@ def test_cifar10_vs_cifar100(cifar_root):
 
 def test_cifar100_vs_cifar10_and_class_subset(cifar_root):
     root, tests = cifar_root
-    bench = build_benchmark({"name": "cifar100", "root": str(root), "val_fraction": 0.2}, None, None)
+    bench = build_benchmark({"name": "cifar100", "root": str(root), "val_fraction": 0.2})
     s = bench.splits
     assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["test_ood"])) == (400, 100, 100, 30)
     assert all(src.startswith("cifar10/test/") for src in s["test_ood"].sources)
     assert set(s["test_ood"].class_names) == set(C10_NAMES)
 
     sub = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.25,
-                           "id_classes": ["truck", "Cat"], "ood_classes": ["class_03"]}, None, None)
+                           "id_classes": ["truck", "Cat"], "ood_classes": ["class_03"]})
     assert sub.id_class_names == ["truck", "cat"]
     assert set(sub.splits["test_id"].class_names) == {"truck", "cat"}
     for name, label in zip(sub.splits["test_id"].class_names, sub.splits["test_id"].labels):
@@ -96,7 +96,7 @@ def test_cifar100_vs_cifar10_and_class_subset(cifar_root):
 
 def test_missing_cifar_names_folder_and_fix(tmp_path):
     with pytest.raises(DatasetError) as err:
-        build_benchmark({"name": "cifar10", "root": str(tmp_path / "nowhere")}, None, None)
+        build_benchmark({"name": "cifar10", "root": str(tmp_path / "nowhere")})
     msg = str(err.value)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg
     assert "data.download=true" in msg and "python-version batches" in msg

@@ -7,7 +7,7 @@ from wildcapture.data import SPLITS, DatasetError, build_benchmark
 
 
 def _bench(**cfg):
-    return build_benchmark({"name": "digits", **cfg}, None, None)
+    return build_benchmark({"name": "digits", **cfg})
 
 
 def test_split_sizes_add_up_and_are_disjoint():

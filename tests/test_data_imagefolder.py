@@ -18,7 +18,7 @@ def root(tmp_path):
 def test_ood_defaults_to_other_folders(root):
     cfg = {"name": "imagefolder", "root": str(root), "id_classes": ["dogs", "Cats"],
            "test_fraction": 0.3, "val_fraction": 0.25}
-    bench = build_benchmark(cfg, None, None)
+    bench = build_benchmark(cfg)
     assert bench.id_class_names == ["dogs", "Cats"] and bench.ood_class_names == ["birds", "fish"]
     assert [len(bench.splits[k]) for k in SPLITS] == [6, 2, 4, 5]
     ood = bench.splits["test_ood"]
@@ -30,17 +30,17 @@ def test_ood_defaults_to_other_folders(root):
             assert f"/{name.lower()}/" in source and label == ["dogs", "cats"].index(name.lower())
     image = ood.load_image(0)
     assert image.mode == "RGB" and np.asarray(image).shape[:2] == (12, 10)
-    other = build_benchmark({**cfg, "seed": 5}, None, None)
+    other = build_benchmark({**cfg, "seed": 5})
     assert other.splits["train_id"].sources != bench.splits["train_id"].sources
 
 
 def test_explicit_ood_and_errors(root):
     bench = build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"],
-                             "ood_classes": ["fish"], "test_fraction": 0.3, "val_fraction": 0.25}, None, None)
+                             "ood_classes": ["fish"], "test_fraction": 0.3, "val_fraction": 0.25})
     assert set(bench.splits["test_ood"].class_names) == {"fish"}
     with pytest.raises(DatasetError, match="id_classes is required"):
-        build_benchmark({"name": "imagefolder", "root": str(root)}, None, None)
+        build_benchmark({"name": "imagefolder", "root": str(root)})
     with pytest.raises(DatasetError, match="imagefolder root not found"):
-        build_benchmark({"name": "imagefolder", "root": str(root / "x"), "id_classes": ["a"]}, None, None)
+        build_benchmark({"name": "imagefolder", "root": str(root / "x"), "id_classes": ["a"]})
     with pytest.raises(DatasetError, match="stratified"):  # too few images for the requested fractions
-        build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"]}, None, None)
+        build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"]})

@@ -1,5 +1,6 @@
 """detect.py on a folder of image files, and the stage-1-to-4 pipeline runner of reproduce.py."""
 import csv
+import hashlib
 import json
 import re
 
@@ -14,6 +15,7 @@ import wildcapture.paths
 from wildcapture.cae import ConvAutoencoder
 from wildcapture.config import ConfigError
 from wildcapture.data import DatasetError
+from wildcapture.errors import CheckpointError
 from wildcapture.detect import COLUMNS, detect
 from wildcapture.pipeline import run_pipeline, stage_configs
 
@@ -53,7 +55,7 @@ def test_detect_matches_an_independent_computation(digit_folder, tiny_heatmaps, 
     best = torch.load(cae_path, map_location="cpu", weights_only=True)
     cae = ConvAutoencoder(**best["model_args"]).eval()
     cae.load_state_dict(best["model"])
-    names = best["heatmaps"]["class_names"]
+    names = best["heatmaps"]["classifier"]["class_names"]
     for split, row, name in PICKS:
         got = by_name[str(digit_folder / name)]
         logits = torch.from_numpy(np.load(tiny_heatmaps / "heatmaps" / split / "logits.npy")[row]).double()
@@ -88,7 +90,7 @@ def test_detect_rejects_empty_missing_folders_and_foreign_checkpoints(tiny_cae, 
             detect(tmp_path / folder, cae_path, tmp_path / "out.csv", device="cpu")
     assert not (tmp_path / "out.csv").exists()
     torch.save(ConvAutoencoder(16, 512).state_dict(), tmp_path / "bare.pt")
-    with pytest.raises(ValueError, match="not a stage-3 checkpoint"):
+    with pytest.raises(CheckpointError, match="names no classifier"):
         detect(tmp_path / "empty", tmp_path / "bare.pt", tmp_path / "out.csv", device="cpu")
 
 
@@ -135,7 +137,10 @@ def test_smoke_pipeline_hands_files_from_stage_to_stage(tmp_path, monkeypatch):
     heatmaps, results = tmp_path / "data" / "heatmaps" / "digits-smoke", tmp_path / "results" / "digits-smoke"
     assert (vit / "best.pth").is_file() and (cae / "best.pth").is_file()
     best = torch.load(cae / "best.pth", map_location="cpu", weights_only=True)
-    assert best["heatmaps"]["checkpoint"] == str(vit / "best.pth") and best["model_args"]["input_size"] == 32
+    # the classifier is recorded relative to the repository, with its digest
+    assert best["heatmaps"]["classifier"]["path"] == "weights/digits-smoke/vit/best.pth"
+    assert best["heatmaps"]["classifier"]["sha256"] == hashlib.sha256((vit / "best.pth").read_bytes()).hexdigest()
+    assert best["model_args"]["input_size"] == 32
     assert np.load(heatmaps / "test_ood" / "heatmaps.npy").shape == (48, 4, 4)
 
     table = json.loads((results / "ood_table.json").read_text())["rows"]

@@ -25,7 +25,7 @@ def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
     ckpt = load_checkpoint(tiny_vit_checkpoint)
     model = build_vit(ckpt["model_args"]).eval()
     model.load_state_dict(ckpt["model"])
-    bench = build_benchmark(ckpt["config"]["data"], None, None)
+    bench = build_benchmark(ckpt["config"]["data"])
     attach_transforms(bench, ckpt["config"]["data"], ckpt["input_spec"], augment_train=False)
 
     for split in SPLITS:
@@ -68,7 +68,7 @@ def test_paper_format_weights_load_and_wrong_class_count_is_clear(tiny_vit_check
     # the same weights loaded directly give the same logits on the same images
     model = build_vit(ckpt["model_args"]).eval()
     model.load_state_dict(ckpt["model"])
-    bench = build_benchmark(cfg["data"], None, None)
+    bench = build_benchmark(cfg["data"])
     attach_transforms(bench, cfg["data"], ckpt["input_spec"], augment_train=False)
     images = torch.stack([bench.splits["test_id"][i][0] for i in range(20)])
     with torch.no_grad():
@@ -78,6 +78,10 @@ def test_paper_format_weights_load_and_wrong_class_count_is_clear(tiny_vit_check
                           "data.ood_classes=[5,6]"))
 
 
-def test_missing_checkpoint_says_to_run_stage_1(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nothere\.pth; run stage 1"):
+def test_missing_checkpoint_names_the_file_and_where_to_get_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothere\.pth \(config key checkpoint\).*drive.google.com.*stage 1"):
         run(stage2_config(tmp_path / "nothere.pth", tmp_path))
+    cfg = stage2_config(tmp_path / "x.pth", tmp_path, "checkpoint=null", "exp=never-trained")
+    with pytest.raises(FileNotFoundError, match=r"weights/never-trained/vit/best\.pth; run stage 1"):
+        run(cfg)
+    assert not (tmp_path / "heatmaps" / "heatmaps_meta.yaml").exists()

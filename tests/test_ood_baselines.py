@@ -3,10 +3,12 @@ import math
 
 import numpy as np
 import pytest
+
+from wildcapture.heatmap_store import SplitArrays
 from sklearn.covariance import EmpiricalCovariance
 
 from wildcapture.ood.baselines import (
-    BASELINES, KNN, MSP, Energy, Mahalanobis, MaxLogit, ViM, fit_baselines, score_all,
+    KNN, MSP, Energy, Mahalanobis, MaxLogit, ViM, fit_baselines, score_all,
 )
 
 LOGITS = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
@@ -154,11 +156,12 @@ def test_registry_fit_and_score_all():
     feats, logits, w, b = _vim_data(n=60)
     labels = logits.argmax(1)
     dets = fit_baselines(feats, logits, labels, w, b, knn_k=5, vim_dim=3)
-    assert set(dets) == set(BASELINES) == {"msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
-    assert all(isinstance(dets[n], BASELINES[n]) for n in BASELINES)
-    scores = score_all(dets, feats[:7], logits[:7])
+    expected = {"msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "mahalanobis": Mahalanobis, "knn": KNN, "vim": ViM}
+    assert set(dets) == set(expected) and all(isinstance(dets[n], cls) for n, cls in expected.items())
+    scores = score_all(dets, SplitArrays(logits[:7], feats[:7], np.zeros((7, 2, 2))))
     for name, s in scores.items():
         assert s.shape == (7,) and s.dtype == np.float64 and np.all(np.isfinite(s)), name
+        np.testing.assert_array_equal(s, dets[name].score(feats[:7], logits[:7]))
     assert "vim" not in fit_baselines(feats, logits, labels, None, None, knn_k=5)
 
 

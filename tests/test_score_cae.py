@@ -15,7 +15,8 @@ from wildcapture.cae import ConvAutoencoder
 from wildcapture.data import DatasetError
 from wildcapture.ood import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
-from wildcapture.stages.score_cae import load_cae, run
+from wildcapture.cae.checkpoint import load_cae
+from wildcapture.stages.score_cae import run
 from wildcapture.vit import WeightsMismatchError
 
 from stage_helpers import cae_config
@@ -35,15 +36,19 @@ def _load(path):
 
 def _config(tiny_heatmaps, tiny_cae, results, *overrides):
     """Stage-4 config reading the shared stage-2/3 outputs and writing only to `results`."""
-    return cae_config(tiny_heatmaps / "heatmaps", tiny_cae, f"results_dir={results}", *overrides)
+    return cae_config(tiny_heatmaps / "heatmaps", tiny_cae, f"results_dir={results}",
+                      f"test.baseline_scores={tiny_heatmaps / 'results' / 'baseline_scores.csv'}", *overrides)
+
+
+def _files(folder):
+    """The files of `folder` (recursively) except the run lock."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != ".lock")
 
 
 @pytest.fixture(scope="module")
 def stage4(tiny_heatmaps, tiny_cae, tmp_path_factory):
-    """Results folder of one stage-4 run (test.batch_size=7) with stage 2's baseline scores beside it."""
+    """Results folder of one stage-4 run (test.batch_size=7) reading stage 2's baseline scores."""
     results = tmp_path_factory.mktemp("stage4") / "results"
-    results.mkdir()
-    shutil.copy(tiny_heatmaps / "results" / "baseline_scores.csv", results)
     run(_config(tiny_heatmaps, tiny_cae, results, "test.batch_size=7"))
     return results
 
@@ -127,14 +132,15 @@ def test_errors_do_not_depend_on_the_batch_size(stage4, tiny_heatmaps, tiny_cae,
 def test_empty_ood_split_is_named(tiny_heatmaps, tiny_cae, tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 4, 4), dtype=np.float32))
     with pytest.raises(DatasetError, match="test_ood"):
-        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", f"inputs.test_ood={tmp_path / 'empty.npy'}"))
-    assert not (tmp_path / "results" / "recon_errors.pkl").exists()
+        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", f"inputs.test_ood={tmp_path / 'empty.npy'}",
+                    f"inputs.test_id={tiny_heatmaps / 'heatmaps' / 'test_id' / 'heatmaps.npy'}"))
+    assert _files(tmp_path / "results") == []
 
 
 def test_cae_checkpoint_of_another_input_size_is_named(tiny_heatmaps, tiny_cae, tmp_path):
     with pytest.raises(WeightsMismatchError, match=r"cae\.input_size=16"):
         run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "cae.input_size=32"))
-    assert not (tmp_path / "results").exists()
+    assert _files(tmp_path / "results") == []
 
 
 def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_heatmaps, tiny_cae, tmp_path):
@@ -150,7 +156,7 @@ def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_
     # one of the config's size loads strictly, and has no threshold
     state = ConvAutoencoder(16, 512).state_dict()
     torch.save(state, tmp_path / "bare16.pt")
-    model, ckpt = load_cae(_config(tiny_heatmaps, tiny_cae, tmp_path, f"test.checkpoint={tmp_path / 'bare16.pt'}"))
+    model, ckpt = load_cae(tmp_path / "bare16.pt", _config(tiny_heatmaps, tiny_cae, tmp_path)["cae"])
     assert model.constructor_args() == {"input_size": 16, "zdim": 512}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert "threshold" not in ckpt and ckpt["path"] == str(tmp_path / "bare16.pt")
@@ -166,9 +172,7 @@ def test_heatmap_csv_inputs_give_ood_labels_and_no_foreign_baselines(tiny_heatma
         csv_path = export_heatmap_pngs(raw, tmp_path / "png" / split, [f"{i:03d}" for i in range(len(raw))], labels)
         inputs.append(f"inputs.{split}={csv_path}")
     results = tmp_path / "results"
-    results.mkdir()
-    shutil.copy(tiny_heatmaps / "results" / "baseline_scores.csv", results)  # stage 2's, for other images
-    out = run(_config(tiny_heatmaps, tiny_cae, results, *inputs))
+    out = run(_config(tiny_heatmaps, tiny_cae, results, *inputs))  # stage 2's baseline scores are for other images
 
     assert [row["detector"] for row in out["rows"]] == ["cae"]
     with open(results / "recon_errors.pkl", "rb") as handle:

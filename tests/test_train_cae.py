@@ -1,5 +1,6 @@
 """Stage 3 (train the CAE) on the heatmaps of a tiny stage-2 run: checkpoints, log, resume, errors."""
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -10,7 +11,9 @@ import torch
 import yaml
 
 from wildcapture.cae import ConvAutoencoder, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae.inputs import load_split_heatmaps
 from wildcapture.data import DatasetError
+from wildcapture.errors import IncompleteOutputError
 from wildcapture.heatmaps import export_heatmap_pngs
 from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run
@@ -39,9 +42,14 @@ def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_che
     assert best["model_args"] == {"input_size": 16, "zdim": 512}
     assert best["prep"] == {"resize": "bilinear", "norm": "max"}
     assert best["accept_fraction"] == 0.95
-    # the heatmap source's metadata (stage 2's heatmaps_meta.yaml) travels with the CAE: detect.py needs it
+    # the provenance of the heatmaps (stage 2's heatmaps_meta.yaml) travels with the CAE: stage 4 and
+    # detect.py check it, and detect.py rebuilds the classifier from it
     meta = yaml.safe_load((tiny_heatmaps / "heatmaps" / "heatmaps_meta.yaml").read_text())
-    assert best["heatmaps"] == meta and best["heatmaps"]["checkpoint"] == str(tiny_vit_checkpoint)
+    for key in ("run_id", "classifier", "input_spec", "heatmap", "data"):
+        assert best["heatmaps"][key] == meta[key], key
+    assert best["heatmaps"]["heatmap_files"] == {f"{s}/heatmaps.npy": meta["files"][f"{s}/heatmaps.npy"]
+                                                 for s in ("train_id", "val_id", "test_id", "test_ood")}
+    assert best["heatmaps"]["classifier"]["sha256"] == hashlib.sha256(tiny_vit_checkpoint.read_bytes()).hexdigest()
 
     # one line per epoch; best = min of the logged val losses, running best logged each epoch
     assert [r["epoch"] for r in log] == [0, 1, 2]
@@ -80,7 +88,9 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmap
     with pytest.raises(KeyboardInterrupt):
         run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=3"))
     folder = tmp_path / "cae"
-    assert [r["epoch"] for r in _log(folder)] == [0, 1] and _load(folder / "last.pth")["epoch"] == 1
+    staged = folder / ".train_cae.incomplete"
+    assert [r["epoch"] for r in _log(staged)] == [0, 1] and _load(staged / "last.pth")["epoch"] == 1
+    assert not (folder / "last.pth").exists()  # nothing published before the run completes
     monkeypatch.setattr(train_cae, "train_one_epoch", original)
 
     record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=3", "train.resume=true"))
@@ -98,8 +108,8 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmap
 
 
 def test_early_stopping_stops_when_val_loss_stalls(tiny_heatmaps, tmp_path):
-    # lr=0: the weights never change, so the val loss of epoch 0 is never beaten
-    record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=20", "train.lr=0.0",
+    # lr=1e-30: the Adam steps vanish in float32 rounding, so the val loss of epoch 0 is never beaten
+    record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=20", "train.lr=1e-30",
                             "train.early_stopping=2"))
     log = _log(tmp_path / "cae")
     assert [r["epoch"] for r in log] == [0, 1, 2] and record["epoch"] == 2
@@ -121,8 +131,8 @@ def test_heatmap_png_csv_inputs(tiny_heatmaps, tmp_path):
                    f"inputs.train_id={csvs['train_id']}", f"inputs.val_id={csvs['val_id']}"))
 
     best = _load(tmp_path / "cae" / "best.pth")
-    x_png = train_cae.load_prepared(cae_config(tiny_heatmaps / "heatmaps", tmp_path,
-                                               f"inputs.val_id={csvs['val_id']}"), "val_id")
+    png_cfg = cae_config(tiny_heatmaps / "heatmaps", tmp_path, f"inputs.val_id={csvs['val_id']}")
+    x_png = prepare_heatmaps(load_split_heatmaps(png_cfg, "val_id", None), 16, "bilinear", "max")
     # the 8-bit PNGs are the npy heatmaps scaled by their max, to within rounding
     x_npy = prepare_heatmaps(raws["val_id"], 16, "bilinear", "max")
     assert x_png.shape == (40, 1, 16, 16)
@@ -131,29 +141,36 @@ def test_heatmap_png_csv_inputs(tiny_heatmaps, tmp_path):
     errors = reconstruction_errors(_model(best), x_png, 40, "cpu")
     assert best["threshold"] == pytest.approx(ood_threshold(errors, 0.95), rel=1e-6)
     assert best["val_loss"] == pytest.approx(errors.mean(), rel=1e-6)
+    # the CAE records which files it learned, by digest, in place of a classifier
+    assert best["heatmaps"] == {"external": {s: {"path": str(csvs[s]), "sha256": hashlib.sha256(
+        csvs[s].read_bytes()).hexdigest()} for s in ("train_id", "val_id")}}
+
+    with pytest.raises(DatasetError, match="inputs.train_id set but inputs.val_id not"):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", f"inputs.train_id={csvs['train_id']}"))
 
 
-def test_missing_heatmaps_name_the_file_and_stage_2(tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
+def test_missing_heatmaps_name_the_folder_and_stage_2(tmp_path):
+    with pytest.raises(IncompleteOutputError) as info:
         run(cae_config(tmp_path / "nowhere", tmp_path))
     message = str(info.value)
-    assert str(tmp_path / "nowhere" / "train_id" / "heatmaps.npy") in message and "stage 2" in message
-    assert not (tmp_path / "cae" / "best.pth").exists()
+    assert str(tmp_path / "nowhere") in message and "heatmaps_meta.yaml" in message and "stage 2" in message
+    assert not (tmp_path / "cae").exists() or not (tmp_path / "cae" / "best.pth").exists()
 
 
 def test_corrupt_heatmaps_name_the_file(tiny_heatmaps, tmp_path):
+    shutil.copytree(tiny_heatmaps / "heatmaps", tmp_path / "heatmaps")
     bad = tmp_path / "heatmaps" / "train_id" / "heatmaps.npy"
-    bad.parent.mkdir(parents=True)
     bad.write_bytes(b"\x00garbage, not a numpy file" * 10)
-    with pytest.raises(DatasetError) as info:
+    with pytest.raises(IncompleteOutputError, match="has changed since") as info:
         run(cae_config(tmp_path / "heatmaps", tmp_path / "out"))
-    assert str(bad) in str(info.value) and "train_id" in str(info.value)
+    assert str(bad) in str(info.value)
 
     nan = np.load(tiny_heatmaps / "heatmaps" / "val_id" / "heatmaps.npy")
     nan[3, 1, 2] = np.nan
     np.save(tmp_path / "nan.npy", nan)
     with pytest.raises(DatasetError, match="NaN") as info:
-        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "out", f"inputs.val_id={tmp_path / 'nan.npy'}"))
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "out", f"inputs.val_id={tmp_path / 'nan.npy'}",
+                       f"inputs.train_id={tiny_heatmaps / 'heatmaps' / 'train_id' / 'heatmaps.npy'}"))
     assert str(tmp_path / "nan.npy") in str(info.value)
     assert not (tmp_path / "out" / "cae" / "best.pth").exists()
 
@@ -161,8 +178,14 @@ def test_corrupt_heatmaps_name_the_file(tiny_heatmaps, tmp_path):
 def test_incomplete_stage_2_output_is_refused(tiny_heatmaps, tmp_path):
     heatmaps = tmp_path / "heatmaps"
     shutil.copytree(tiny_heatmaps / "heatmaps", heatmaps)
-    (heatmaps / "heatmaps_meta.yaml").unlink()  # what a stage-2 run that died midway leaves
-    with pytest.raises(DatasetError, match="incomplete.*rerun Test_Classifier"):
+    marker = heatmaps / "heatmaps_meta.yaml"
+    full = marker.read_text()
+    for damaged in ("", full[: len(full) // 2], "format: wildcapture-marker-1\n"):  # 0-byte, cut, keys missing
+        marker.write_text(damaged)
+        with pytest.raises(IncompleteOutputError, match="heatmaps_meta.yaml.*rerun stage 2"):
+            run(cae_config(heatmaps, tmp_path / "out", "train.epochs=1"))
+    marker.unlink()  # what a stage-2 run that died midway leaves
+    with pytest.raises(IncompleteOutputError, match="no complete output.*rerun stage 2"):
         run(cae_config(heatmaps, tmp_path / "out", "train.epochs=1"))
     assert not (tmp_path / "out" / "cae" / "best.pth").exists()
 
@@ -170,5 +193,5 @@ def test_incomplete_stage_2_output_is_refused(tiny_heatmaps, tmp_path):
 def test_unknown_normalisation_is_a_config_error(tiny_heatmaps, tmp_path):
     from wildcapture.config import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown cae.norm 'maximum'.*max, minmax, none"):
+    with pytest.raises(ConfigError, match="cae.norm must be one of max, minmax, none; got 'maximum'"):
         run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "cae.norm=maximum"))

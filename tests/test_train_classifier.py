@@ -48,7 +48,9 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(stage1, "train_one_epoch", crash_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         stage1.run(stage1_config(tmp_path / "cut", *AUGMENTED))
-    assert [r["epoch"] for r in _log(tmp_path / "cut")] == [0, 1]
+    # the unfinished run lives in its staging folder; nothing is published in cut/ yet
+    assert [r["epoch"] for r in _log(tmp_path / "cut" / ".train_classifier.incomplete")] == [0, 1]
+    assert not (tmp_path / "cut" / "last.pth").exists()
     monkeypatch.setattr(stage1, "train_one_epoch", real_epoch)
     stage1.run(stage1_config(tmp_path / "cut", *AUGMENTED, "train.resume=true"))
 
@@ -56,6 +58,7 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     assert resumed["epoch"] == 2
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
+    assert [r["epoch"] for r in _log(tmp_path / "cut")] == [0, 1, 2]
     assert _log(tmp_path / "full")[-1]["val_loss"] == _log(tmp_path / "cut")[-1]["val_loss"]
 
 
@@ -92,7 +95,7 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     best = load_checkpoint(tmp_path / "best.pth")
     model = build_vit(best["model_args"])
     model.load_state_dict(best["model"])
-    bench = build_benchmark(best["config"]["data"], None, None)
+    bench = build_benchmark(best["config"]["data"])
     attach_transforms(bench, best["config"]["data"], best["input_spec"])
     loader = make_loader(bench.splits["val_id"], 16, None, 0, torch.device("cpu"))
     assert evaluate(model, loader, torch.device("cpu"), progress=False)["val_acc"] == pytest.approx(best["val_acc"])

@@ -14,7 +14,6 @@ lists the valid keys.
 from __future__ import annotations
 
 import argparse
-import copy
 import difflib
 import re
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Sequence
 import yaml
 
 from wildcapture.errors import ConfigError
-from wildcapture.paths import resolve_path
+from wildcapture.paths import DATA_DEFAULTS_FILE, resolve_path
 
 Config = dict[str, Any]
 
@@ -136,9 +135,19 @@ def _nest(key: str, value: Any) -> Config:
     return node
 
 
+def _with_data_defaults(cfg: Config) -> Config:
+    """Fill a `data:` section from the one definition of its keys (DATA_DEFAULTS_FILE); in place."""
+    if "data" in cfg:
+        section = cfg["data"] or {}
+        cfg["data"] = read_yaml(DATA_DEFAULTS_FILE)
+        _merge(cfg["data"], section, "the data: section", "data.")
+    return cfg
+
+
 def load_config(config_dir: Path, preset: str | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Return the resolved config: `config_dir/config.yaml`, then `preset`, then `overrides`."""
-    cfg = read_yaml(config_dir / "config.yaml")
+    """Return the resolved config: `config_dir/config.yaml` (its `data:` section filled from
+    DATA_DEFAULTS_FILE), then `preset`, then `overrides`."""
+    cfg = _with_data_defaults(read_yaml(config_dir / "config.yaml"))
     if preset:
         path = find_preset(preset, config_dir)
         _merge(cfg, read_yaml(path), str(path))
@@ -158,18 +167,3 @@ def parse_stage_args(config_dir: Path, description: str, argv: Sequence[str] | N
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override one config key")
     args = parser.parse_args(argv)
     return load_config(config_dir, args.config, args.overrides)
-
-
-def override(cfg: Config, *items: str) -> Config:
-    """Return a copy of `cfg` with `key=value` items applied (type-checked like the command line)."""
-    cfg = copy.deepcopy(cfg)
-    for item in items:
-        key, value = parse_override(item)
-        _merge(cfg, _nest(key, value), "override")
-    return cfg
-
-
-def save_config(cfg: Config, path: Path) -> None:
-    """Write `cfg` as YAML to `path` (parent folders are created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,8 +1,10 @@
 """Flag new images (a camera trap's latest shots, say) as in- or out-of-distribution.
 
-The CAE checkpoint of stage 3 carries everything needed: the classifier it was trained behind
-(checkpoint path, architecture, class names, preprocessing, heatmap kind) and the OOD threshold
-that accepts 95% of `val_id` images.
+The CAE checkpoint of stage 3 carries everything needed: the provenance of the heatmaps it learned
+(the classifier's repository-relative path and SHA-256, architecture, class names, preprocessing,
+heatmap kind and block) and the OOD threshold that accepts 95% of `val_id` images. The classifier
+file is found relative to the repository (so a moved or cloned repository still works) and must
+have the recorded SHA-256.
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wildcapture.cae import ConvAutoencoder, prepare_heatmaps, reconstruction_errors
-from wildcapture.storage import load_checkpoint, write_csv
+from wildcapture.cae.checkpoint import load_cae
+from wildcapture.cae.detector import CAEDetector
+from wildcapture.storage import write_csv
 from wildcapture.classifier.data_setup import make_loader
 from wildcapture.classifier.engine import autocast_context
 from wildcapture.data import DatasetError, ImageSplit, build_transforms
 from wildcapture.data.images import FileImages
 from wildcapture.data.wildcapture_folders import list_images
 from wildcapture.heatmaps import forward_with_heatmaps
-from wildcapture.paths import resolve_path
+from wildcapture.errors import CheckpointError
+from wildcapture.provenance import locate_classifier
 from wildcapture.vit import build_vit, load_weights
 
 COLUMNS = ("image", "predicted_class", "confidence", "ood_score", "ood_flag", "threshold")
@@ -37,18 +41,23 @@ def list_folder_images(folder: Path) -> list[Path]:
     return images
 
 
-def load_detector(cae_path: Path) -> tuple[torch.nn.Module, ConvAutoencoder, dict[str, Any]]:
-    """Return (classifier, CAE, CAE checkpoint contents) for the stage-3 checkpoint at `cae_path`."""
-    obj = load_checkpoint(cae_path)
-    meta = obj.get("heatmaps") or {}
-    if "model_args" not in obj or "checkpoint" not in meta:
-        raise ValueError(f"{cae_path} is not a stage-3 checkpoint of this project (it names no classifier); "
-                         "train the CAE with AutoEncoder/train.py after stage 2")
-    classifier = build_vit(meta["model_args"])
-    load_weights(classifier, resolve_path(meta["checkpoint"]))
-    cae = ConvAutoencoder(**obj["model_args"])
-    cae.load_state_dict(obj["model"], strict=True)
-    return classifier.eval(), cae.eval(), obj
+def load_detector(cae_path: Path, batch_size: int, device: torch.device
+                  ) -> tuple[torch.nn.Module, CAEDetector, dict[str, Any]]:
+    """Return (classifier, CAE detector, CAE checkpoint metadata) for the stage-3 checkpoint at `cae_path`.
+
+    Raises CheckpointError if the checkpoint names no classifier (the paper's bare CAE, or one trained
+    on external heatmap files), ProvenanceError if the classifier is missing or has changed.
+    """
+    cae, ckpt = load_cae(cae_path)
+    source = ckpt.get("heatmaps") or {}
+    if "classifier" not in source:
+        raise CheckpointError(f"{cae_path} names no classifier (not trained by AutoEncoder/train.py on stage 2's "
+                              "heatmaps), so detect.py cannot rebuild the pipeline")
+    identity = source["classifier"]
+    classifier = build_vit(identity["model_args"])
+    load_weights(classifier, locate_classifier(identity, f"CAE {cae_path}"))
+    detector = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], batch_size, device)
+    return classifier.eval(), detector, ckpt
 
 
 def detect(folder: Path, cae_path: Path, out_csv: Path, batch_size: int = 64, device: str = "cpu",
@@ -60,8 +69,8 @@ def detect(folder: Path, cae_path: Path, out_csv: Path, batch_size: int = 64, de
     and resize the images.
     """
     dev = torch.device(device)
-    classifier, cae, obj = load_detector(cae_path)
-    meta, threshold = obj["heatmaps"], obj["threshold"] if threshold is None else threshold
+    classifier, cae, ckpt = load_detector(cae_path, batch_size, dev)
+    meta, threshold = ckpt["heatmaps"], ckpt["threshold"] if threshold is None else threshold
     spec = meta["input_spec"]
     _, eval_tf = build_transforms(meta["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
                                   spec["interpolation"])
@@ -76,11 +85,9 @@ def detect(folder: Path, cae_path: Path, out_csv: Path, batch_size: int = 64, de
                     classifier, images.to(dev), meta["heatmap"]["kind"], meta["heatmap"]["block"])
             logits.append(batch_logits.float().cpu())
             heatmaps.append(batch_heatmaps.cpu())
-    prep = obj["prep"]
-    x = prepare_heatmaps(torch.cat(heatmaps), cae.input_size, prep["resize"], prep["norm"])
-    scores = reconstruction_errors(cae.to(dev), x, batch_size, dev)
+    scores = cae.score_heatmaps(torch.cat(heatmaps))
     probs = torch.cat(logits).softmax(1).numpy()
-    names = meta["class_names"]
+    names = meta["classifier"]["class_names"]
     rows = [{"image": str(p), "predicted_class": names[int(np.argmax(pr))], "confidence": float(pr.max()),
              "ood_score": float(s), "ood_flag": bool(s > threshold), "threshold": float(threshold)}
             for p, pr, s in zip(paths, probs, scores)]

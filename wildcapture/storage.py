@@ -1,8 +1,9 @@
-"""Atomic writes (checkpoints, arrays, CSV, text) and safe loading of checkpoints."""
+"""Atomic writes (checkpoints, arrays, CSV, text, YAML), file digests, clean-up of the temporary
+files a killed write leaves, and safe loading of checkpoints."""
 from __future__ import annotations
 
 import csv
-import json
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -10,8 +11,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from wildcapture.errors import CheckpointError
+
+
+TMP_SUFFIX = ".tmp"
 
 
 def _umask() -> int:
@@ -27,7 +32,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -61,17 +66,35 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) 
     atomic_write(path, write)
 
 
-def append_log_line(path: Path, record: dict[str, Any]) -> None:
-    """Append `record` as one JSON line to the log at `path` and print the same line."""
-    line = json.dumps(record)
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(line + "\n")
-    print(line, flush=True)
-
-
 def write_text(path: Path, text: str) -> None:
     """Write `text` atomically to `path` (UTF-8)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as YAML (keys in insertion order) atomically to `path`."""
+    write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex SHA-256 digest of the file at `path` (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the `.<name>.<random>.tmp` files that killed atomic writes left under `folder`
+    (recursively); returns the removed paths. Call it only while holding the folder's run lock."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def load_checkpoint(path: Path) -> Any:
@@ -84,15 +107,3 @@ def load_checkpoint(path: Path) -> Any:
     except Exception as err:  # pickle and zip errors come in many types
         raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a torch file): "
                               f"{type(err).__name__}: {err}") from err
-
-
-def load_resume_state(out_dir: Path, resume: bool) -> dict[str, Any] | None:
-    """Return the contents of `out_dir/last.pth` when `resume` is set and the file exists, else None
-    (saying so when a resume was asked for but there is nothing to resume from)."""
-    path = Path(out_dir) / "last.pth"
-    if not resume:
-        return None
-    if not path.is_file():
-        print(f"train.resume=true but {path} does not exist: starting from epoch 0", flush=True)
-        return None
-    return load_checkpoint(path)

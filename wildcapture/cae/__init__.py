@@ -1,6 +1,5 @@
 """The convolutional autoencoder over attention heatmaps: model, data, training and scoring."""
 from wildcapture.cae.engine import (
-    evaluate_loss,
     ood_threshold,
     reconstruct,
     reconstruction_errors,
@@ -19,7 +18,6 @@ __all__ = [
     "ConvAutoencoder",
     "NORMS",
     "RESIZE_MODES",
-    "evaluate_loss",
     "iterate_batches",
     "load_heatmaps",
     "ood_threshold",

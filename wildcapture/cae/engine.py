@@ -83,14 +83,6 @@ def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int, device: torc
     return torch.cat(outs) if outs else torch.empty_like(x, device="cpu")
 
 
-def evaluate_loss(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> float:
-    """Return the MSE per pixel over all of x (= mean of the per-image errors)."""
-    errors = reconstruction_errors(model, x, batch_size, device)
-    if errors.size == 0:
-        raise ValueError("evaluate_loss got no heatmaps")
-    return float(errors.mean())
-
-
 def ood_threshold(val_errors: np.ndarray, accept_fraction: float = 0.95) -> float:
     """Return the smallest error threshold that accepts at least accept_fraction of val_errors.
 

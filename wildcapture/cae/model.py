@@ -66,11 +66,6 @@ class ConvAutoencoder(nn.Module):
         """Return the keyword arguments that rebuild this model: {"input_size", "zdim"}."""
         return {"input_size": self.input_size, "zdim": self.zdim}
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the code, shape (N, zdim, 1, 1), of heatmaps x of shape (N, 1, S, S)."""
-        self._check_input(x)
-        return self.encoder(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the reconstruction of x, shape (N, 1, S, S) like x."""
         self._check_input(x)

@@ -1,7 +1,6 @@
 """Stage 2's single batched pass over a split: logits, pre-logits features and heatmaps together."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -10,26 +9,13 @@ from torch import nn
 from tqdm import tqdm
 
 from wildcapture.classifier.engine import autocast_context
+from wildcapture.heatmap_store import SplitArrays
 from wildcapture.heatmaps import forward_with_heatmaps
-
-
-@dataclass
-class SplitOutputs:
-    """Row i of every array is item i of the split."""
-
-    logits: np.ndarray    # (N, num_classes) float32
-    features: np.ndarray  # (N, D) float32, the input of the classifier head
-    heatmaps: np.ndarray  # (N, grid_h, grid_w) float32
-
-    @property
-    def predictions(self) -> np.ndarray:
-        """(N,) int64 predicted ID class index."""
-        return self.logits.argmax(1)
 
 
 @torch.inference_mode()
 def infer_split(model: nn.Module, loader: Iterable, num_items: int, kind: str, block: int,
-                device: torch.device, amp: bool = True, desc: str = "infer") -> SplitOutputs:
+                device: torch.device, amp: bool = True, desc: str = "infer") -> SplitArrays:
     """Run `model` once over `loader` (in order) and return its logits, features and heatmaps."""
     model.eval()
     logits = features = heatmaps = None
@@ -45,4 +31,4 @@ def infer_split(model: nn.Module, loader: Iterable, num_items: int, kind: str, b
         start = stop
     if start != num_items:
         raise RuntimeError(f"{desc}: the loader gave {start} items, expected {num_items}")
-    return SplitOutputs(logits, features, heatmaps)
+    return SplitArrays(logits, features, heatmaps)

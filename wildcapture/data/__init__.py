@@ -1,14 +1,12 @@
 """Datasets: every benchmark as four seeded splits (train_id, val_id, test_id, test_ood).
 
-`build_benchmark(data_cfg, train_transform, eval_transform)` is the entry point; `data_cfg` is the
+`build_benchmark(data_cfg)` is the entry point; `data_cfg` is the
 ``data:`` section of a stage config (keys and defaults: `config.DATA_DEFAULTS`).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 from .cifar import build_cifar
-from .config import BENCHMARK_NAMES, DATA_DEFAULTS, resolve_data_cfg
+from .config import BENCHMARK_NAMES, DATA_DEFAULTS, data_identity, resolve_data_cfg
 from .digits import build_digits
 from .errors import DatasetError
 from .images import load_rgb
@@ -20,14 +18,14 @@ _BUILDERS = {"digits": build_digits, "cifar10": build_cifar, "cifar100": build_c
              "wildcapture": build_wildcapture, "imagefolder": build_imagefolder}
 
 __all__ = ["SPLITS", "BENCHMARK_NAMES", "DATA_DEFAULTS", "Benchmark", "ImageSplit", "DatasetError",
-           "build_benchmark", "build_transforms", "load_rgb", "resolve_data_cfg"]
+           "build_benchmark", "build_transforms", "data_identity", "load_rgb", "resolve_data_cfg"]
 
 
-def build_benchmark(data_cfg: dict, train_transform: Optional[Callable], eval_transform: Optional[Callable]
-                    ) -> Benchmark:
-    """Build the benchmark ``data_cfg["name"]`` with its four splits.
+def build_benchmark(data_cfg: dict) -> Benchmark:
+    """Build the benchmark ``data_cfg["name"]`` with its four splits (untransformed: the stages attach
+    the model's transforms, see `wildcapture.classifier.data_setup.attach_transforms`).
 
-    train_id gets ``train_transform``, the other splits ``eval_transform``. With ``limit_per_split``
+    With ``limit_per_split``
     each split is cut to a seeded random subset after splitting, so a limited run's items are a
     subset of the full run's items of the same split. Raises DatasetError for any data problem,
     including an empty train_id, test_id or test_ood.
@@ -35,9 +33,7 @@ def build_benchmark(data_cfg: dict, train_transform: Optional[Callable], eval_tr
     cfg = resolve_data_cfg(data_cfg)
     benchmark = _BUILDERS[cfg["name"]](cfg)
     for salt, name in enumerate(SPLITS):
-        split = limit_split(benchmark.splits[name], cfg["limit_per_split"], cfg["seed"], salt)
-        split.transform = train_transform if name == "train_id" else eval_transform
-        benchmark.splits[name] = split
+        benchmark.splits[name] = limit_split(benchmark.splits[name], cfg["limit_per_split"], cfg["seed"], salt)
     empty = [n for n in ("train_id", "test_id", "test_ood") if len(benchmark.splits[n]) == 0]
     if empty:
         raise DatasetError(f"benchmark {cfg['name']!r} has empty split(s) {empty}; check data.id_classes, "

@@ -1,6 +1,7 @@
 """Defaults and validation of the ``data:`` config section.
 
-`resolve_data_cfg` fills missing keys from `DATA_DEFAULTS`, rejects unknown keys and checks
+`DATA_DEFAULTS` is read from `defaults.yaml` beside this file, the one definition of the section (the
+stage configs merge it in too). `resolve_data_cfg` fills missing keys from it, rejects unknown keys and checks
 value types and ranges, so the builders can trust what they read.
 """
 from __future__ import annotations
@@ -8,28 +9,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import yaml
+
+from wildcapture.paths import DATA_DEFAULTS_FILE
+
 from .errors import DatasetError
 
 BENCHMARK_NAMES = ("digits", "cifar10", "cifar100", "wildcapture", "imagefolder")
 
-AUGMENT_DEFAULTS: dict[str, Any] = {"hflip": 0.0, "random_resized_crop": None, "color_jitter": 0.0}
-
-DATA_DEFAULTS: dict[str, Any] = {
-    "name": "digits",
-    "root": "data",
-    "download": False,
-    "id_classes": None,
-    "ood_classes": None,
-    "val_fraction": 0.1,
-    "test_fraction": 0.2,
-    "seed": 0,
-    "limit_per_split": None,
-    "annotations": None,
-    "augment": AUGMENT_DEFAULTS,
-    "mean": None,
-    "std": None,
-    "interpolation": None,
-}
+DATA_DEFAULTS: dict[str, Any] = yaml.safe_load(DATA_DEFAULTS_FILE.read_text(encoding="utf-8"))
+AUGMENT_DEFAULTS: dict[str, Any] = DATA_DEFAULTS["augment"]
 
 
 def _check_fraction(cfg: dict, key: str) -> None:
@@ -78,6 +67,8 @@ def resolve_data_cfg(data_cfg: dict | None) -> dict[str, Any]:
     _check_fraction(cfg, "test_fraction")
     _check_class_list(cfg, "id_classes")
     _check_class_list(cfg, "ood_classes")
+    if not isinstance(cfg["verify_images"], bool):
+        raise DatasetError(f"data.verify_images must be true or false, got {cfg['verify_images']!r}")
     if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], int) or cfg["seed"] < 0:
         raise DatasetError(f"data.seed must be an integer >= 0, got {cfg['seed']!r}")
     limit = cfg["limit_per_split"]
@@ -85,3 +76,10 @@ def resolve_data_cfg(data_cfg: dict | None) -> dict[str, Any]:
         raise DatasetError(f"data.limit_per_split must be null or an integer >= 1, got {limit!r}")
     cfg["augment"] = resolve_augment(cfg["augment"])
     return cfg
+
+
+def data_identity(data_cfg: dict | None) -> dict[str, Any]:
+    """Return the keys of a data config that decide which images (and labels) a split holds: the resolved
+    config without `download`, `verify_images` and the train-time `augment`ation."""
+    cfg = resolve_data_cfg(data_cfg)
+    return {key: value for key, value in cfg.items() if key not in ("download", "verify_images", "augment")}

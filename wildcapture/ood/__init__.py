@@ -3,7 +3,6 @@
 Conventions: every score is higher = more OOD; metrics take OOD as the positive class.
 """
 from .baselines import (
-    BASELINES,
     KNN,
     MSP,
     Detector,
@@ -19,7 +18,7 @@ from .plots import plot_roc_curves, plot_score_histograms
 from .table import CONVENTION, ood_rows, read_table, to_markdown, write_table
 
 __all__ = [
-    "BASELINES", "CONVENTION", "Detector", "Energy", "KNN", "MSP", "Mahalanobis", "MaxLogit",
+    "CONVENTION", "Detector", "Energy", "KNN", "MSP", "Mahalanobis", "MaxLogit",
     "METRIC_NAMES", "ViM", "aupr_in", "aupr_out", "auroc", "fit_baselines", "fpr_at_tpr",
     "ood_metrics", "ood_rows", "plot_roc_curves", "plot_score_histograms", "read_table",
     "roc_points", "score_all", "to_markdown", "write_table",

@@ -7,8 +7,13 @@ score per image, shape (N,), higher = more OOD. Features are (N, D) pre-logits, 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from wildcapture.heatmap_store import SplitArrays
 
 # Upper bound on the float64 entries of one KNN similarity block (2**25 -> 256 MiB).
 _BLOCK_ENTRIES = 2**25
@@ -56,6 +61,11 @@ class Detector:
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """OOD scores, float64 of shape (N,), higher = more OOD."""
         raise NotImplementedError
+
+    def score_split(self, split: "SplitArrays") -> np.ndarray:
+        """OOD scores of every image of a stage-2 split (features, logits, heatmaps), float64 (N,).
+        Detectors of other inputs than features and logits (the CAE's heatmaps) override this."""
+        return np.asarray(self.score(split.features, split.logits), dtype=np.float64)
 
     def _require_fitted(self, attr: str) -> None:
         if getattr(self, attr, None) is None:
@@ -255,16 +265,6 @@ class ViM(Detector):
         return self.alpha_ * self.vlogit(feats) - logsumexp(logs)
 
 
-BASELINES: dict[str, type] = {
-    "msp": MSP,
-    "maxlogit": MaxLogit,
-    "energy": Energy,
-    "mahalanobis": Mahalanobis,
-    "knn": KNN,
-    "vim": ViM,
-}
-
-
 def fit_baselines(
     train_features: np.ndarray,
     train_logits: np.ndarray,
@@ -275,7 +275,7 @@ def fit_baselines(
     vim_dim: int | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, Detector]:
-    """Fit every detector of BASELINES on train_id data; returns {name: fitted detector}.
+    """Fit every post-hoc baseline on train_id data; returns {name: fitted detector}.
 
     ViM needs the classifier head (W (C, D), b (C,)); it is left out when either is None.
     `device` is where KNN runs its neighbour search.
@@ -294,6 +294,6 @@ def fit_baselines(
     return detectors
 
 
-def score_all(detectors: dict[str, Detector], features: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+def score_all(detectors: dict[str, Detector], split: "SplitArrays") -> dict[str, np.ndarray]:
     """Score one split with every detector: {name: float64 scores (N,)}, higher = more OOD."""
-    return {name: np.asarray(det.score(features, logits), dtype=np.float64) for name, det in detectors.items()}
+    return {name: det.score_split(split) for name, det in detectors.items()}

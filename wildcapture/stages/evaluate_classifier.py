@@ -1,87 +1,125 @@
 """Stage 2: evaluate the classifier and write, per split, heatmaps, logits, features and an index.
 
-Outputs:
-- `data/heatmaps/<exp>/heatmaps_meta.yaml`: the classifier, preprocessing, data config and heatmap
-  kind these files came from (read by stages 3-4 and detect.py); written last, so it is present
-  only after a complete run.
-- `data/heatmaps/<exp>/<split>/`: `heatmaps.npy` (N x grid_h x grid_w float32), `logits.npy`
-  (N x classes), `features.npy` (N x D, pre-logits), `index.csv` (row, source, label, class_name,
-  pred, pred_name); row i of every file is the same image. Optionally `png/` + `heatmaps.csv`.
-- `results/<exp>/`: `classifier_report.json`, `confusion_matrix.png` (test_id),
-  `baseline_scores.csv` (MSP, MaxLogit, Energy, Mahalanobis, KNN, ViM per test image; higher = more
-  OOD), `heatmap_gallery.png`, `config_test_classifier.yaml`.
+Outputs (formats: `wildcapture.heatmap_store`):
+- `data/heatmaps/<exp>/<split>/`: `heatmaps.npy`, `logits.npy`, `features.npy`, `index.csv`
+  (optionally `png/` + `heatmaps.csv`), and `data/heatmaps/<exp>/heatmaps_meta.yaml`, written last:
+  the classifier (path and SHA-256), preprocessing, data config and heatmap kind/block they came from.
+- `results/<exp>/`: `classifier_report.json`, `confusion_matrix.png` (test_id), `baseline_scores.csv`
+  (MSP, MaxLogit, Energy, Mahalanobis, KNN, ViM per test image; higher = more OOD),
+  `heatmap_gallery.png`, `config_test_classifier.yaml`, and `evaluate_classifier.complete.yaml` last.
+
+Everything is computed and staged before the previous run's files are replaced. A run whose heatmap
+settings, classifier file, preprocessing or data differ from the complete output already there refuses
+to replace it unless `overwrite=true` (give a variant its own `exp` to keep both).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import uuid
 from typing import Any
 
 import numpy as np
 import torch
 
-from wildcapture.storage import load_checkpoint, save_array, write_csv
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
-from wildcapture.classifier.inference import SplitOutputs, infer_split
+from wildcapture.classifier.inference import infer_split
 from wildcapture.classifier.report import classifier_report, write_report
-from wildcapture.config import Config, ConfigError, save_config
-from wildcapture.data import SPLITS, Benchmark, DatasetError, build_benchmark
+from wildcapture.config import Config
+from wildcapture.config_checks import check_choice, check_number, check_positive_ints
+from wildcapture.data import (DATA_DEFAULTS, SPLITS, Benchmark, DatasetError, build_benchmark, data_identity,
+                              resolve_data_cfg)
+from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
+from wildcapture.heatmap_store import (SplitArrays, SplitIndex, heatmaps_staging, read_meta, results_staging,
+                                       write_baseline_scores, write_split)
 from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatmap_gallery
 from wildcapture.ood import fit_baselines, score_all
-from wildcapture.paths import heatmaps_dir, resolve_path, results_dir
+from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
+from wildcapture.provenance import classifier_identity
+from wildcapture.run_lock import hold_locks
 from wildcapture.runtime import pick_device, seed_everything
+from wildcapture.storage import load_checkpoint, remove_stale_temporaries, write_yaml
 from wildcapture.vit import build_vit, load_state, model_args_from_config
 
-INDEX_COLUMNS = ("row", "source", "label", "class_name", "pred", "pred_name")
-META_NAME = "heatmaps_meta.yaml"
+PAPER_CLASSIFIER_URL = "https://drive.google.com/file/d/1sLRQfSZ03ByHjpkOIYxQSIsslHlm-Pvn/view"
+# What a complete stage-2 output must share with a new run that replaces it (label, keys into the meta).
+VARIANT_KEYS = (("heatmap.kind", ("heatmap", "kind")), ("heatmap.block", ("heatmap", "block")),
+                ("classifier file", ("classifier", "path")), ("preprocessing", ("input_spec",)), ("data", ("data",)))
+
+
+def check_config(cfg: Config) -> None:
+    """Raise ConfigError (DatasetError for `data.*`) naming the first value stage 2 cannot use."""
+    check_positive_ints(cfg, "batch_size", "baselines.knn_k")
+    check_number(cfg, "num_workers", minimum=0, integer=True)
+    check_number(cfg, "gallery_size", minimum=0, integer=True)
+    check_number(cfg, "baselines.vim_dim", minimum=0, integer=True, optional=True)
+    check_number(cfg, "heatmap.block", integer=True)
+    check_choice(cfg, "heatmap.kind", HEATMAP_KINDS)
+    pick_device(cfg["device"])
+    resolve_data_cfg(cfg["data"])
+
+
+def _missing_classifier(cfg: Config, path) -> FileNotFoundError:
+    if cfg["checkpoint"]:
+        return FileNotFoundError(
+            f"classifier weights not found: {path} (config key checkpoint). The paper's released classifier "
+            f"(modelTRANSFORMER_VIT) is published at {PAPER_CLASSIFIER_URL}: download it to "
+            "weights/paper/modelTRANSFORMER_VIT; or train one with stage 1 (Train_Vit_Classifier/train.py)")
+    return FileNotFoundError(f"classifier checkpoint not found: {path}; run stage 1 (Train_Vit_Classifier/train.py) "
+                             f"for exp={cfg['exp']} or set checkpoint=PATH")
 
 
 def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, Any]]:
-    """Return the classifier with its weights, the benchmark it is tested on, and a description
-    of both: {"checkpoint", "model_args", "class_names", "input_spec", "data"}.
+    """Return the classifier with its weights, the benchmark it is tested on, and their provenance:
+    {"classifier": `classifier_identity`, "input_spec", "data"}.
 
     Our checkpoints carry the model's constructor arguments, class names and data config; a bare
     state dict (the paper's weights) is rebuilt from `model.*` and `data.*` of the stage config.
     """
-    path = resolve_path(cfg["checkpoint"] or f"weights/{cfg['exp']}/vit/best.pth")
+    path = classifier_checkpoint(cfg)
     if not path.is_file():
-        raise FileNotFoundError(f"classifier checkpoint not found: {path}; run stage 1 (Train_Vit_Classifier/train.py) "
-                                f"for exp={cfg['exp']} or set checkpoint=PATH")
+        raise _missing_classifier(cfg, path)
     obj = load_checkpoint(path)
     ours = isinstance(obj, dict) and "model_args" in obj
-    data_cfg = obj["config"]["data"] if ours and cfg["data_from_checkpoint"] else cfg["data"]
-    bench = build_benchmark(data_cfg, None, None)
+    from_checkpoint = ours and cfg["data_from_checkpoint"]
+    if from_checkpoint and resolve_data_cfg(cfg["data"]) != resolve_data_cfg(DATA_DEFAULTS):
+        raise ConfigError(f"data.* is set, but {path} carries the data config of its stage-1 run and "
+                          "data_from_checkpoint=true uses that: set data_from_checkpoint=false to test on other data")
+    data_cfg = resolve_data_cfg(obj["config"]["data"] if from_checkpoint else cfg["data"])
+    bench = build_benchmark(data_cfg)
     if ours and obj["class_names"] != bench.id_class_names:
         raise DatasetError(f"checkpoint {path} was trained on classes {obj['class_names']} but the data "
                            f"config gives {bench.id_class_names}; set data_from_checkpoint=true or fix data.id_classes")
     model_args = obj["model_args"] if ours else model_args_from_config(cfg["model"], len(bench.id_class_names))
     model = build_vit(model_args)
     load_state(model, obj, f"weights file {path}")
-    spec = obj["input_spec"] if ours and cfg["data_from_checkpoint"] else input_spec(model, data_cfg)
+    spec = obj["input_spec"] if from_checkpoint else input_spec(model, data_cfg)
     attach_transforms(bench, data_cfg, spec, augment_train=False)
-    return model, bench, {"checkpoint": str(path), "model_args": model_args, "class_names": bench.id_class_names,
-                          "input_spec": spec, "data": data_cfg}
+    return model, bench, {"classifier": classifier_identity(path, model_args, bench.id_class_names),
+                          "input_spec": spec, "data": data_identity(data_cfg)}
 
 
-def write_split(out: Path, outputs: SplitOutputs, split, class_names: list[str]) -> None:
-    """Write the split's arrays and `index.csv` to `out`, each file atomically."""
-    for name in ("heatmaps", "logits", "features"):
-        save_array(getattr(outputs, name), out / f"{name}.npy")
-    names = split.class_names
-    write_csv(out / "index.csv", INDEX_COLUMNS,
-              ((i, split.sources[i], int(split.labels[i]), names[i], int(pred), class_names[pred])
-               for i, pred in enumerate(outputs.predictions)))
+def _lookup(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        meta = meta.get(key) if isinstance(meta, dict) else None
+    return meta
 
 
-def write_baseline_scores(path: Path, bench: Benchmark, scores: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write one CSV row per test image: split, row, source, label, then one column per detector."""
-    detectors = list(scores["test_id"])
-    write_csv(path, ["split", "row", "source", "label", *detectors],
-              ([name, i, bench.splits[name].sources[i], int(bench.splits[name].labels[i]),
-                *(repr(float(scores[name][d][i])) for d in detectors)]
-               for name in ("test_id", "test_ood") for i in range(len(bench.splits[name]))))
+def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
+    """Refuse (ProvenanceError naming both values) to replace the complete stage-2 output in `out_heat`
+    with heatmaps of other settings, classifier file, preprocessing or data, unless `overwrite`."""
+    try:
+        old = read_meta(out_heat)
+    except IncompleteOutputError:
+        return  # nothing complete to protect
+    for label, keys in VARIANT_KEYS:
+        before, after = _lookup(old, keys), _lookup(new, keys)
+        if before != after and not overwrite:
+            raise ProvenanceError(
+                f"{out_heat} holds heatmaps with {label} {before!r}; this run would replace them with {after!r}. "
+                "Keep both by giving this variant its own experiment (exp=NEW_NAME, plus "
+                "checkpoint=weights/<exp>/vit/best.pth to reuse a classifier), or set overwrite=true")
 
 
-def _gallery(bench: Benchmark, outputs: dict[str, SplitOutputs], n: int, seed: int, path: Path) -> None:
+def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], n: int, seed: int, path) -> None:
     rng = np.random.default_rng(seed)
     picks = {s: rng.choice(len(bench.splits[s]), size=min(n, len(bench.splits[s])), replace=False)
              for s in ("test_id", "test_ood")}
@@ -93,46 +131,64 @@ def _gallery(bench: Benchmark, outputs: dict[str, SplitOutputs], n: int, seed: i
 
 def run(cfg: Config) -> dict[str, Any]:
     """Run stage 2 for `cfg`; returns the classifier report of `test_id`."""
-    if cfg["heatmap"]["kind"] not in HEATMAP_KINDS:
-        raise ConfigError(f"unknown heatmap.kind '{cfg['heatmap']['kind']}'; choose one of {', '.join(HEATMAP_KINDS)}")
-    seed_everything(cfg["seed"])
+    check_config(cfg)
     device = pick_device(cfg["device"])
+    out_heat, out_results = heatmaps_dir(cfg), results_dir(cfg)
+    with hold_locks([out_heat, out_results], f"stage 2 evaluate_classifier, exp {cfg['exp']}"):
+        for folder in (out_heat, out_results):
+            remove_stale_temporaries(folder)
+        return _evaluate(cfg, device, out_heat, out_results)
+
+
+def _evaluate(cfg: Config, device: torch.device, out_heat, out_results) -> dict[str, Any]:
+    seed_everything(cfg["seed"])
     model, bench, source = load_classifier(cfg)
+    heat_cfg = cfg["heatmap"]
+    depth = len(model.blocks)
+    if not -depth <= heat_cfg["block"] < depth:
+        raise ConfigError(f"heatmap.block={heat_cfg['block']} is out of range for a classifier with {depth} blocks; "
+                          f"valid values are {-depth}..{depth - 1}")
+    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"]}}
+    check_variant(out_heat, provenance, cfg["overwrite"])
+    empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
+    if empty:
+        raise DatasetError(f"split(s) {', '.join(empty)} of {bench.name} are empty; raise data.val_fraction/"
+                           "test_fraction or data.limit_per_split")
     model.to(device)
-    heat_cfg, out_heat, out_results = cfg["heatmap"], heatmaps_dir(cfg), results_dir(cfg)
-    save_config(cfg, out_results / "config_test_classifier.yaml")
-    meta_path = out_heat / META_NAME
-    meta_path.unlink(missing_ok=True)  # written again last: its presence marks a complete stage-2 run
+    heat_stage, result_stage = heatmaps_staging(out_heat).reset(), results_staging(out_results).reset()
+    write_yaml(result_stage.path("config_test_classifier.yaml"), cfg)
     print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
           f"heatmap {heat_cfg['kind']}; device {device}; writing to {out_heat} and {out_results}", flush=True)
 
-    outputs: dict[str, SplitOutputs] = {}
+    outputs: dict[str, SplitArrays] = {}
+    index: dict[str, SplitIndex] = {}
     for name in SPLITS:
         split = bench.splits[name]
-        if len(split) == 0:
-            raise DatasetError(f"split {name} of {bench.name} is empty; raise data.val_fraction/test_fraction "
-                               "or data.limit_per_split")
         loader = make_loader(split, cfg["batch_size"], None, cfg["num_workers"], device)
         outputs[name] = infer_split(model, loader, len(split), heat_cfg["kind"], heat_cfg["block"], device,
                                     cfg["amp"], desc=name)
-        write_split(out_heat / name, outputs[name], split, bench.id_class_names)
+        index[name] = SplitIndex(split.sources, split.labels.tolist(), split.class_names)
+        write_split(heat_stage, name, outputs[name], index[name], bench.id_class_names)
         if heat_cfg["export_png"]:
-            export_heatmap_pngs(outputs[name].heatmaps, out_heat / name / "png",
+            export_heatmap_pngs(outputs[name].heatmaps, heat_stage.dir / name / "png",
                                 [f"{i:07d}" for i in range(len(split))], split.labels.tolist())
 
     test_id = bench.splits["test_id"]
     report = classifier_report(test_id.labels, outputs["test_id"].predictions, bench.id_class_names)
-    write_report(report, out_results)
+    write_report(report, result_stage.dir)
     print(f"test_id accuracy {report['accuracy']:.4f} over {report['n']} images", flush=True)
 
-    train = outputs["train_id"]
-    head = model.head
+    train, head = outputs["train_id"], model.head
     detectors = fit_baselines(train.features, train.logits, bench.splits["train_id"].labels,
                               head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
                               knn_k=cfg["baselines"]["knn_k"], vim_dim=cfg["baselines"]["vim_dim"],
                               device=str(device))
-    scores = {s: score_all(detectors, outputs[s].features, outputs[s].logits) for s in ("test_id", "test_ood")}
-    write_baseline_scores(out_results / "baseline_scores.csv", bench, scores)
-    _gallery(bench, outputs, cfg["gallery_size"], cfg["seed"], out_results / "heatmap_gallery.png")
-    save_config({**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"]}}, meta_path)
+    scores = {s: score_all(detectors, outputs[s]) for s in ("test_id", "test_ood")}
+    write_baseline_scores(result_stage.path("baseline_scores.csv"), index, scores)
+    _gallery(bench, outputs, cfg["gallery_size"], cfg["seed"], result_stage.path("heatmap_gallery.png"))
+
+    run_id = uuid.uuid4().hex
+    result_stage.commit({"run_id": run_id, "exp": cfg["exp"]})
+    splits = {name: {"n": len(bench.splits[name]), "grid": list(outputs[name].heatmaps.shape[1:])} for name in SPLITS}
+    heat_stage.commit({"run_id": run_id, **provenance, "splits": splits})  # the hand-off marker, last
     return report

@@ -1,6 +1,7 @@
 """Stage 4: score every test image by its CAE reconstruction error and compare with the baselines.
 
-Outputs in `results/<exp>/`:
+Outputs in `results/<exp>/`, replaced only when the whole stage succeeded (`score_cae.complete.yaml`
+is written last):
 - `recon_errors.pkl`: a dict of equal-length lists/arrays, one entry per test image
   (`test_id` first, then `test_ood`): `ids` (source image), `rows` (row in the split's stage-2
   files), `split`, `labels` (ID class index, -1 for OOD), `class_names`, `is_ood` (0/1),
@@ -9,101 +10,39 @@ Outputs in `results/<exp>/`:
   the same rows.
 - `ood_table.{md,csv,json}`: AUROC, AUPR-IN, AUPR-OUT, FPR@95TPR for the CAE and every baseline.
 - `roc_curves.png`, `score_histograms.png`, `reconstruction_gallery.png`, `config_test_autoencoder.yaml`.
+
+The CAE must have been trained on heatmaps of the same kind, block, classifier and preprocessing as
+the test heatmaps (checked through their provenance), and the baseline scores must come from the
+same stage-2 run as the heatmaps.
 """
 from __future__ import annotations
 
-import csv
 import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from wildcapture.cae import ConvAutoencoder, prepare_heatmaps, reconstruct, reconstruction_errors
+from wildcapture.cae import reconstruct
+from wildcapture.cae.checkpoint import load_cae
+from wildcapture.cae.detector import CAEDetector
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
-from wildcapture.storage import atomic_write, load_checkpoint, write_csv
-from wildcapture.config import Config, save_config
+from wildcapture.cae.inputs import load_split_heatmaps, load_split_index, stage2_meta
+from wildcapture.cae.settings import check_config
+from wildcapture.config import Config
 from wildcapture.data import DatasetError, build_benchmark
+from wildcapture.heatmap_store import SplitIndex, read_baseline_scores
 from wildcapture.ood import ood_rows, plot_roc_curves, plot_score_histograms, to_markdown, write_table
-from wildcapture.paths import resolve_path, results_dir
+from wildcapture.outputs import Staging
+from wildcapture.paths import baseline_scores_path, cae_checkpoint, heatmaps_dir, portable_path, results_dir
+from wildcapture.provenance import check_same_heatmaps, heatmap_provenance
+from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import pick_device
-from wildcapture.stages.train_cae import (cae_dir, check_cae_settings, heatmap_source, heatmaps_meta, load_heatmaps_of,
-                                          uses_external_heatmaps)
-from wildcapture.vit import WeightsMismatchError
+from wildcapture.storage import atomic_write, remove_stale_temporaries, write_csv, write_yaml
 
+STAGE = "score_cae"
 TEST_SPLITS = ("test_id", "test_ood")
-CAE_NAME = "cae"
-
-
-def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Return {"input_size", "zdim"} of a bare CAE state dict (the paper's AutoEncoderW.pt)."""
-    bottleneck = state_dict["encoder.final_convs.12.weight"]  # (zdim, 32, k, k) with k = input_size / 16
-    return {"input_size": int(bottleneck.shape[-1]) * 16, "zdim": int(bottleneck.shape[0])}
-
-
-def load_cae(cfg: Config) -> tuple[ConvAutoencoder, dict[str, Any]]:
-    """Return the CAE of `test.checkpoint` (default: stage 3's best.pth) and the checkpoint's contents.
-
-    Raises WeightsMismatchError if the checkpoint's input size, zdim or heatmap preparation differ
-    from `cae.*` in the config.
-    """
-    check_cae_settings(cfg["cae"])
-    path = resolve_path(cfg["test"]["checkpoint"] or cae_dir(cfg) / "best.pth")
-    if not path.is_file():
-        raise FileNotFoundError(f"CAE checkpoint not found: {path}; run stage 3 (AutoEncoder/train.py) first")
-    obj = load_checkpoint(path)
-    ours = "model_args" in obj
-    state = obj["model"] if ours else obj
-    args = obj["model_args"] if ours else cae_args_of_state_dict(state)
-    settings = {**args, **obj.get("prep", {})}
-    for key, value in settings.items():
-        if cfg["cae"][key] != value:
-            raise WeightsMismatchError(f"CAE checkpoint {path} was made with cae.{key}={value} but the config has "
-                                       f"cae.{key}={cfg['cae'][key]}; set cae.{key}={value}")
-    model = ConvAutoencoder(**args)
-    model.load_state_dict(state, strict=True)
-    return model, {**obj, "path": str(path)} if ours else {"path": str(path)}
-
-
-def read_index(cfg: Config, split: str) -> dict[str, list]:
-    """Return {"ids", "labels", "class_names"} of a split's heatmaps, from stage 2's index.csv or the
-    heatmap CSV (columns img,label) it was read from."""
-    source = heatmap_source(cfg, split)
-    index_path = source.parent / "index.csv" if source.suffix == ".npy" else source
-    if not index_path.is_file():
-        raise FileNotFoundError(f"index of split {split} not found: {index_path}")
-    with open(index_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if source.suffix == ".npy":
-        return {"ids": [r["source"] for r in rows], "labels": [int(r["label"]) for r in rows],
-                "class_names": [r["class_name"] for r in rows]}
-    # A heatmap-image CSV (img,label): ids are the heatmap files; OOD items get label -1 like ours.
-    return {"ids": [str((source.parent / r["img"]).resolve()) for r in rows],
-            "labels": [-1 if split == "test_ood" else _as_label(r["label"]) for r in rows],
-            "class_names": [r["label"] for r in rows]}
-
-
-def _as_label(text: str) -> int | str:
-    try:
-        return int(text)
-    except ValueError:
-        return text
-
-
-def read_baseline_scores(path: Path, sizes: dict[str, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Return {detector: (test_id scores, test_ood scores)} from stage 2's baseline_scores.csv."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    detectors = [c for c in rows[0] if c not in ("split", "row", "source", "label")] if rows else []
-    scores = {}
-    for name in detectors:
-        per_split = [np.array([float(r[name]) for r in rows if r["split"] == s]) for s in TEST_SPLITS]
-        if [len(a) for a in per_split] != [sizes[s] for s in TEST_SPLITS]:
-            raise DatasetError(f"{path} has {[len(a) for a in per_split]} test_id/test_ood rows but the heatmaps have "
-                               f"{[sizes[s] for s in TEST_SPLITS]}: rerun stage 2 so both come from the same pass")
-        scores[name] = (per_split[0], per_split[1])
-    return scores
+RECON_COLUMNS = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
 
 
 def write_recon_errors(result: dict[str, Any], out: Path) -> None:
@@ -112,87 +51,109 @@ def write_recon_errors(result: dict[str, Any], out: Path) -> None:
         with open(tmp, "wb") as handle:
             pickle.dump(result, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
-    columns = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
     atomic_write(out / "recon_errors.pkl", write_pickle)
-    write_csv(out / "recon_errors.csv", columns,
-              ([repr(float(result[c][i])) if c == "errors" else result[c][i] for c in columns]
+    write_csv(out / "recon_errors.csv", RECON_COLUMNS,
+              ([repr(float(result[c][i])) if c == "errors" else result[c][i] for c in RECON_COLUMNS]
                for i in range(len(result["errors"]))))
 
 
-def _gallery(cfg: Config, model: ConvAutoencoder, raw: dict[str, np.ndarray], prepared: dict[str, torch.Tensor],
+def _check_provenance(ckpt: dict[str, Any], meta: dict[str, Any] | None, cfg: Config) -> None:
+    """Refuse test heatmaps made otherwise than those the CAE learned; say so when it cannot be checked."""
+    learned = ckpt.get("heatmaps")
+    if meta is None or not learned or "external" in learned:
+        print("note: the CAE's training heatmaps or the test heatmaps are external files: their classifier and "
+              "heatmap settings cannot be compared", flush=True)
+        return
+    check_same_heatmaps(learned, heatmap_provenance(meta), f"the heatmaps CAE {ckpt['path']} learned",
+                        f"the test heatmaps in {heatmaps_dir(cfg)}",
+                        "retrain the CAE on these heatmaps (AutoEncoder/train.py), or point heatmaps_dir/exp at "
+                        "the heatmaps it was trained on")
+
+
+def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], meta: dict[str, Any] | None,
              result: dict[str, Any], path: Path) -> None:
     """Plot the `test.gallery_size` most and least OOD test images."""
     n, errors = cfg["test"]["gallery_size"], result["errors"]
     order = np.argsort(errors, kind="stable")
     picks = [*order[::-1][:n], *order[:n]]
-    meta = heatmaps_meta(cfg)  # {} for external heatmaps: no source images to show
     try:
-        bench = build_benchmark(meta["data"], None, None) if meta.get("data") else None
+        bench = build_benchmark(meta["data"]) if meta else None
     except DatasetError:
         bench = None  # images moved since stage 2: the gallery shows heatmaps only
-    x = torch.cat([prepared[result["split"][i]][result["rows"][i]].unsqueeze(0) for i in picks])
-    recons = reconstruct(model, x, len(picks), "cpu")[:, 0].numpy()
+    maps = np.stack([raw[result["split"][i]][result["rows"][i]] for i in picks])
+    x = detector.prepare(maps)
+    recons = reconstruct(detector.model, x, len(picks), "cpu")[:, 0].numpy()
     rows = []
     for rank, i in enumerate(picks):
         split, row = result["split"][i], result["rows"][i]
         image = bench.splits[split].load_image(row) if bench else None
         kind = "most" if rank < n else "least"
         rows.append(GalleryRow(f"{kind} OOD\n{split} {result['class_names'][i]}\nerror {errors[i]:.4g}", image,
-                               raw[split][row], x[rank, 0].numpy(), recons[rank]))
+                               maps[rank], x[rank, 0].numpy(), recons[rank]))
     plot_reconstruction_gallery(rows, path, f"{cfg['exp']}: most and least OOD test images by CAE error")
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    """Run stage 4 for `cfg`; returns {"rows": the OOD table rows, "markdown": the printed table}."""
+    """Run stage 4 for `cfg`; returns {"rows": the OOD table rows, "markdown": the table}."""
+    check_config(cfg)
     device = pick_device(cfg["device"])
-    model, ckpt = load_cae(cfg)
-    model.to(device)
-    cae_cfg, out = cfg["cae"], results_dir(cfg)
-    save_config(cfg, out / "config_test_autoencoder.yaml")
-    raw = {s: load_heatmaps_of(cfg, s) for s in TEST_SPLITS}
-    prepared = {s: prepare_heatmaps(raw[s], cae_cfg["input_size"], cae_cfg["resize"], cae_cfg["norm"])
-                for s in TEST_SPLITS}
-    errors = {s: reconstruction_errors(model, prepared[s], cfg["test"]["batch_size"], device) for s in TEST_SPLITS}
-    model.cpu()
+    out = results_dir(cfg)
+    with hold_lock(out, f"stage 4 {STAGE}, exp {cfg['exp']}"):
+        remove_stale_temporaries(out)
+        return _score(cfg, device, out)
 
-    index = {s: read_index(cfg, s) for s in TEST_SPLITS}
+
+def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
+    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"])
+    meta = stage2_meta(cfg, TEST_SPLITS)
+    _check_provenance(ckpt, meta, cfg)
+    detector = CAEDetector(model, ckpt.get("prep", cfg["cae"])["resize"], ckpt.get("prep", cfg["cae"])["norm"],
+                           cfg["test"]["batch_size"], device)
+    raw = {s: load_split_heatmaps(cfg, s, meta) for s in TEST_SPLITS}
+    index: dict[str, SplitIndex] = {s: load_split_index(cfg, s, meta) for s in TEST_SPLITS}
     for s in TEST_SPLITS:
-        if len(index[s]["ids"]) != len(errors[s]):
-            raise DatasetError(f"split {s}: {len(errors[s])} heatmaps but {len(index[s]['ids'])} index rows")
+        if len(index[s].sources) != len(raw[s]):
+            raise DatasetError(f"split {s}: {len(raw[s])} heatmaps but {len(index[s].sources)} index rows")
+    baselines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if cfg["test"]["baselines"] and meta is None:
+        print("note: heatmaps from inputs.*: stage 2's baseline scores belong to other images and are left out",
+              flush=True)
+    elif cfg["test"]["baselines"]:
+        baselines = read_baseline_scores(baseline_scores_path(cfg), meta)
+
+    errors = {s: detector.score_heatmaps(raw[s]) for s in TEST_SPLITS}
+    detector.model.cpu()
     threshold = ckpt.get("threshold", float("nan"))
     if np.isnan(threshold):
         print(f"note: {ckpt['path']} stores no OOD threshold (not a stage-3 checkpoint): flagged_ood is all False",
               flush=True)
     all_errors = np.concatenate([errors[s] for s in TEST_SPLITS])
     result: dict[str, Any] = {
-        "ids": [i for s in TEST_SPLITS for i in index[s]["ids"]],
+        "ids": [i for s in TEST_SPLITS for i in index[s].sources],
         "rows": [r for s in TEST_SPLITS for r in range(len(errors[s]))],
         "split": [s for s in TEST_SPLITS for _ in range(len(errors[s]))],
-        "labels": [lab for s in TEST_SPLITS for lab in index[s]["labels"]],
-        "class_names": [c for s in TEST_SPLITS for c in index[s]["class_names"]],
+        "labels": [lab for s in TEST_SPLITS for lab in index[s].labels],
+        "class_names": [c for s in TEST_SPLITS for c in index[s].class_names],
         "is_ood": np.concatenate([np.full(len(errors[s]), s == "test_ood", dtype=np.int64) for s in TEST_SPLITS]),
         "errors": all_errors,
         "flagged_ood": all_errors > threshold,
         "threshold": threshold,
-        "checkpoint": ckpt["path"],
+        "checkpoint": portable_path(ckpt["path"]),
     }
-
-    scores = {CAE_NAME: (errors["test_id"], errors["test_ood"])}
-    baseline_path = resolve_path(cfg["test"]["baseline_scores"] or out / "baseline_scores.csv")
-    if cfg["test"]["baselines"] and uses_external_heatmaps(cfg):
-        print("note: heatmaps from inputs.*: stage 2's baseline scores belong to other images and are left out",
-              flush=True)
-    elif cfg["test"]["baselines"] and baseline_path.is_file():
-        scores.update(read_baseline_scores(baseline_path, {s: len(errors[s]) for s in TEST_SPLITS}))
+    scores = {detector.name: (errors["test_id"], errors["test_ood"]), **baselines}
     rows = ood_rows(scores)
     caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors['test_id'])} ID images) vs test_ood "
                f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps")
-    plot_roc_curves(scores, out / "roc_curves.png")
-    plot_score_histograms(scores, out / "score_histograms.png")
-    _gallery(cfg, model, raw, prepared, result, out / "reconstruction_gallery.png")
-    # the tables and scores last: they exist only when the whole stage succeeded
-    write_recon_errors(result, out)
-    write_table(rows, out, caption=caption)
+
+    staging = Staging(out, STAGE, f"{STAGE}.complete.yaml").reset()
+    write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
+    plot_roc_curves(scores, staging.path("roc_curves.png"))
+    plot_score_histograms(scores, staging.path("score_histograms.png"))
+    _gallery(cfg, detector, raw, meta, result, staging.path("reconstruction_gallery.png"))
+    write_recon_errors(result, staging.dir)
+    write_table(rows, staging.dir, caption=caption)
+    staging.commit({"exp": cfg["exp"], "checkpoint": result["checkpoint"],
+                    "heatmaps_run_id": meta["run_id"] if meta else None})
     markdown = to_markdown(rows, caption)
     print(markdown, flush=True)
     return {"rows": rows, "markdown": markdown}

@@ -1,111 +1,75 @@
 """Stage 3: train the convolutional autoencoder on `train_id` heatmaps, select on `val_id`.
 
 Outputs in `output_dir` (default `weights/<exp>/cae/`): `best.pth` (lowest val loss; holds the
-model's constructor arguments, the heatmap preparation, the heatmap source's metadata and the OOD
-threshold that accepts `train.accept_fraction` of val_id images), `last.pth` (with optimizer state
-for `train.resume=true`), `config.yaml` and `log.jsonl` (one JSON line per epoch).
+model's constructor arguments, the heatmap preparation, the provenance of the heatmaps it learned
+and the OOD threshold that accepts `train.accept_fraction` of val_id images; format in
+`wildcapture.cae.checkpoint`), `last.pth` (with optimizer state for `train.resume=true`),
+`config.yaml`, `log.jsonl` (one JSON line per epoch) and, last, `train_cae.complete.yaml`.
+While it trains they live in `.train_cae.incomplete/`, so a failed run leaves the previous one untouched.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 
-from wildcapture.cae import (NORMS, RESIZE_MODES, ConvAutoencoder, load_heatmaps, ood_threshold, prepare_heatmaps,
-                             reconstruction_errors)
+from wildcapture.cae import ConvAutoencoder, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.cae.engine import train_one_epoch
-from wildcapture.storage import append_log_line, load_resume_state, save_checkpoint
-from wildcapture.config import Config, ConfigError, save_config
-from wildcapture.data import DatasetError
-from wildcapture.paths import heatmaps_dir, resolve_path
+from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
+from wildcapture.cae.settings import check_config
+from wildcapture.config import Config
+from wildcapture.errors import ConfigError
+from wildcapture.paths import cae_dir
+from wildcapture.provenance import heatmap_provenance
+from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import epoch_seed, pick_device, seed_everything
-from wildcapture.stages.evaluate_classifier import META_NAME
+from wildcapture.storage import remove_stale_temporaries, write_yaml
+from wildcapture.training_run import TrainingRun
 
-
-def cae_dir(cfg: Config) -> Path:
-    """Return the stage-3 output folder: `output_dir`, or `weights/<exp>/cae` when that is null."""
-    return resolve_path(cfg["output_dir"] or f"weights/{cfg['exp']}/cae")
-
-
-def check_cae_settings(cae_cfg: dict[str, Any]) -> None:
-    """Raise ConfigError naming the key if `cae.*` holds a value the CAE cannot use."""
-    size = cae_cfg["input_size"]
-    if not isinstance(size, int) or size < 16 or size % 16:
-        raise ConfigError(f"cae.input_size must be a positive multiple of 16, got {size!r}")
-    if cae_cfg["resize"] not in RESIZE_MODES:
-        raise ConfigError(f"unknown cae.resize '{cae_cfg['resize']}'; choose one of {', '.join(RESIZE_MODES)}")
-    if cae_cfg["norm"] not in NORMS:
-        raise ConfigError(f"unknown cae.norm '{cae_cfg['norm']}'; choose one of {', '.join(NORMS)}")
-
-
-def uses_external_heatmaps(cfg: Config) -> bool:
-    """True when any split's heatmaps come from `inputs.*` rather than this experiment's stage 2."""
-    return any(cfg["inputs"].values())
-
-
-def heatmap_source(cfg: Config, split: str) -> Path:
-    """Return the heatmap file of `split`: `inputs.<split>` if set, else stage 2's `heatmaps.npy`."""
-    explicit = cfg["inputs"][split]
-    return resolve_path(explicit) if explicit else heatmaps_dir(cfg) / split / "heatmaps.npy"
-
-
-def heatmaps_meta(cfg: Config) -> dict[str, Any]:
-    """Return stage 2's `heatmaps_meta.yaml` (classifier, data and heatmap kind); {} for external
-    heatmaps. Raises DatasetError if stage 2's run did not complete (the file is written last)."""
-    if uses_external_heatmaps(cfg):
-        return {}
-    path = heatmaps_dir(cfg) / META_NAME
-    if not path.is_file():
-        raise DatasetError(f"stage 2's output in {path.parent} is incomplete ({META_NAME}, written at the end of "
-                           "a complete run, is missing): rerun Test_Classifier/test_classifier.py")
-    return yaml.safe_load(path.read_text())
-
-
-def load_heatmaps_of(cfg: Config, split: str) -> np.ndarray:
-    """Return the split's raw heatmaps (N, h, w) float32, with errors that name the file and split."""
-    source = heatmap_source(cfg, split)
-    if not source.is_file():
-        raise FileNotFoundError(f"heatmaps of split {split} not found: {source}; run stage 2 "
-                                f"(Test_Classifier/test_classifier.py) for exp={cfg['exp']} or set inputs.{split}")
-    try:
-        heatmaps = load_heatmaps(source)
-    except ValueError as err:
-        raise DatasetError(f"cannot use the heatmaps of split {split}: {err}") from err
-    if len(heatmaps) == 0:
-        raise DatasetError(f"split {split} is empty: no heatmaps in {source}")
-    return heatmaps
-
-
-def load_prepared(cfg: Config, split: str) -> torch.Tensor:
-    """Return the split's heatmaps resized and normalised for the CAE: (N, 1, S, S) float32."""
-    cae_cfg = cfg["cae"]
-    return prepare_heatmaps(load_heatmaps_of(cfg, split), cae_cfg["input_size"], cae_cfg["resize"], cae_cfg["norm"])
+STAGE = "train_cae"
+TRAIN_SPLITS = ("train_id", "val_id")
+# Keys a resumed run may change: they do not change the model, its data or its optimisation
+# (the heatmaps themselves are compared by provenance).
+FREE_ON_RESUME = {"exp", "output_dir", "results_dir", "heatmaps_dir", "inputs", "device", "test", "train.resume",
+                  "train.epochs", "train.eval_batch_size", "train.early_stopping", "train.accept_fraction"}
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    """Train the CAE described by `cfg`; returns the last epoch's log record plus `best_val_loss`."""
-    seed_everything(cfg["seed"])
+    """Train the CAE described by `cfg`; returns the last epoch's log record plus `best_val_loss`.
+
+    The config, the heatmaps (completion marker, digests) and a resume's compatibility are checked
+    before any file is written.
+    """
+    check_config(cfg)
     device = pick_device(cfg["device"])
-    train_cfg, cae_cfg, out = cfg["train"], cfg["cae"], cae_dir(cfg)
-    check_cae_settings(cae_cfg)
-    x_train, x_val = load_prepared(cfg, "train_id").to(device), load_prepared(cfg, "val_id").to(device)
+    out = cae_dir(cfg)
+    with hold_lock(out, f"stage 3 {STAGE}, exp {cfg['exp']}"):
+        remove_stale_temporaries(out)
+        return _train(cfg, device, out)
+
+
+def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
+    seed_everything(cfg["seed"])
+    train_cfg, cae_cfg = cfg["train"], cfg["cae"]
+    meta = stage2_meta(cfg, TRAIN_SPLITS)
+    provenance = heatmap_provenance(meta) if meta is not None else external_provenance(cfg, TRAIN_SPLITS)
+    x_train, x_val = (prepare_heatmaps(load_split_heatmaps(cfg, split, meta), cae_cfg["input_size"],
+                                       cae_cfg["resize"], cae_cfg["norm"]).to(device) for split in TRAIN_SPLITS)
     model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+    training = TrainingRun(out, STAGE)
+    state = training.start(cfg, FREE_ON_RESUME)
     start_epoch, best_loss, stale = 0, float("inf"), 0
-    state = load_resume_state(out, train_cfg["resume"])
     if state:
+        _check_same_heatmaps(state, provenance)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_loss, stale = state["epoch"] + 1, state["best_val_loss"], state["stale_epochs"]
-    if start_epoch == 0:
-        (out / "log.jsonl").unlink(missing_ok=True)
-    save_config(cfg, out / "config.yaml")
-    meta = {"model_args": model.constructor_args(), "prep": {"resize": cae_cfg["resize"], "norm": cae_cfg["norm"]},
-            "heatmaps": heatmaps_meta(cfg), "format": "wildcapture-cae-1"}
+    write_yaml(training.path("config.yaml"), cfg)
+    ckpt_meta = {"format": CAE_FORMAT, "model_args": model.constructor_args(),
+                 "prep": {"resize": cae_cfg["resize"], "norm": cae_cfg["norm"]}, "heatmaps": provenance, "config": cfg}
     print(f"stage 3: CAE {cae_cfg['input_size']}x{cae_cfg['input_size']} on {len(x_train)} train_id / "
           f"{len(x_val)} val_id heatmaps, device {device}; writing to {out}", flush=True)
 
@@ -122,17 +86,27 @@ def run(cfg: Config) -> dict[str, Any]:
         if val_loss < best_loss:
             best_loss, stale = val_loss, 0
             threshold = ood_threshold(val_errors, train_cfg["accept_fraction"])
-            save_checkpoint({**meta, "model": model.state_dict(), "epoch": epoch, "val_loss": val_loss,
-                             "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"]},
-                            out / "best.pth")
+            training.save("best.pth", {**ckpt_meta, "model": model.state_dict(), "epoch": epoch, "val_loss": val_loss,
+                                       "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"]})
         else:
             stale += 1
         record.update(best_val_loss=best_loss, seconds=round(time.perf_counter() - started, 3))
-        save_checkpoint({**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                         "best_val_loss": best_loss, "stale_epochs": stale}, out / "last.pth")
-        append_log_line(out / "log.jsonl", record)
+        training.log(record)  # before last.pth: a resume drops the log lines of epochs after last.pth
+        training.save("last.pth", {**ckpt_meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "epoch": epoch, "best_val_loss": best_loss, "stale_epochs": stale})
         if patience and stale >= patience:
             print(f"early stopping: val loss has not improved for {patience} epochs", flush=True)
             break
+    training.commit({"exp": cfg["exp"], "best_val_loss": best_loss, "heatmaps_run_id": provenance.get("run_id")})
+    print(f"stage 3 done: best val loss {best_loss:.6g}; wrote {out}", flush=True)
     return record
 
+
+def _check_same_heatmaps(state: dict[str, Any], provenance: dict[str, Any]) -> None:
+    """Refuse to resume on other heatmaps than the run being resumed learned from."""
+    before = state.get("heatmaps", {})
+    key = "external" if "external" in provenance else "heatmap_files"
+    if before.get(key) != provenance.get(key):
+        raise ConfigError("train.resume=true, but the heatmaps differ from those the run being resumed learned "
+                          f"from ({key}: {provenance.get(key)} vs {before.get(key)}): start afresh with "
+                          "train.resume=false")

@@ -2,33 +2,63 @@
 
 Outputs in `output_dir` (default `weights/<exp>/vit/`): `best.pth` (best val accuracy),
 `last.pth` (end of the latest epoch, with optimizer state for `train.resume=true`),
-`config.yaml` (the resolved config), `log.jsonl` (one JSON line per epoch) and `manifest.csv`
-(every item of every split).
+`config.yaml` (the resolved config), `log.jsonl` (one JSON line per epoch), `manifest.csv`
+(every item of every split) and, written last, `train_classifier.complete.yaml`. While the run
+trains they live in `.train_classifier.incomplete/` (see `wildcapture.training_run`), so a failed
+run leaves the previous one untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from wildcapture.storage import append_log_line, load_resume_state, save_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
-from wildcapture.config import Config, ConfigError, save_config
-from wildcapture.data import DatasetError, build_benchmark
-from wildcapture.paths import resolve_path
-from wildcapture.runtime import cleanup_distributed, epoch_seed, init_distributed, seed_everything
+from wildcapture.config import Config
+from wildcapture.config_checks import check_choice, check_number, check_positive_ints
+from wildcapture.data import DatasetError, build_benchmark, resolve_data_cfg
+from wildcapture.data.verify import verify_benchmark_images
+from wildcapture.paths import classifier_dir, resolve_path
+from wildcapture.run_lock import hold_lock
+from wildcapture.runtime import cleanup_distributed, epoch_seed, init_distributed, pick_device, seed_everything
+from wildcapture.storage import remove_stale_temporaries, write_yaml
+from wildcapture.training_run import TrainingRun
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
 
+STAGE = "train_classifier"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("step", "cosine", "none")
+# Keys a resumed run may change: they do not change the model or its optimisation.
+FREE_ON_RESUME = {"exp", "output_dir", "device", "num_workers", "train.resume", "train.eval_batch_size",
+                  "data.verify_images", "data.download"}
 
-def output_dir(cfg: Config) -> Path:
-    """Return the stage-1 output folder: `output_dir`, or `weights/<exp>/vit` when that is null."""
-    return resolve_path(cfg["output_dir"] or f"weights/{cfg['exp']}/vit")
+
+def check_config(cfg: Config) -> None:
+    """Raise ConfigError (or DatasetError for `data.*`) naming the first value stage 1 cannot use."""
+    train = "train."
+    check_positive_ints(cfg, *(train + k for k in ("epochs", "batch_size", "eval_batch_size", "step_size")))
+    check_number(cfg, "train.lr", above=0)
+    check_number(cfg, "train.weight_decay", minimum=0)
+    check_number(cfg, "train.momentum", minimum=0, maximum=1)
+    check_number(cfg, "train.gamma", above=0)
+    check_number(cfg, "train.grad_clip", above=0, optional=True)
+    check_choice(cfg, "train.optimizer", OPTIMIZERS)
+    check_choice(cfg, "train.scheduler", SCHEDULERS)
+    check_number(cfg, "num_workers", minimum=0, integer=True)
+    check_number(cfg, "seed", minimum=0, integer=True)
+    pick_device(cfg["device"])
+    resolve_data_cfg(cfg["data"])
+
+
+def free_on_resume(cfg: Config) -> set[str]:
+    """Keys a resume may change; `train.epochs` too unless the cosine schedule's length depends on it."""
+    return FREE_ON_RESUME | ({"train.epochs"} if cfg["train"]["scheduler"] != "cosine" else set())
 
 
 def build_optimizer(params, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -38,9 +68,7 @@ def build_optimizer(params, train_cfg: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
-    raise ConfigError(f"unknown train.optimizer '{name}'; choose adam, adamw or sgd")
+    return torch.optim.SGD(params, lr=lr, momentum=train_cfg["momentum"], weight_decay=wd)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any]):
@@ -50,9 +78,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any])
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train_cfg["step_size"], gamma=train_cfg["gamma"])
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg["epochs"])
-    if name == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    raise ConfigError(f"unknown train.scheduler '{name}'; choose step, cosine or none")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -60,18 +86,29 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    """Train the classifier described by `cfg`; returns the last epoch's log record plus `best_val_acc`."""
+    """Train the classifier described by `cfg`; returns the last epoch's log record plus `best_val_acc`.
+
+    Every check (config, data, images, weights, resume) runs before any file is written; only the
+    main process of a torchrun job holds the folder's lock and writes.
+    """
+    check_config(cfg)
     dist_state, device = init_distributed(cfg["device"])
+    out = classifier_dir(cfg)
     try:
-        return _train(cfg, dist_state, device)
+        with hold_lock(out, f"stage 1 {STAGE}, exp {cfg['exp']}") if dist_state.is_main else contextlib.nullcontext():
+            if dist_state.is_main:
+                remove_stale_temporaries(out)
+            return _train(cfg, dist_state, device)
     finally:
         cleanup_distributed()
 
 
 def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
-    train_cfg, out = cfg["train"], output_dir(cfg)
+    train_cfg, out = cfg["train"], classifier_dir(cfg)
     seed_everything(cfg["seed"])
-    bench = build_benchmark(cfg["data"], None, None)
+    bench = build_benchmark(cfg["data"])
+    if cfg["data"]["verify_images"] and dist_state.is_main:
+        verify_benchmark_images(bench)
     model_args = model_args_from_config(cfg["model"], num_classes=len(bench.id_class_names))
     model = build_vit(model_args, pretrained=cfg["model"]["pretrained"])
     if cfg["model"]["init_weights"]:
@@ -97,7 +134,8 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     amp = train_cfg["amp"] and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
     start_epoch, best_acc = 0, -1.0
-    state = load_resume_state(out, train_cfg["resume"])
+    training = TrainingRun(out, STAGE)
+    state = training.start(cfg, free_on_resume(cfg), prepare=dist_state.is_main)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -109,10 +147,8 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
 
     is_main = dist_state.is_main
     if is_main:
-        if start_epoch == 0:
-            (out / "log.jsonl").unlink(missing_ok=True)
-        save_config(cfg, out / "config.yaml")
-        bench.write_manifest(out / "manifest.csv")
+        write_yaml(training.path("config.yaml"), cfg)
+        bench.write_manifest(training.path("manifest.csv"))
         print(f"stage 1: {len(train_split)} train / {len(val_split)} val images, "
               f"{len(bench.id_class_names)} ID classes, {sum(p.numel() for p in model.parameters()):,} parameters, "
               f"device {device}, {world} process(es); writing to {out}", flush=True)
@@ -135,10 +171,13 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
         weights = _unwrap(model).state_dict()
         if record["val_acc"] > best_acc:
             best_acc = record["val_acc"]
-            save_checkpoint({**meta, "model": weights, "epoch": epoch, "val_acc": best_acc}, out / "best.pth")
+            training.save("best.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": best_acc})
         record["best_val_acc"] = best_acc
-        save_checkpoint({**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
-                         "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()}, out / "last.pth")
-        append_log_line(out / "log.jsonl", record)
+        training.log(record)  # before last.pth: a resume drops the log lines of epochs after last.pth
+        training.save("last.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
+                                   "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
+    if is_main:
+        training.commit({"exp": cfg["exp"], "epochs": train_cfg["epochs"], "best_val_acc": best_acc})
+        print(f"stage 1 done: best val accuracy {best_acc:.4f}; wrote {out}", flush=True)
     return record

@@ -1,0 +1,62 @@
+"""CAE checkpoints: what stage 3 writes, and the one loader that stage 4 and detect.py share.
+
+A stage-3 checkpoint (format CAE_FORMAT) holds the model (`model`, `model_args`), the heatmap
+preparation (`prep`: resize, norm), the provenance of the heatmaps it learned (`heatmaps`, see
+`wildcapture.provenance.heatmap_provenance`, or {"external": ...}), the resolved `config` and, in
+best.pth, the OOD `threshold`. A bare state dict (the paper's AutoEncoderW.pt) loads too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.errors import CheckpointError, WeightsMismatchError
+from wildcapture.storage import load_checkpoint
+
+CAE_FORMAT = "wildcapture-cae-2"
+
+
+def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Return {"input_size", "zdim"} of a bare CAE state dict (the paper's AutoEncoderW.pt)."""
+    bottleneck = state_dict["encoder.final_convs.12.weight"]  # (zdim, 32, k, k) with k = input_size / 16
+    return {"input_size": int(bottleneck.shape[-1]) * 16, "zdim": int(bottleneck.shape[0])}
+
+
+def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None) -> tuple[ConvAutoencoder, dict[str, Any]]:
+    """Return the CAE stored at `path` (eval mode, CPU) and the checkpoint's metadata (everything but the
+    weights, plus `path`; {"path"} alone for a bare state dict).
+
+    With `cae_cfg` (the config's `cae.*`), raises WeightsMismatchError naming the key if the checkpoint
+    was made with another input size, zdim, resize or norm. A checkpoint of an older format is a
+    CheckpointError that says to rerun stage 3.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CAE checkpoint not found: {path}; run stage 3 (AutoEncoder/train.py) first")
+    obj = load_checkpoint(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds no CAE state dict")
+    ours = "model_args" in obj
+    if ours and obj.get("format") != CAE_FORMAT:
+        raise CheckpointError(f"{path} is a CAE checkpoint of format {obj.get('format')!r}, not {CAE_FORMAT!r} "
+                              "(it records no heatmap provenance): rerun stage 3 (AutoEncoder/train.py)")
+    state = obj["model"] if ours else obj
+    try:
+        args = obj["model_args"] if ours else cae_args_of_state_dict(state)
+    except KeyError as err:
+        raise CheckpointError(f"{path} is not a CAE checkpoint (no {err} entry)") from err
+    settings = {**args, **obj.get("prep", {})}
+    for key, value in settings.items() if cae_cfg is not None else ():
+        if cae_cfg[key] != value:
+            raise WeightsMismatchError(f"CAE checkpoint {path} was made with cae.{key}={value} but the config has "
+                                       f"cae.{key}={cae_cfg[key]}; set cae.{key}={value}")
+    model = ConvAutoencoder(**args)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsMismatchError(f"{path} does not fit the CAE of {args}: {str(err).splitlines()[0]}") from err
+    meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")} if ours else {}
+    return model.eval(), {**meta, "path": str(path)}

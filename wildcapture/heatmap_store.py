@@ -1,0 +1,149 @@
+"""Stage 2's on-disk format, written and read only here: the stage 2 -> 3/4 and detect hand-off.
+
+    <heatmaps_dir>/heatmaps_meta.yaml     completion marker + provenance (see `write_meta` for its keys)
+    <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32, row-major patch grid
+    <heatmaps_dir>/<split>/logits.npy     (N, num_classes) float32
+    <heatmaps_dir>/<split>/features.npy   (N, D) float32 pre-logits
+    <heatmaps_dir>/<split>/index.csv      INDEX_COLUMNS; row i of every file is the same image
+    <results_dir>/baseline_scores.csv     BASELINE_KEY_COLUMNS + one column per detector (higher = more OOD)
+    <results_dir>/evaluate_classifier.complete.yaml   marker of stage 2's results (names the same run_id)
+
+Readers check the marker's keys, the SHA-256 of every file they read, and that the results folder's
+baseline scores come from the same stage-2 run as the heatmaps.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from wildcapture.errors import DatasetError, IncompleteOutputError, ProvenanceError
+from wildcapture.outputs import Staging, read_marker, verify_file
+from wildcapture.paths import HEATMAPS_META
+from wildcapture.storage import save_array, write_csv
+
+INDEX_COLUMNS = ("row", "source", "label", "class_name", "pred", "pred_name")
+BASELINE_KEY_COLUMNS = ("split", "row", "source", "label")
+ARRAYS = ("heatmaps", "logits", "features")
+META_KEYS = ("run_id", "classifier", "input_spec", "data", "heatmap", "splits")
+RESULTS_STAGE = "evaluate_classifier"
+RESULTS_MARKER = f"{RESULTS_STAGE}.complete.yaml"
+RERUN = "stage 2 (Test_Classifier/test_classifier.py)"
+
+
+@dataclass
+class SplitArrays:
+    """What stage 2 computed for one split; row i of every array is item i."""
+
+    logits: np.ndarray    # (N, num_classes) float32
+    features: np.ndarray  # (N, D) float32, the input of the classifier head
+    heatmaps: np.ndarray  # (N, grid_h, grid_w) float32
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """(N,) int64 predicted ID class index."""
+        return self.logits.argmax(1)
+
+
+@dataclass
+class SplitIndex:
+    """The items of a split, in row order: source (file path or array key), true label (-1 = OOD), true class."""
+
+    sources: list[str]
+    labels: list[int]
+    class_names: list[str]
+
+
+def heatmaps_staging(heatmaps_dir: Path) -> Staging:
+    """The staging area of a stage-2 run writing `heatmaps_dir`."""
+    return Staging(heatmaps_dir, "evaluate_classifier", HEATMAPS_META)
+
+
+def results_staging(results_dir: Path) -> Staging:
+    """The staging area of a stage-2 run writing its reports and baseline scores to `results_dir`."""
+    return Staging(results_dir, RESULTS_STAGE, RESULTS_MARKER)
+
+
+def write_split(staging: Staging, split: str, arrays: SplitArrays, index: SplitIndex,
+                id_class_names: Sequence[str]) -> None:
+    """Write the split's arrays and `index.csv` into `staging` (committed later with the meta)."""
+    for name in ARRAYS:
+        save_array(getattr(arrays, name), staging.path(f"{split}/{name}.npy"))
+    write_csv(staging.path(f"{split}/index.csv"), INDEX_COLUMNS,
+              ((i, index.sources[i], int(index.labels[i]), index.class_names[i], int(pred), id_class_names[pred])
+               for i, pred in enumerate(arrays.predictions)))
+
+
+def write_baseline_scores(path: Path, index: dict[str, SplitIndex], scores: dict[str, dict[str, np.ndarray]]) -> None:
+    """Write one CSV row per test image: BASELINE_KEY_COLUMNS, then one column per detector."""
+    detectors = list(scores["test_id"])
+    write_csv(path, [*BASELINE_KEY_COLUMNS, *detectors],
+              ([name, i, index[name].sources[i], int(index[name].labels[i]),
+                *(repr(float(scores[name][d][i])) for d in detectors)]
+               for name in ("test_id", "test_ood") for i in range(len(index[name].sources))))
+
+
+def read_meta(heatmaps_dir: Path) -> dict[str, Any]:
+    """Return stage 2's `heatmaps_meta.yaml` of `heatmaps_dir`, checked for every key it must hold.
+
+    Raises IncompleteOutputError when stage 2 did not complete there.
+    """
+    return read_marker(Path(heatmaps_dir) / HEATMAPS_META, META_KEYS, RERUN)
+
+
+def _split_size(meta: dict[str, Any], split: str, heatmaps_dir: Path) -> int:
+    info = meta["splits"].get(split)
+    if info is None:
+        raise IncompleteOutputError(f"{heatmaps_dir / HEATMAPS_META} lists no split {split}; rerun {RERUN}")
+    return int(info["n"])
+
+
+def read_array(heatmaps_dir: Path, meta: dict[str, Any], split: str, name: str) -> np.ndarray:
+    """Return one of the split's arrays (`heatmaps`, `logits` or `features`), float32, after checking its
+    SHA-256 and row count against the meta."""
+    path = verify_file(meta, heatmaps_dir, f"{split}/{name}.npy", RERUN)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DatasetError(f"{path} is not a readable .npy array ({err}); rerun {RERUN}") from err
+    n = _split_size(meta, split, heatmaps_dir)
+    if array.shape[0] != n:
+        raise DatasetError(f"{path} has {array.shape[0]} rows but {HEATMAPS_META} says split {split} has {n}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def read_split(heatmaps_dir: Path, meta: dict[str, Any], split: str) -> SplitArrays:
+    """Return every array of `split` (see `read_array`)."""
+    return SplitArrays(**{name: read_array(heatmaps_dir, meta, split, name) for name in ARRAYS})
+
+
+def read_index(heatmaps_dir: Path, meta: dict[str, Any], split: str) -> SplitIndex:
+    """Return the split's `index.csv` (checked against the meta)."""
+    path = verify_file(meta, heatmaps_dir, f"{split}/index.csv", RERUN)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return SplitIndex([r["source"] for r in rows], [int(r["label"]) for r in rows], [r["class_name"] for r in rows])
+
+
+def read_baseline_scores(path: Path, meta: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Return {detector: (test_id scores, test_ood scores)} from stage 2's `baseline_scores.csv`.
+
+    The results folder's marker must name the same stage-2 run (`run_id`) as the heatmaps' `meta`,
+    and the file must be the one it lists; otherwise ProvenanceError / IncompleteOutputError.
+    """
+    path = Path(path)
+    marker = read_marker(path.parent / RESULTS_MARKER, ("run_id",), RERUN)
+    if marker["run_id"] != meta["run_id"]:
+        raise ProvenanceError(f"{path} comes from stage-2 run {marker['run_id']} but the heatmaps come from run "
+                              f"{meta['run_id']}: rerun {RERUN} so both come from the same pass, or set "
+                              "test.baselines=false")
+    verify_file(marker, path.parent, path.name, RERUN)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    detectors = [c for c in (rows[0] if rows else {}) if c not in BASELINE_KEY_COLUMNS]
+    split_of = np.array([r["split"] for r in rows])
+    values = np.array([[float(r[d]) for d in detectors] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    return {d: (values[split_of == "test_id", j], values[split_of == "test_ood", j]) for j, d in enumerate(detectors)}

@@ -1,0 +1,93 @@
+"""What made a file, and the checks at each hand-off that refuse a mismatch, naming both values.
+
+The provenance of heatmaps is the part of stage 2's meta that decides what a heatmap means: which
+classifier (by content hash), which preprocessing, which heatmap kind and block. A CAE checkpoint
+stores the provenance of the heatmaps it learned; stage 4 and detect.py compare it with the
+heatmaps they are given. The data set is not compared: scoring other images is the point.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wildcapture.errors import ConfigError, ProvenanceError
+from wildcapture.paths import portable_path, resolve_path
+from wildcapture.storage import sha256_file
+
+# (label in messages, path into the meta)
+HEATMAP_IDENTITY = (
+    ("heatmap.kind", ("heatmap", "kind")),
+    ("heatmap.block", ("heatmap", "block")),
+    ("classifier (SHA-256)", ("classifier", "sha256")),
+    ("preprocessing", ("input_spec",)),
+)
+
+
+def classifier_identity(path: Path, model_args: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """Return {"path" (repository-relative when inside it), "sha256", "model_args", "class_names"}."""
+    return {"path": portable_path(path), "sha256": sha256_file(path), "model_args": model_args,
+            "class_names": list(class_names)}
+
+
+def heatmap_provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """Return the part of a stage-2 meta that a CAE checkpoint keeps: run, classifier, preprocessing,
+    heatmap settings, data and the digests of the heatmap files."""
+    heatmap_files = {name: digest for name, digest in meta["files"].items() if name.endswith("heatmaps.npy")}
+    return {"run_id": meta["run_id"], "classifier": meta["classifier"], "input_spec": meta["input_spec"],
+            "heatmap": meta["heatmap"], "data": meta["data"], "heatmap_files": heatmap_files}
+
+
+def _get(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        meta = meta.get(key) if isinstance(meta, dict) else None
+    return meta
+
+
+def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expected_what: str,
+                        actual_what: str, fix: str) -> None:
+    """Raise ProvenanceError naming the first of HEATMAP_IDENTITY that differs between the provenance
+    `expected` (e.g. the CAE's) and `actual` (the heatmaps offered), with both values and `fix`."""
+    for label, keys in HEATMAP_IDENTITY:
+        want, got = _get(expected, keys), _get(actual, keys)
+        if want != got:
+            raise ProvenanceError(f"{actual_what} differ from {expected_what} in {label}: {got!r} vs {want!r} "
+                                  f"(classifier {_get(actual, ('classifier', 'path'))} vs "
+                                  f"{_get(expected, ('classifier', 'path'))}); {fix}")
+
+
+def locate_classifier(identity: dict[str, Any], what: str) -> Path:
+    """Return the classifier file that `identity` (see `classifier_identity`) names, resolved against the
+    repository root, after checking its SHA-256. Raises ProvenanceError if it is missing or changed."""
+    path = resolve_path(identity["path"])
+    if not path.is_file():
+        raise ProvenanceError(f"{what} was made with classifier {identity['path']}, which is not there ({path}); "
+                              "put that file back, or retrain stages 2-3 with the classifier you have")
+    digest = sha256_file(path)
+    if digest != identity["sha256"]:
+        raise ProvenanceError(f"classifier {path} has changed since {what} was made (SHA-256 {digest[:12]}... "
+                              f"vs {identity['sha256'][:12]}...): rerun stages 2 and 3 for this classifier")
+    return path
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], free_keys: set[str], source: Path) -> None:
+    """Raise ConfigError naming the first key (dotted) whose value differs between the `saved` config of the
+    run being resumed and the `current` one, unless it is in `free_keys` (keys that do not change the model
+    or its optimisation, e.g. `device`)."""
+    flat_saved, flat_now = _flatten(saved), _flatten(current)
+    for key in sorted(set(flat_saved) | set(flat_now)):
+        if key in free_keys or any(key.startswith(k + ".") for k in free_keys):
+            continue
+        if flat_saved.get(key) != flat_now.get(key):
+            raise ConfigError(f"train.resume=true, but {key}={flat_now.get(key)!r} differs from the run being resumed "
+                              f"({key}={flat_saved.get(key)!r} in {source}): resume with {key}="
+                              f"{flat_saved.get(key)!r}, or start afresh with train.resume=false")
+
+
+def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,73 @@
+"""One run per output folder at a time: an exclusive `flock` on `<folder>/.lock`.
+
+The kernel drops the lock when its process ends, however it ends (kill -9 included), so a lock
+left by a dead run never blocks the next one. The lock file also records who holds it (pid,
+what, start time), so a refused second run can name the running process.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator
+
+from wildcapture.errors import RunLockedError
+
+LOCK_NAME = ".lock"
+
+
+def _holder(handle) -> str:
+    handle.seek(0)
+    try:
+        info = json.loads(handle.read() or "{}")
+    except json.JSONDecodeError:
+        info = {}
+    if not info:
+        return "another process"
+    return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('what')}, started {info.get('started')})")
+
+
+@contextlib.contextmanager
+def hold_lock(folder: Path, what: str) -> Iterator[Path]:
+    """Hold the run lock of `folder` (created if missing) for the duration of the `with` block.
+
+    `what` says which run holds it (e.g. "stage 1 train_classifier"). Yields the lock file's path.
+    Raises RunLockedError naming the holder if another live process holds the lock.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(f"{folder} is in use by another run: {_holder(handle)}; wait for it to finish "
+                                 "or stop it, or write to another folder (exp=... or output_dir=...)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        handle.flush()
+        try:
+            yield path
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+    finally:
+        handle.close()  # closing releases the flock
+
+
+@contextlib.contextmanager
+def hold_locks(folders: list[Path], what: str) -> Iterator[None]:
+    """Hold the run locks of several folders (each once, in a fixed order, so runs cannot deadlock)."""
+    unique = sorted({Path(f).resolve() for f in folders})
+    with contextlib.ExitStack() as stack:
+        for folder in unique:
+            stack.enter_context(hold_lock(folder, what))
+        yield

@@ -1,0 +1,91 @@
+"""The files of a training stage (1 or 3) while it runs: resumable, and committed only when it finishes.
+
+Checkpoints and the log of a run go to `<out>/.<stage>.incomplete/` (see `wildcapture.outputs`); the
+previous complete run in `<out>` stays untouched until this one finishes. `train.resume=true`
+continues a killed run from its staged `last.pth`, or extends the complete run from `<out>/last.pth`,
+and refuses a config that changes the model or its optimisation.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wildcapture.errors import ConfigError
+from wildcapture.outputs import Staging
+from wildcapture.provenance import check_resume_config
+from wildcapture.storage import load_checkpoint, save_checkpoint, write_text
+
+LOG_NAME = "log.jsonl"
+CARRIED_OVER = ("best.pth", LOG_NAME)  # what a resumed complete run keeps from its folder
+
+
+class TrainingRun:
+    """One run of a training stage writing `out`."""
+
+    def __init__(self, out: Path, stage: str):
+        self.out = Path(out)
+        self.staging = Staging(self.out, stage, f"{stage}.complete.yaml")
+
+    def start(self, cfg: dict[str, Any], free_keys: set[str], prepare: bool = True) -> dict[str, Any] | None:
+        """Return the checkpoint to resume from, or None to start afresh; with `prepare` (the process
+        that writes) also set up the staging folder.
+
+        With `train.resume=true`: a killed run's staged `last.pth` first, else the complete run's
+        `last.pth`. The resumed checkpoint's config must equal `cfg` except for `free_keys`
+        (ConfigError naming the key otherwise). Without it, a killed run's leftovers are discarded.
+        """
+        staged_last, final_last = self.staging.dir / "last.pth", self.out / "last.pth"
+        source = None
+        if cfg["train"]["resume"]:
+            source = staged_last if staged_last.is_file() else final_last if final_last.is_file() else None
+            if source is None and prepare:
+                print(f"train.resume=true but there is no last.pth in {self.out}: starting from epoch 0", flush=True)
+        elif staged_last.is_file() and prepare:
+            print(f"note: discarding the unfinished run in {self.staging.dir} (train.resume=true would continue it)",
+                  flush=True)
+        if source is None:
+            if prepare:
+                self.staging.reset()
+            return None
+        state = load_checkpoint(source)
+        check_resume_config(state.get("config", {}), cfg, free_keys, source)
+        if state["epoch"] + 1 >= cfg["train"]["epochs"]:
+            raise ConfigError(f"train.resume=true, but {source} already finished epoch {state['epoch']} of "
+                              f"train.epochs={cfg['train']['epochs']}: raise train.epochs to train longer")
+        if prepare:
+            if source == final_last:
+                self.staging.reset()
+                for name in CARRIED_OVER:
+                    if (self.out / name).is_file():
+                        shutil.copy2(self.out / name, self.staging.path(name))
+            self._truncate_log(state["epoch"])
+        return state
+
+    def _truncate_log(self, last_epoch: int) -> None:
+        """Keep the log lines of epochs <= last_epoch (a killed run may have logged the epoch it lost)."""
+        path = self.staging.dir / LOG_NAME
+        if path.is_file():
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip() and json.loads(line).get("epoch", -1) <= last_epoch]
+            write_text(path, "".join(line + "\n" for line in lines))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append `record` as one JSON line to the run's log and print it."""
+        line = json.dumps(record)
+        with open(self.staging.path(LOG_NAME), "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+        print(line, flush=True)
+
+    def save(self, name: str, checkpoint: dict[str, Any]) -> None:
+        """Write checkpoint `name` (e.g. best.pth) of the run, atomically."""
+        save_checkpoint(checkpoint, self.staging.path(name))
+
+    def path(self, name: str) -> Path:
+        """Where the run writes its file `name` (e.g. config.yaml) before the commit."""
+        return self.staging.path(name)
+
+    def commit(self, marker: dict[str, Any]) -> dict[str, Any]:
+        """Move the run's files into `out`, then write its completion marker; returns the marker."""
+        return self.staging.commit(marker)
