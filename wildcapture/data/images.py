@@ -68,15 +68,23 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise DatasetError(f"cannot read image {path}: {exc}. Replace or delete this file.") from exc
 
 
-def crop_box(image: Image.Image, box: tuple[int, int, int, int], source: str) -> Image.Image:
-    """Return ``image`` cropped to ``box`` clipped to the image bounds; DatasetError if nothing is left."""
+def clip_box(box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Return ``box`` = (x0, y0, x1, y1) clipped to an image of ``size`` = (width, height), or None when
+    nothing of it lies inside the image."""
     x0, y0, x1, y1 = box
-    width, height = image.size
+    width, height = size
     x0, x1 = max(0, min(x0, width)), max(0, min(x1, width))
     y0, y1 = max(0, min(y0, height)), max(0, min(y1, height))
-    if x1 <= x0 or y1 <= y0:
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def crop_box(image: Image.Image, box: tuple[int, int, int, int], source: str) -> Image.Image:
+    """Return ``image`` cropped to ``box`` clipped to the image bounds; DatasetError if nothing is left."""
+    clipped = clip_box(box, image.size)
+    if clipped is None:
+        width, height = image.size
         raise DatasetError(f"crop box {box} lies outside the {width}x{height} image {source}; fix the annotation")
-    return image.crop((x0, y0, x1, y1))
+    return image.crop(clipped)
 
 
 class FileImages:
