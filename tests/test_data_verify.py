@@ -139,7 +139,7 @@ def test_error_lists_every_bad_item_under_a_self_contained_first_line(files, mon
 
 
 def test_array_benchmark_decodes_nothing(monkeypatch):
-    bench = build_benchmark({"name": "digits"}, None, None)
+    bench = build_benchmark({"name": "digits"})
     monkeypatch.setattr(verify, "probe_image", lambda path: pytest.fail(f"decoded {path}"))
     assert find_unreadable(bench, progress=False) == []
     verify_benchmark_images(bench, progress=False)
@@ -152,7 +152,7 @@ def test_imagefolder_benchmark(tmp_path):
             (tmp_path / name / f"{i}.jpg").write_bytes(_jpeg_bytes(16, 16, seed=i))
     cfg = {"name": "imagefolder", "root": str(tmp_path), "id_classes": ["cats", "dogs"],
            "test_fraction": 0.25, "val_fraction": 0.34}
-    verify_benchmark_images(build_benchmark(cfg, None, None), progress=False)
+    verify_benchmark_images(build_benchmark(cfg), progress=False)
     (tmp_path / "birds" / "1.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG header and nothing else
-    assert find_unreadable(build_benchmark(cfg, None, None), progress=False) == [
+    assert find_unreadable(build_benchmark(cfg), progress=False) == [
         BadImage("test_ood", str(tmp_path / "birds" / "1.jpg"), "not an image file PIL can identify")]
