@@ -37,6 +37,14 @@ class Staging:
         self.marker_path = self.final_dir / marker_name
         self.dir = self.final_dir / f".{stage}.incomplete"
 
+    def __enter__(self) -> "Staging":
+        """Start afresh (`reset`); leaving the block by an exception discards what was staged."""
+        return self.reset()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def reset(self) -> "Staging":
         """Empty the staging folder (a killed run's leftovers go); returns self."""
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -32,6 +32,7 @@ from wildcapture.heatmap_store import (SplitArrays, SplitIndex, heatmaps_staging
                                        write_baseline_scores, write_split)
 from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatmap_gallery
 from wildcapture.ood import fit_baselines, score_all
+from wildcapture.outputs import Staging
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity
 from wildcapture.run_lock import hold_locks
@@ -155,7 +156,14 @@ def _evaluate(cfg: Config, device: torch.device, out_heat, out_results) -> dict[
         raise DatasetError(f"split(s) {', '.join(empty)} of {bench.name} are empty; raise data.val_fraction/"
                            "test_fraction or data.limit_per_split")
     model.to(device)
-    heat_stage, result_stage = heatmaps_staging(out_heat).reset(), results_staging(out_results).reset()
+    with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
+        return _write_outputs(cfg, device, model, bench, provenance, heat_stage, result_stage)
+
+
+def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, bench: Benchmark,
+                   provenance: dict[str, Any], heat_stage: Staging, result_stage: Staging) -> dict[str, Any]:
+    """Compute every output into the two staging areas, then commit them (heatmaps' meta last)."""
+    heat_cfg, out_heat, out_results = cfg["heatmap"], heat_stage.final_dir, result_stage.final_dir
     write_yaml(result_stage.path("config_test_classifier.yaml"), cfg)
     print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
           f"heatmap {heat_cfg['kind']}; device {device}; writing to {out_heat} and {out_results}", flush=True)

@@ -145,15 +145,15 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
     caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors['test_id'])} ID images) vs test_ood "
                f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps")
 
-    staging = Staging(out, STAGE, f"{STAGE}.complete.yaml").reset()
-    write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
-    plot_roc_curves(scores, staging.path("roc_curves.png"))
-    plot_score_histograms(scores, staging.path("score_histograms.png"))
-    _gallery(cfg, detector, raw, meta, result, staging.path("reconstruction_gallery.png"))
-    write_recon_errors(result, staging.dir)
-    write_table(rows, staging.dir, caption=caption)
-    staging.commit({"exp": cfg["exp"], "checkpoint": result["checkpoint"],
-                    "heatmaps_run_id": meta["run_id"] if meta else None})
+    with Staging(out, STAGE, f"{STAGE}.complete.yaml") as staging:
+        write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
+        plot_roc_curves(scores, staging.path("roc_curves.png"))
+        plot_score_histograms(scores, staging.path("score_histograms.png"))
+        _gallery(cfg, detector, raw, meta, result, staging.path("reconstruction_gallery.png"))
+        write_recon_errors(result, staging.dir)
+        write_table(rows, staging.dir, caption=caption)
+        staging.commit({"exp": cfg["exp"], "checkpoint": result["checkpoint"],
+                        "heatmaps_run_id": meta["run_id"] if meta else None})
     markdown = to_markdown(rows, caption)
     print(markdown, flush=True)
     return {"rows": rows, "markdown": markdown}

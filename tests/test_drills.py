@@ -1,0 +1,234 @@
+"""Drills on whole stages: failed runs over a complete experiment, refused hand-offs, concurrent runs,
+kill -9 then a new run and a resume, a moved repository, bad config values."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import wildcapture.paths
+from wildcapture.detect import detect
+from wildcapture.errors import ConfigError, IncompleteOutputError, NonFiniteLossError, ProvenanceError, RunLockedError
+from wildcapture.paths import REPO_ROOT
+from wildcapture.run_lock import hold_lock
+from wildcapture.stages import evaluate_classifier, score_cae, train_cae, train_classifier
+
+from stage_helpers import TINY_VIT, cae_config, stage1_config, stage2_config
+
+
+def snapshot(*folders: Path) -> dict[str, bytes]:
+    """Every file of the previous runs under `folders`: the run lock and unfinished runs' staging excluded."""
+    files = {}
+    for folder in folders:
+        for path in folder.rglob("*"):
+            parts = path.relative_to(folder).parts
+            if path.is_file() and path.name != ".lock" and not any(p.endswith(".incomplete") for p in parts):
+                files[str(path)] = path.read_bytes()
+    return files
+
+
+@pytest.fixture
+def experiment(tiny_vit_checkpoint, tiny_heatmaps, tiny_cae, tmp_path):
+    """A private copy of one complete tiny experiment: vit/, heatmaps/, results/ (stages 2 and 4), cae/."""
+    shutil.copytree(tiny_vit_checkpoint.parent, tmp_path / "vit")
+    shutil.copytree(tiny_heatmaps / "heatmaps", tmp_path / "heatmaps")
+    shutil.copytree(tiny_heatmaps / "results", tmp_path / "results")
+    shutil.copytree(tiny_cae / "cae", tmp_path / "cae")
+    score_cae.run(_stage34(tmp_path))
+    return tmp_path
+
+
+def _stage34(root: Path, *overrides: str):
+    return cae_config(root / "heatmaps", root, f"results_dir={root / 'results'}", "train.epochs=3", *overrides)
+
+
+def test_failed_runs_leave_the_complete_experiment_byte_identical(experiment, monkeypatch):
+    root = experiment
+    before = snapshot(root)
+    # stage 1 stops on a non-finite loss after writing checkpoints of its own
+    with pytest.raises(NonFiniteLossError):
+        train_classifier.run(stage1_config(root / "vit", "train.epochs=2", "train.lr=1e30", "train.optimizer=sgd"))
+    # stage 2 fails half-way through its splits
+    real = evaluate_classifier.infer_split
+
+    def fail_on_test_ood(*args, **kwargs):
+        if kwargs.get("desc") == "test_ood":
+            raise RuntimeError("disk pulled out")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_classifier, "infer_split", fail_on_test_ood)
+    with pytest.raises(RuntimeError, match="disk pulled out"):  # (the copy's classifier path differs: overwrite)
+        evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root, "overwrite=true"))
+    monkeypatch.setattr(evaluate_classifier, "infer_split", real)
+    # stage 3 refuses heatmaps whose marker was damaged; stage 4 refuses a CAE of another input size
+    damaged = root / "damaged"
+    shutil.copytree(root / "heatmaps", damaged)
+    (damaged / "heatmaps_meta.yaml").write_bytes(b"")
+    with pytest.raises(IncompleteOutputError):
+        train_cae.run(_stage34(root, f"heatmaps_dir={damaged}"))
+    shutil.rmtree(damaged)
+    with pytest.raises(Exception, match="cae.input_size"):
+        score_cae.run(_stage34(root, "cae.input_size=32"))
+    assert snapshot(root) == before
+    assert not list(root.rglob(".evaluate_classifier.incomplete")) and not list(root.rglob(".score_cae.incomplete"))
+
+
+def test_a_heatmap_variant_never_replaces_an_experiment_silently(experiment):
+    root = experiment
+    before = snapshot(root / "heatmaps")
+    with pytest.raises(ProvenanceError, match=r"heatmap.kind 'cls_last'.*with 'rollout'.*exp=NEW_NAME.*overwrite=true"):
+        evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root, "heatmap.kind=rollout"))
+    assert snapshot(root / "heatmaps") == before
+    # the variant lives beside it ...
+    evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root / "rollout", "heatmap.kind=rollout"))
+    # ... and stage 4 refuses to score it with the CAE trained on cls_last heatmaps, naming both kinds
+    with pytest.raises(ProvenanceError, match=r"heatmap.kind: 'rollout' vs 'cls_last'"):
+        score_cae.run(_stage34(root, f"heatmaps_dir={root / 'rollout' / 'heatmaps'}",
+                               f"results_dir={root / 'rollout' / 'results'}"))
+    # an explicit overwrite replaces it
+    evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root, "heatmap.kind=rollout", "overwrite=true"))
+    assert "kind: rollout" in (root / "heatmaps" / "heatmaps_meta.yaml").read_text()
+
+
+def test_baseline_scores_of_another_stage_2_run_are_refused(experiment):
+    root = experiment
+    evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root / "again"))
+    with pytest.raises(ProvenanceError, match="comes from stage-2 run .* but the heatmaps come from run"):
+        score_cae.run(_stage34(root, f"test.baseline_scores={root / 'again' / 'results' / 'baseline_scores.csv'}"))
+
+
+def test_stage_2_refuses_data_overrides_it_would_ignore(experiment):
+    with pytest.raises(ConfigError, match="data.* is set.*data_from_checkpoint=false"):
+        evaluate_classifier.run(stage2_config(experiment / "vit" / "best.pth", experiment, "data.name=cifar10"))
+
+
+def test_resume_refuses_a_changed_model_or_optimisation(tmp_path, tiny_heatmaps):
+    train_classifier.run(stage1_config(tmp_path / "vit", "train.epochs=2"))  # cosine schedule over 2 epochs
+    with pytest.raises(ConfigError, match=r"train.lr=0.001 differs from the run being resumed \(train.lr=0.002"):
+        train_classifier.run(stage1_config(tmp_path / "vit", "train.epochs=2", "train.resume=true", "train.lr=1e-3"))
+    with pytest.raises(ConfigError, match=r"train.epochs=4 differs .*train.epochs=2"):  # the cosine length
+        train_classifier.run(stage1_config(tmp_path / "vit", "train.epochs=4", "train.resume=true"))
+    with pytest.raises(ConfigError, match="already finished epoch 1 of train.epochs=2: raise train.epochs"):
+        train_classifier.run(stage1_config(tmp_path / "vit", "train.epochs=2", "train.resume=true"))
+    cfg = cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1")
+    train_cae.run(cfg)
+    with pytest.raises(ConfigError, match=r"cae.input_size=32 differs .*cae.input_size=16"):
+        train_cae.run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=2", "train.resume=true",
+                                 "cae.input_size=32"))
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once(tmp_path):
+    out = tmp_path / "vit"
+    with hold_lock(out, "stage 1 train_classifier, exp digits"):
+        started = time.perf_counter()
+        with pytest.raises(RunLockedError, match=f"{out} is in use by another run: pid {os.getpid()}"):
+            train_classifier.run(stage1_config(out, "train.epochs=1"))
+        assert time.perf_counter() - started < 5
+    assert not (out / "best.pth").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size must be an integer >= 1, got 0"),
+    ("train.lr=-1", "train.lr must be a number > 0, got -1"),
+    ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+    ("num_workers=-2", "num_workers must be an integer >= 0"),
+    ("train.scheduler=linear", "train.scheduler must be one of step, cosine, none"),
+])
+def test_bad_values_are_refused_before_any_file_is_written(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        train_classifier.run(stage1_config(tmp_path / "vit", override))
+    assert not (tmp_path / "vit").exists()
+
+
+def test_a_moved_repository_keeps_its_experiments_usable(tmp_path, monkeypatch, tiny_vit_checkpoint, tiny_heatmaps):
+    """Stages 2-3 run in a repository at one path; after moving it, stage 4 and detect.py still work, and a
+    changed classifier file is refused."""
+    first = tmp_path / "first"
+    (first / "weights" / "x" / "vit").mkdir(parents=True)
+    shutil.copy(tiny_vit_checkpoint, first / "weights" / "x" / "vit" / "best.pth")
+    monkeypatch.setattr(wildcapture.paths, "REPO_ROOT", first)
+    evaluate_classifier.run(stage2_config(Path("weights/x/vit/best.pth"), Path("."), "exp=x", "heatmaps_dir=null",
+                                          "results_dir=null", "checkpoint=null"))
+    train_cae.run(cae_config(Path("data/heatmaps/x"), Path("."), "exp=x", "heatmaps_dir=null", "output_dir=null",
+                             "results_dir=null", "train.epochs=1"))
+
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    monkeypatch.setattr(wildcapture.paths, "REPO_ROOT", moved)
+    score_cae.run(cae_config(Path("data/heatmaps/x"), Path("."), "exp=x", "heatmaps_dir=null", "output_dir=null",
+                             "results_dir=null"))
+    assert (moved / "results" / "x" / "score_cae.complete.yaml").is_file()
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(images / "a.png")
+    rows = detect(images, moved / "weights" / "x" / "cae" / "best.pth", tmp_path / "d.csv", device="cpu")
+    assert len(rows) == 1 and np.isfinite(rows[0]["ood_score"])
+
+    classifier = moved / "weights" / "x" / "vit" / "best.pth"
+    state = torch.load(classifier, weights_only=True)
+    state["val_acc"] = -1.0  # any change of the file
+    torch.save(state, classifier)
+    with pytest.raises(ProvenanceError, match="has changed since"):
+        detect(images, moved / "weights" / "x" / "cae" / "best.pth", tmp_path / "d.csv", device="cpu")
+
+
+def _stage1_command(out: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(REPO_ROOT / "Train_Vit_Classifier" / "train.py"), *TINY_VIT, "device=cpu",
+            f"output_dir={out}", "train.epochs=12", "train.scheduler=step", "train.step_size=5", *overrides]
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.e2e
+def test_kill_9_then_a_resume_equals_an_uninterrupted_run_and_a_new_run_starts_afresh(tmp_path):
+    # the uninterrupted reference, in this process (one thread, like the subprocesses)
+    train_classifier.run(stage1_config(tmp_path / "reference", "train.epochs=12", "train.scheduler=step",
+                                       "train.step_size=5"))
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(_stage1_command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staged_log = out / ".train_classifier.incomplete" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not staged_log.is_file() or len(staged_log.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = len(staged_log.read_text().splitlines())
+    assert 3 <= killed_at < 12 and not (out / "best.pth").exists()
+    (out / ".train_classifier.incomplete" / ".last.pth.abc123.tmp").write_bytes(b"a write cut short")
+
+    resumed = _run(_stage1_command(out, "train.resume=true"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not list(out.rglob("*.tmp")) and not (out / ".train_classifier.incomplete").exists()
+    logs = [[json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+            for folder in (tmp_path / "reference", out)]
+    assert [r["epoch"] for r in logs[1]] == list(range(12))
+    assert [r["val_loss"] for r in logs[0]] == [r["val_loss"] for r in logs[1]]
+    ours, theirs = (torch.load(folder / "last.pth", weights_only=True)["model"] for folder in (out, tmp_path / "reference"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+    # killed again, then a plain new run: the unfinished run is discarded, not resumed
+    proc = subprocess.Popen(_stage1_command(out, "train.epochs=30"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    staged_last = out / ".train_classifier.incomplete" / "last.pth"
+    deadline = time.time() + 120
+    while time.time() < deadline and not staged_last.is_file():
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    fresh = _run(_stage1_command(out))
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert "discarding the unfinished run" in fresh.stdout
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == list(range(12))
