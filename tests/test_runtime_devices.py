@@ -1,0 +1,51 @@
+"""Device choice (`pick_device`)."""
+
+import pytest
+import torch
+
+from wildcapture.errors import ConfigError
+from wildcapture.runtime import pick_device
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without CUDA or MPS, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_cpu_and_auto_without_gpu(no_gpu):
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "xpu", "meta", ""])
+def test_unknown_device_names_the_key_and_the_choices(name):
+    with pytest.raises(ConfigError) as err:
+        pick_device(name)
+    assert f"device '{name}' (config key device) is not valid" in str(err.value)
+    assert "auto, cpu, cuda, cuda:N, mps" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
+def test_cuda_without_cuda_suggests_cpu_or_auto(no_gpu, name):
+    with pytest.raises(ConfigError, match=f"device={name} was asked for but CUDA is not available.*"
+                                          "use device=cpu or device=auto"):
+        pick_device(name)
+
+
+def test_cuda_index_beyond_the_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="device=cuda:2 asks for cuda:2 but this machine has 2 CUDA device.*"
+                                          "cuda:0 to cuda:1; use device=cpu or device=auto"):
+        pick_device("cuda:2")
+    with pytest.raises(ConfigError, match="device=cuda asks for cuda:3"):  # a torchrun rank without its GPU
+        pick_device("cuda", local_rank=3)
+
+
+def test_mps_without_mps(no_gpu):
+    with pytest.raises(ConfigError, match="device=mps .* MPS .* not available.*use device=cpu or device=auto"):
+        pick_device("mps")
