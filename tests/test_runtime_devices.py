@@ -1,8 +1,11 @@
-"""Device choice (`pick_device`)."""
+"""Device choice (`pick_device`) and the DataLoader worker cap (`make_loader`)."""
+import os
 
 import pytest
 import torch
 
+from wildcapture.classifier import data_setup
+from wildcapture.classifier.data_setup import available_cpus, make_loader
 from wildcapture.errors import ConfigError
 from wildcapture.runtime import pick_device
 
@@ -49,3 +52,16 @@ def test_cuda_index_beyond_the_devices(monkeypatch):
 def test_mps_without_mps(no_gpu):
     with pytest.raises(ConfigError, match="device=mps .* MPS .* not available.*use device=cpu or device=auto"):
         pick_device("mps")
+
+
+def test_workers_are_capped_at_the_available_cpus_with_one_note(capsys):
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert available_cpus() == cpus
+    data_setup._note_capped_workers.cache_clear()
+    cpu = torch.device("cpu")
+    loaders = [make_loader(list(range(4)), 2, None, cpus + 3, cpu) for _ in range(3)]
+    assert [loader.num_workers for loader in loaders] == [cpus] * 3
+    assert capsys.readouterr().out == f"note: num_workers={cpus + 3} capped at the {cpus} CPUs available to this process\n"
+    assert make_loader(list(range(4)), 2, None, 0, cpu).num_workers == 0
+    assert make_loader(list(range(4)), 2, None, 1, cpu).num_workers == 1
+    assert capsys.readouterr().out == ""
