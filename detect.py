@@ -7,17 +7,15 @@ ood_score (CAE reconstruction error; higher = more OOD), ood_flag (score > thres
 threshold (by default the one stored by stage 3, which accepts 95% of val_id images).
 """
 import argparse
-import sys
 from pathlib import Path
 
-from wildcapture.cli import USER_ERRORS
-from wildcapture.detect import detect
+from wildcapture.cli import exit_on_user_error
 from wildcapture.paths import resolve_path
-from wildcapture.runtime import pick_device
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Parse the command line, then load the models (torch is imported only now) and score the folder."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
     parser.add_argument("--exp", default="digits", help="experiment whose CAE to use (default: digits)")
     parser.add_argument("--cae", type=Path, default=None, help="CAE checkpoint (default: weights/EXP/cae/best.pth)")
@@ -29,12 +27,12 @@ def main() -> None:
     args = parser.parse_args()
     cae = resolve_path(args.cae or f"weights/{args.exp}/cae/best.pth")
     out = args.out or resolve_path(f"results/{args.exp}/detections.csv")
-    try:
+    with exit_on_user_error(outputs="--out"):
+        from wildcapture.detect import detect
+        from wildcapture.runtime import pick_device
+
         rows = detect(args.folder.resolve(), cae, out, args.batch_size, str(pick_device(args.device)), args.threshold,
                       args.workers)
-    except USER_ERRORS + (ValueError,) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     flagged = sum(r["ood_flag"] for r in rows)
     print(f"{len(rows)} images scored, {flagged} flagged OOD (threshold {rows[0]['threshold']:.4g}); wrote {out}")
 

@@ -6,25 +6,22 @@
     python reproduce.py device=cuda           # key=value applies to every stage that has the key
 """
 import argparse
-import sys
+from typing import Sequence
 
-from wildcapture.cli import USER_ERRORS
+from wildcapture.cli import exit_on_user_error
 from wildcapture.pipeline import BENCHMARKS, run_pipeline
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse `argv` (default: the command line), run the pipeline (stage 4 prints the OOD table), print the timings."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", default="digits", choices=BENCHMARKS)
     parser.add_argument("--smoke", action="store_true", help="run every stage on a few batches (exp <benchmark>-smoke)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
-    args = parser.parse_args()
-    try:
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
         result = run_pipeline(args.benchmark, args.smoke, args.overrides)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    timings = ", ".join(f"stage {name}: {s:.0f} s" for name, s in result["seconds"].items())
-    print(f"\n{result['markdown']}\n{timings}")
+    print(", ".join(f"stage {name}: {s:.0f} s" for name, s in result["seconds"].items()))
 
 
 if __name__ == "__main__":

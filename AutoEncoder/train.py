@@ -5,7 +5,6 @@
 from pathlib import Path
 
 from wildcapture.cli import stage_main
-from wildcapture.stages.train_cae import run
 
 if __name__ == "__main__":
-    stage_main(Path(__file__).resolve().parent / "config", __doc__.splitlines()[0], run)
+    stage_main(Path(__file__).resolve().parent / "config", __doc__, "wildcapture.stages.train_cae")

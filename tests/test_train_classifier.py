@@ -69,7 +69,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
 
 def test_cli_reports_a_misspelled_key_without_traceback(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        stage_main(REPO_ROOT / "Train_Vit_Classifier" / "config", "stage 1", stage1.run, ["train.epoch=3"])
+        stage_main(REPO_ROOT / "Train_Vit_Classifier" / "config", "stage 1", stage1.__name__, ["train.epoch=3"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "unknown config key 'train.epoch'" in err and "Did you mean 'train.epochs'" in err

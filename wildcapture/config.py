@@ -157,13 +157,39 @@ def load_config(config_dir: Path, preset: str | None = None, overrides: Sequence
     return cfg
 
 
+def _example_override(cfg: Config) -> str:
+    """Return a `key=value` argument valid for `cfg`: its first key inside a section whose default is a
+    non-null scalar (else the first such key at the top level), set to that default."""
+    candidates = []
+    for key in _flat_keys(cfg):
+        value: Any = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value is not None and not isinstance(value, list):
+            candidates.append((key, str(value).lower() if isinstance(value, bool) else value))
+    key, value = next((c for c in candidates if "." in c[0]), candidates[0])
+    return f"{key}={value}"
+
+
+def _help_epilog(config_dir: Path) -> str:
+    """Return the help text on config files: the defaults file, the presets and an override example."""
+    presets = sorted(p.stem for p in config_dir.glob("*.yaml") if p.name != "config.yaml")
+    return (f"defaults (every valid key): {config_dir / 'config.yaml'}\n"
+            f"presets for --config: {', '.join(presets) or 'none'}\n"
+            f"override single keys as key=value, with dots for sections, e.g. "
+            f"{_example_override(read_yaml(config_dir / 'config.yaml'))}")
+
+
 def parse_stage_args(config_dir: Path, description: str, argv: Sequence[str] | None = None) -> Config:
-    """Parse a stage script's command line and return its resolved config."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        epilog=f"Defaults: {config_dir / 'config.yaml'}. Override single keys as key=value, e.g. train.epochs=5.",
-    )
-    parser.add_argument("--config", "-c", default=None, help="preset YAML: a name in the stage's config/ folder, or a path")
+    """Parse a stage script's command line and return its resolved config.
+
+    `description` (the script's docstring) heads the `--help` text, which also lists the presets in
+    `config_dir` and an override example that the stage's config.yaml has.
+    """
+    parser = argparse.ArgumentParser(description=description, epilog=_help_epilog(config_dir),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", default=None, metavar="PRESET",
+                        help="preset YAML: a name in the stage's config/ folder, or a path")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override one config key")
     args = parser.parse_args(argv)
     return load_config(config_dir, args.config, args.overrides)

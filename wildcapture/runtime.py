@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from wildcapture.errors import ConfigError
 
 
 def seed_everything(seed: int) -> None:
@@ -22,15 +25,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """Return the torch device for `name` ('auto', 'cpu', 'cuda', 'cuda:1', 'mps')."""
+    """Return the torch device for `name` ('auto', 'cpu', 'cuda', 'cuda:N', 'mps'); 'cuda' means this
+    process's GPU (`local_rank`).
+
+    Raises ConfigError for another name, or for a device this machine does not have.
+    """
+    if not _DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"device '{name}' (config key device) is not valid; choose one of {DEVICE_CHOICES}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' was asked for but CUDA is not available; use device=cpu or device=auto")
+    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)
+    instead = "use device=cpu or device=auto"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} was asked for but CUDA is not available on this machine; {instead}")
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(f"device={name} asks for cuda:{device.index} but this machine has {count} CUDA "
+                              f"device(s), cuda:0 to cuda:{count - 1}; {instead}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device=mps was asked for but MPS (Apple GPU) is not available on this machine; {instead}")
     return device
 
 

@@ -6,11 +6,16 @@ training script used `model_vit.`, and DistributedDataParallel adds `module.`).
 """
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import timm
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import LocalEntryNotFoundError
 from torch import nn
 
 from wildcapture.errors import ConfigError, WeightsMismatchError
@@ -20,6 +25,7 @@ from wildcapture.storage import load_checkpoint
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",
              "drop_rate", "attn_drop_rate", "drop_path_rate")
 WRAPPER_PREFIXES = ("module.", "modelVit.", "model_vit.")
+HUB_PROBE_TIMEOUT_S = 5.0  # how long to wait for the Hugging Face Hub before saying the weights cannot be downloaded
 
 
 def model_args_from_config(model_cfg: dict[str, Any], num_classes: int) -> dict[str, Any]:
@@ -29,7 +35,33 @@ def model_args_from_config(model_cfg: dict[str, Any], num_classes: int) -> dict[
 
 
 def build_vit(model_args: dict[str, Any], pretrained: bool = False) -> nn.Module:
-    """Return the timm model described by `model_args` (see `model_args_from_config`)."""
+    """Return the timm model described by `model_args` (see `model_args_from_config`).
+
+    With `pretrained`, timm's weights come from the local Hugging Face cache when they are there (no
+    network access), else they are downloaded. Raises ConfigError for an unknown model name, and for
+    weights that are neither cached nor downloadable (within seconds, not after a minute of retries).
+    """
+    if not pretrained:
+        return _create(model_args, pretrained=False)
+    try:
+        with _hub_offline():
+            return _create(model_args, pretrained=True)
+    except LocalEntryNotFoundError:  # not in the cache
+        pass
+    reason = _hub_unreachable()
+    if reason is None:
+        try:
+            return _create(model_args, pretrained=True)
+        except LocalEntryNotFoundError as err:
+            reason = str(err)
+    raise ConfigError(
+        f"the pretrained weights of timm model '{model_args['name']}' could not be downloaded ({reason}) and are "
+        f"not in the local cache {hub_constants.HF_HUB_CACHE}: set model.pretrained=false to train from scratch, "
+        "or model.init_weights=PATH (with model.pretrained=false) to start from a local weights file")
+
+
+def _create(model_args: dict[str, Any], pretrained: bool) -> nn.Module:
+    """Return `timm.create_model` for `model_args`; ConfigError naming model.name if timm does not know it."""
     try:
         return timm.create_model(model_args["name"], pretrained=pretrained,
                                  num_classes=model_args["num_classes"], **model_args["kwargs"])
@@ -38,6 +70,32 @@ def build_vit(model_args: dict[str, Any], pretrained: bool = False) -> nn.Module
             raise ConfigError(f"unknown timm model '{model_args['name']}' (config key model.name); "
                               "list them with timm.list_models('vit_*')") from err
         raise
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Inside the `with` body, huggingface_hub reads its local cache only (its HF_HUB_OFFLINE mode)."""
+    previous = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = previous
+
+
+def _hub_unreachable() -> str | None:
+    """Return why the Hugging Face Hub cannot be reached (offline mode, or no answer within
+    HUB_PROBE_TIMEOUT_S seconds), or None when it answers. One try: huggingface_hub itself retries for a minute."""
+    if hub_constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    request = urllib.request.Request(hub_constants.ENDPOINT, method="HEAD")
+    try:
+        urllib.request.urlopen(request, timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:  # an HTTP status is an answer
+        return None
+    except OSError as err:  # no route, refused, DNS failure, timeout
+        return f"{hub_constants.ENDPOINT} did not answer: {getattr(err, 'reason', err)}"
+    return None
 
 
 def strip_wrapper_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,6 +1,8 @@
 """Turning a data config plus a model into the benchmark's splits and loaders (stages 1 and 2)."""
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import torch
@@ -35,9 +37,28 @@ def attach_transforms(bench: Benchmark, data_cfg: dict[str, Any], spec: dict[str
         split.transform = train_tf if name == "train_id" and augment_train else eval_tf
 
 
+def available_cpus() -> int:
+    """Return how many CPUs this process may run on (its CPU affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.cache
+def _note_capped_workers(asked: int, used: int) -> None:
+    """Print, once per (asked, used) pair, that fewer worker processes than asked are used."""
+    print(f"note: num_workers={asked} capped at the {used} CPUs available to this process", flush=True)
+
+
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
                 device: torch.device) -> DataLoader:
     """Return an in-order DataLoader (or in `sampler`'s order) with pinned memory on CUDA; its
-    `generator` seeds the worker RNGs (stage 1 reseeds it every epoch)."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
+    `generator` seeds the worker RNGs (stage 1 reseeds it every epoch).
+
+    It uses at most one worker process per CPU available to this process (a note says so once).
+    """
+    workers = min(num_workers, available_cpus())
+    if workers < num_workers:
+        _note_capped_workers(num_workers, workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))

@@ -32,12 +32,11 @@ def load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.n
     try:
         dataset = cls(root=str(root), train=train, download=download)
     except (RuntimeError, OSError) as exc:
-        how = ("The download failed: check the network, or download it by hand" if download
-               else "Set data.download=true to download it")
+        problem = (f"could not be downloaded into {folder} ({exc}): check the network, or" if download
+                   else f"not found or corrupted in {folder}: set data.download=true to download it, or")
         raise DatasetError(
-            f"{title} not found or corrupted in {folder} ({exc}). {how}, or put the "
-            f"python-version batches there (extract {archive} from https://www.cs.toronto.edu/~kriz/cifar.html "
-            f"into {root}); data.root sets the folder") from exc
+            f"{title} {problem} put the python-version batches there by hand (extract {archive} from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html into {root}); data.root sets the folder") from exc
     return np.asarray(dataset.data, dtype=np.uint8), np.asarray(dataset.targets, dtype=np.int64), list(dataset.classes)
 
 

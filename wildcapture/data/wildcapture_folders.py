@@ -30,6 +30,8 @@ PAPER_ID_SPECIES = ["Domestic Cattle", "Eurasian Badger", "European Hare", "Grey
                     "Wild Boar"]
 PAPER_OOD_SPECIES = ["Beech Marten", "Crested Porcupine", "Domestic Dog", "Domestic Horse", "European Roe Deer",
                      "Persian Fallow Deer", "Western Polecat", "Wild Cat"]
+WILDCAPTURE_DOWNLOAD = ("https://drive.google.com/drive/folders/1823UnVK94NYRTokxkzBbgeYRVL8YSPG4 (linked from the "
+                        "paper's repository github.com/lcultrera/WildCapture)")
 
 
 def list_class_folders(folder: Path) -> list[str]:
@@ -130,10 +132,21 @@ def find_wildcapture_folder(root: Path) -> Path:
             if child.is_dir() and normalize_class_name(child.name) == "wildcapture":
                 return child
     raise DatasetError(
-        f"WildCapture folder not found: looked for {root / 'WildCapture'}. Get the WildCapture camera-trap "
-        "dataset from the paper's authors (Cultrera, Seidenari, Del Bimbo, 'Leveraging Visual Attention for "
-        "out-of-distribution Detection', ICCV 2023 workshops) and place it there as one folder per species, "
+        f"WildCapture folder not found: looked for {root / 'WildCapture'}. Download the WildCapture camera-trap "
+        f"dataset from {WILDCAPTURE_DOWNLOAD} and place it there as one folder per species, "
         f"e.g. {root / 'WildCapture' / 'Red Deer'}/*.jpg, or set data.root to the folder that contains WildCapture/")
+
+
+def _check_species_folders(folder: Path, species: Sequence[str]) -> None:
+    """Raise DatasetError naming the species of ``species`` that have no folder in ``folder``, and where to get them."""
+    available = list_class_folders(folder)
+    present = {normalize_class_name(name) for name in available}
+    missing = [str(name) for name in species if normalize_class_name(name) not in present]
+    if missing:
+        raise DatasetError(
+            f"WildCapture species folder(s) {missing} (data.id_classes / data.ood_classes) not found in {folder}; "
+            f"folders there: {available}. Expected one folder per species, e.g. {folder / 'Red Deer'}/*.jpg; "
+            f"the dataset is at {WILDCAPTURE_DOWNLOAD}")
 
 
 def build_wildcapture(cfg: dict) -> Benchmark:
@@ -141,6 +154,7 @@ def build_wildcapture(cfg: dict) -> Benchmark:
     folder = find_wildcapture_folder(resolve_path(cfg["root"]))
     id_classes = cfg["id_classes"] if cfg["id_classes"] is not None else PAPER_ID_SPECIES
     ood_classes = cfg["ood_classes"] if cfg["ood_classes"] is not None else PAPER_OOD_SPECIES
+    _check_species_folders(folder, [*id_classes, *ood_classes])
     return build_class_folder_benchmark("wildcapture", folder, id_classes, ood_classes, cfg)
 
 

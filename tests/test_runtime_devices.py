@@ -1,0 +1,67 @@
+"""Device choice (`pick_device`) and the DataLoader worker cap (`make_loader`)."""
+import os
+
+import pytest
+import torch
+
+from wildcapture.classifier import data_setup
+from wildcapture.classifier.data_setup import available_cpus, make_loader
+from wildcapture.errors import ConfigError
+from wildcapture.runtime import pick_device
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """This machine as one without CUDA or MPS, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_cpu_and_auto_without_gpu(no_gpu):
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "xpu", "meta", ""])
+def test_unknown_device_names_the_key_and_the_choices(name):
+    with pytest.raises(ConfigError) as err:
+        pick_device(name)
+    assert f"device '{name}' (config key device) is not valid" in str(err.value)
+    assert "auto, cpu, cuda, cuda:N, mps" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "cuda:1"])
+def test_cuda_without_cuda_suggests_cpu_or_auto(no_gpu, name):
+    with pytest.raises(ConfigError, match=f"device={name} was asked for but CUDA is not available.*"
+                                          "use device=cpu or device=auto"):
+        pick_device(name)
+
+
+def test_cuda_index_beyond_the_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+    assert pick_device("cuda", local_rank=1) == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match="device=cuda:2 asks for cuda:2 but this machine has 2 CUDA device.*"
+                                          "cuda:0 to cuda:1; use device=cpu or device=auto"):
+        pick_device("cuda:2")
+    with pytest.raises(ConfigError, match="device=cuda asks for cuda:3"):  # a torchrun rank without its GPU
+        pick_device("cuda", local_rank=3)
+
+
+def test_mps_without_mps(no_gpu):
+    with pytest.raises(ConfigError, match="device=mps .* MPS .* not available.*use device=cpu or device=auto"):
+        pick_device("mps")
+
+
+def test_workers_are_capped_at_the_available_cpus_with_one_note(capsys):
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert available_cpus() == cpus
+    data_setup._note_capped_workers.cache_clear()
+    cpu = torch.device("cpu")
+    loaders = [make_loader(list(range(4)), 2, None, cpus + 3, cpu) for _ in range(3)]
+    assert [loader.num_workers for loader in loaders] == [cpus] * 3
+    assert capsys.readouterr().out == f"note: num_workers={cpus + 3} capped at the {cpus} CPUs available to this process\n"
+    assert make_loader(list(range(4)), 2, None, 0, cpu).num_workers == 0
+    assert make_loader(list(range(4)), 2, None, 1, cpu).num_workers == 1
+    assert capsys.readouterr().out == ""
