@@ -5,7 +5,7 @@ Copies every JPEG of FRAMES (full camera-trap frames, e.g. the 2 of ``wildcaptur
 (a) a plain full decode of every file in one process (``Image.open(path).load()``),
 (b) `find_unreadable` with 1 worker (1/8-scale JPEG decode, this process),
 (c) `find_unreadable` with every CPU this process may use.
-Prints wall-clock seconds, files/s and the speed-up over (a), and the CPU seconds per file (robust to
+Prints wall-clock seconds, files/s and the speed-up over (a), and the CPU milliseconds per file (robust to
 other processes on the machine, which slow (c) most: the load average is printed too). Files are read
 from the page cache (just written).
 
