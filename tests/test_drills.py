@@ -46,7 +46,8 @@ def experiment(tiny_vit_checkpoint, tiny_heatmaps, tiny_cae, tmp_path):
 
 
 def _stage34(root: Path, *overrides: str):
-    return cae_config(root / "heatmaps", root, f"results_dir={root / 'results'}", "train.epochs=3", *overrides)
+    return cae_config(root / "heatmaps", root, f"results_dir={root / 'results'}", "train.epochs=3",
+                      f"test.baseline_scores={root / 'results' / 'baseline_scores.csv'}", *overrides)
 
 
 def test_failed_runs_leave_the_complete_experiment_byte_identical(experiment, monkeypatch):
@@ -232,3 +233,42 @@ def test_kill_9_then_a_resume_equals_an_uninterrupted_run_and_a_new_run_starts_a
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "discarding the unfinished run" in fresh.stdout
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == list(range(12))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a tmpfs of a given size (bytes) at tmp_path/disk; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        point = tmp_path / "disk"
+        point.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+@pytest.mark.e2e
+def test_a_full_disk_is_one_line_and_leaves_the_previous_results(experiment, small_disk):
+    root = experiment
+    size = sum(p.stat().st_size for p in (root / "results").iterdir() if p.is_file())
+    disk = small_disk(int(size * 1.6) // 4096 * 4096 + 4096)
+    score_cae.run(_stage34(root, f"results_dir={disk}"))  # the first run fits
+    before = snapshot(disk)
+    cmd = [sys.executable, str(REPO_ROOT / "AutoEncoder" / "test_autoencoder.py"),
+           *(f"{k}={v}" for k, v in (("heatmaps_dir", root / "heatmaps"), ("output_dir", root / "cae"),
+                                     ("results_dir", disk), ("cae.input_size", 16), ("device", "cpu"),
+                                     ("test.baseline_scores", root / "results" / "baseline_scores.csv")))]
+    result = _run(cmd)  # a second run needs room for its new files before it replaces the old ones
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: cannot write {disk}") and "No space left on device" in error
+    assert "Traceback" not in result.stderr
+    assert snapshot(disk) == before and not list(disk.rglob(".score_cae.incomplete"))

@@ -38,6 +38,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # name the file the user must make room for
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -45,7 +49,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
     """Write `obj` with torch.save atomically to `path`."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # through a Python file, a full disk is an OSError (ENOSPC)
+            torch.save(obj, handle)
+    atomic_write(path, write)
 
 
 def save_array(array: np.ndarray, path: Path) -> None:

@@ -110,7 +110,8 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     if cfg["data"]["verify_images"] and dist_state.is_main:
         verify_benchmark_images(bench)
     model_args = model_args_from_config(cfg["model"], num_classes=len(bench.id_class_names))
-    model = build_vit(model_args, pretrained=cfg["model"]["pretrained"])
+    # weights to start from replace the pretrained ones: no need to fetch those
+    model = build_vit(model_args, pretrained=cfg["model"]["pretrained"] and not cfg["model"]["init_weights"])
     if cfg["model"]["init_weights"]:
         load_weights(model, resolve_path(cfg["model"]["init_weights"]))
     model.to(device)
