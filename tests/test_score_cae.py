@@ -3,7 +3,6 @@ an independent computation, the OOD table with the baselines of stage 2, and bad
 import csv
 import json
 import pickle
-import shutil
 
 import numpy as np
 import pytest

@@ -2,7 +2,8 @@
 
 The kernel drops the lock when its process ends, however it ends (kill -9 included), so a lock
 left by a dead run never blocks the next one. The lock file also records who holds it (pid,
-what, start time), so a refused second run can name the running process.
+what, start time), so a refused second run can name the running process. Whoever takes the lock
+removes the temporary files that killed atomic writes left in the folder.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from wildcapture.errors import RunLockedError
+from wildcapture.storage import remove_stale_temporaries
 
 LOCK_NAME = ".lock"
 
@@ -33,7 +35,8 @@ def _holder(handle) -> str:
 
 @contextlib.contextmanager
 def hold_lock(folder: Path, what: str) -> Iterator[Path]:
-    """Hold the run lock of `folder` (created if missing) for the duration of the `with` block.
+    """Hold the run lock of `folder` (created if missing) for the duration of the `with` block, after
+    removing the folder's stale temporary files.
 
     `what` says which run holds it (e.g. "stage 1 train_classifier"). Yields the lock file's path.
     Raises RunLockedError naming the holder if another live process holds the lock.
@@ -53,6 +56,7 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         handle.flush()
+        remove_stale_temporaries(folder)
         try:
             yield path
         finally:

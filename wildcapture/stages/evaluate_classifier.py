@@ -37,7 +37,7 @@ from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity
 from wildcapture.run_lock import hold_locks
 from wildcapture.runtime import pick_device, seed_everything
-from wildcapture.storage import load_checkpoint, remove_stale_temporaries, write_yaml
+from wildcapture.storage import load_checkpoint, write_yaml
 from wildcapture.vit import build_vit, load_state, model_args_from_config
 
 PAPER_CLASSIFIER_URL = "https://drive.google.com/file/d/1sLRQfSZ03ByHjpkOIYxQSIsslHlm-Pvn/view"
@@ -136,8 +136,6 @@ def run(cfg: Config) -> dict[str, Any]:
     device = pick_device(cfg["device"])
     out_heat, out_results = heatmaps_dir(cfg), results_dir(cfg)
     with hold_locks([out_heat, out_results], f"stage 2 evaluate_classifier, exp {cfg['exp']}"):
-        for folder in (out_heat, out_results):
-            remove_stale_temporaries(folder)
         return _evaluate(cfg, device, out_heat, out_results)
 
 

@@ -38,7 +38,7 @@ from wildcapture.paths import baseline_scores_path, cae_checkpoint, heatmaps_dir
 from wildcapture.provenance import check_same_heatmaps, heatmap_provenance
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import pick_device
-from wildcapture.storage import atomic_write, remove_stale_temporaries, write_csv, write_yaml
+from wildcapture.storage import atomic_write, write_csv, write_yaml
 
 STAGE = "score_cae"
 TEST_SPLITS = ("test_id", "test_ood")
@@ -99,7 +99,6 @@ def run(cfg: Config) -> dict[str, Any]:
     device = pick_device(cfg["device"])
     out = results_dir(cfg)
     with hold_lock(out, f"stage 4 {STAGE}, exp {cfg['exp']}"):
-        remove_stale_temporaries(out)
         return _score(cfg, device, out)
 
 

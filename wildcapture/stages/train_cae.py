@@ -25,7 +25,7 @@ from wildcapture.paths import cae_dir
 from wildcapture.provenance import heatmap_provenance
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import epoch_seed, pick_device, seed_everything
-from wildcapture.storage import remove_stale_temporaries, write_yaml
+from wildcapture.storage import write_yaml
 from wildcapture.training_run import TrainingRun
 
 STAGE = "train_cae"
@@ -46,7 +46,6 @@ def run(cfg: Config) -> dict[str, Any]:
     device = pick_device(cfg["device"])
     out = cae_dir(cfg)
     with hold_lock(out, f"stage 3 {STAGE}, exp {cfg['exp']}"):
-        remove_stale_temporaries(out)
         return _train(cfg, device, out)
 
 

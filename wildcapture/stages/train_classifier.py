@@ -27,7 +27,7 @@ from wildcapture.data.verify import verify_benchmark_images
 from wildcapture.paths import classifier_dir, resolve_path
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import cleanup_distributed, epoch_seed, init_distributed, pick_device, seed_everything
-from wildcapture.storage import remove_stale_temporaries, write_yaml
+from wildcapture.storage import write_yaml
 from wildcapture.training_run import TrainingRun
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
 
@@ -96,8 +96,6 @@ def run(cfg: Config) -> dict[str, Any]:
     out = classifier_dir(cfg)
     try:
         with hold_lock(out, f"stage 1 {STAGE}, exp {cfg['exp']}") if dist_state.is_main else contextlib.nullcontext():
-            if dist_state.is_main:
-                remove_stale_temporaries(out)
             return _train(cfg, dist_state, device)
     finally:
         cleanup_distributed()
