@@ -106,8 +106,14 @@ def test_baseline_scores_of_another_stage_2_run_are_refused(experiment):
 
 
 def test_stage_2_refuses_data_overrides_it_would_ignore(experiment):
-    with pytest.raises(ConfigError, match="data.* is set.*data_from_checkpoint=false"):
-        evaluate_classifier.run(stage2_config(experiment / "vit" / "best.pth", experiment, "data.name=cifar10"))
+    before = snapshot(experiment)
+    for other in ("data.name=cifar10", "data.limit_per_split=30"):
+        with pytest.raises(ConfigError, match="data.* is set.*data_from_checkpoint=false"):
+            evaluate_classifier.run(stage2_config(experiment / "vit" / "best.pth", experiment, other))
+    assert snapshot(experiment) == before
+    # the data the classifier was trained on (as reproduce.py passes data.* to every stage) is no conflict
+    evaluate_classifier.run(stage2_config(experiment / "vit" / "best.pth", experiment / "same",
+                                          "data.limit_per_split=40"))
 
 
 def test_resume_refuses_a_changed_model_or_optimisation(tmp_path, tiny_heatmaps):

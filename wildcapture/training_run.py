@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from wildcapture.errors import ConfigError
 from wildcapture.outputs import Staging
 from wildcapture.provenance import check_resume_config
@@ -72,11 +74,11 @@ class TrainingRun:
             write_text(path, "".join(line + "\n" for line in lines))
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append `record` as one JSON line to the run's log and print it."""
+        """Append `record` as one JSON line to the run's log and print it (above any progress bars)."""
         line = json.dumps(record)
         with open(self.staging.path(LOG_NAME), "a", encoding="utf-8") as log:
             log.write(line + "\n")
-        print(line, flush=True)
+        tqdm.write(line)
 
     def save(self, name: str, checkpoint: dict[str, Any]) -> None:
         """Write checkpoint `name` (e.g. best.pth) of the run, atomically."""

@@ -81,7 +81,8 @@ def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, 
     obj = load_checkpoint(path)
     ours = isinstance(obj, dict) and "model_args" in obj
     from_checkpoint = ours and cfg["data_from_checkpoint"]
-    if from_checkpoint and resolve_data_cfg(cfg["data"]) != resolve_data_cfg(DATA_DEFAULTS):
+    asked = data_identity(cfg["data"])
+    if from_checkpoint and asked not in (data_identity(DATA_DEFAULTS), data_identity(obj["config"]["data"])):
         raise ConfigError(f"data.* is set, but {path} carries the data config of its stage-1 run and "
                           "data_from_checkpoint=true uses that: set data_from_checkpoint=false to test on other data")
     data_cfg = resolve_data_cfg(obj["config"]["data"] if from_checkpoint else cfg["data"])

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from wildcapture.cae import ConvAutoencoder, ood_threshold, prepare_heatmaps, reconstruction_errors
 from wildcapture.cae.checkpoint import CAE_FORMAT
@@ -74,7 +75,9 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
 
     record: dict[str, Any] = {"best_val_loss": best_loss}
     patience = train_cfg["early_stopping"]
-    for epoch in range(start_epoch, train_cfg["epochs"]):
+    epochs = tqdm(range(start_epoch, train_cfg["epochs"]), desc="stage 3 epochs", initial=start_epoch,
+                  total=train_cfg["epochs"])
+    for epoch in epochs:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(epoch_seed(cfg["seed"], epoch))
         train_loss = train_one_epoch(model, x_train, optimizer, train_cfg["batch_size"], generator, device,
@@ -90,6 +93,7 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
         else:
             stale += 1
         record.update(best_val_loss=best_loss, seconds=round(time.perf_counter() - started, 3))
+        epochs.set_postfix(val_loss=f"{val_loss:.4g}", best=f"{best_loss:.4g}")
         training.log(record)  # before last.pth: a resume drops the log lines of epochs after last.pth
         training.save("last.pth", {**ckpt_meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "epoch": epoch, "best_val_loss": best_loss, "stale_epochs": stale})

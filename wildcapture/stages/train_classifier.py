@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
@@ -154,7 +155,9 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     record: dict[str, Any] = {"best_val_acc": best_acc}
     meta = {"model_args": model_args, "class_names": bench.id_class_names, "input_spec": spec, "config": cfg,
             "format": "wildcapture-vit-1"}
-    for epoch in range(start_epoch, train_cfg["epochs"]):
+    epochs = tqdm(range(start_epoch, train_cfg["epochs"]), desc="stage 1 epochs", initial=start_epoch,
+                  total=train_cfg["epochs"], disable=not is_main)
+    for epoch in epochs:
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg["seed"], epoch))  # dropout/augmentation RNG depends on the epoch only
         train_sampler.set_epoch(epoch)
@@ -172,6 +175,7 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
             best_acc = record["val_acc"]
             training.save("best.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": best_acc})
         record["best_val_acc"] = best_acc
+        epochs.set_postfix(val_acc=f"{record['val_acc']:.4f}", best=f"{best_acc:.4f}")
         training.log(record)  # before last.pth: a resume drops the log lines of epochs after last.pth
         training.save("last.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
                                    "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
