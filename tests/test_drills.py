@@ -57,17 +57,17 @@ def test_failed_runs_leave_the_complete_experiment_byte_identical(experiment, mo
     with pytest.raises(NonFiniteLossError):
         train_classifier.run(stage1_config(root / "vit", "train.epochs=2", "train.lr=1e30", "train.optimizer=sgd"))
     # stage 2 fails half-way through its splits
-    real = evaluate_classifier.infer_split
+    real = evaluate_classifier.infer_split_sharded
 
     def fail_on_test_ood(*args, **kwargs):
         if kwargs.get("desc") == "test_ood":
             raise RuntimeError("disk pulled out")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_classifier, "infer_split", fail_on_test_ood)
+    monkeypatch.setattr(evaluate_classifier, "infer_split_sharded", fail_on_test_ood)
     with pytest.raises(RuntimeError, match="disk pulled out"):  # (the copy's classifier path differs: overwrite)
         evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root, "overwrite=true"))
-    monkeypatch.setattr(evaluate_classifier, "infer_split", real)
+    monkeypatch.setattr(evaluate_classifier, "infer_split_sharded", real)
     # stage 3 refuses heatmaps whose marker was damaged; stage 4 refuses a CAE of another input size
     damaged = root / "damaged"
     shutil.copytree(root / "heatmaps", damaged)

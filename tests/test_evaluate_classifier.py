@@ -85,3 +85,30 @@ def test_missing_checkpoint_names_the_file_and_where_to_get_one(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"weights/never-trained/vit/best\.pth; run stage 1"):
         run(cfg)
     assert not (tmp_path / "heatmaps" / "heatmaps_meta.yaml").exists()
+
+
+@pytest.mark.e2e
+def test_torchrun_two_processes_write_the_arrays_of_one(tiny_vit_checkpoint, tiny_heatmaps, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from wildcapture.paths import REPO_ROOT
+
+    # the same config as the single-process `tiny_heatmaps` run (40 items per split, batches of 16)
+    args = [f"checkpoint={tiny_vit_checkpoint}", f"heatmaps_dir={tmp_path / 'heatmaps'}",
+            f"results_dir={tmp_path / 'results'}", "device=cpu", "batch_size=16", "gallery_size=2", "baselines.knn_k=5"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO_ROOT / "Test_Classifier" / "test_classifier.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    for split in SPLITS:
+        for name in ("heatmaps", "logits", "features"):
+            single = np.load(tiny_heatmaps / "heatmaps" / split / f"{name}.npy")
+            np.testing.assert_array_equal(np.load(tmp_path / "heatmaps" / split / f"{name}.npy"), single, err_msg=name)
+        assert (tmp_path / "heatmaps" / split / "index.csv").read_bytes() == \
+            (tiny_heatmaps / "heatmaps" / split / "index.csv").read_bytes()
+    assert (tmp_path / "results" / "baseline_scores.csv").read_bytes() == \
+        (tiny_heatmaps / "results" / "baseline_scores.csv").read_bytes()

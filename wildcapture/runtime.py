@@ -85,6 +85,17 @@ def init_distributed(device_name: str) -> tuple[DistState, torch.device]:
     return state, device
 
 
+def shard_indices(n_items: int, batch_size: int, state: DistState) -> list[int]:
+    """Return the item indices of this process: every world_size-th batch of `batch_size` items, in order.
+
+    Batches keep the boundaries of a single-process run, so each process computes exactly the batches
+    that run would, and the per-item results match it.
+    """
+    n_batches = -(-n_items // batch_size)
+    return [i for b in range(state.rank, n_batches, state.world_size)
+            for i in range(b * batch_size, min((b + 1) * batch_size, n_items))]
+
+
 def cleanup_distributed() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():

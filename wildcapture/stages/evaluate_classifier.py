@@ -8,12 +8,15 @@ Outputs (formats: `wildcapture.heatmap_store`):
   (MSP, MaxLogit, Energy, Mahalanobis, KNN, ViM per test image; higher = more OOD),
   `heatmap_gallery.png`, `config_test_classifier.yaml`, and `evaluate_classifier.complete.yaml` last.
 
-Everything is computed and staged before the previous run's files are replaced. A run whose heatmap
+Everything is computed and staged before the previous run's files are replaced. Under torchrun each
+process computes every world-th batch of each split and the main process writes the same arrays as
+a single process would. A run whose heatmap
 settings, classifier file, preprocessing or data differ from the complete output already there refuses
 to replace it unless `overwrite=true` (give a variant its own `exp` to keep both).
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
-from wildcapture.classifier.inference import infer_split
+from wildcapture.classifier.inference import infer_split_sharded
 from wildcapture.classifier.report import classifier_report, write_report
 from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
@@ -36,7 +39,7 @@ from wildcapture.outputs import Staging
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity
 from wildcapture.run_lock import hold_locks
-from wildcapture.runtime import pick_device, seed_everything
+from wildcapture.runtime import DistState, cleanup_distributed, init_distributed, pick_device, seed_everything
 from wildcapture.storage import load_checkpoint, write_yaml
 from wildcapture.vit import build_vit, load_state, model_args_from_config
 
@@ -131,16 +134,21 @@ def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], n: int, seed: in
                          outputs["test_ood"].heatmaps[picks["test_ood"]], path, titles)
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Run stage 2 for `cfg`; returns the classifier report of `test_id`."""
+def run(cfg: Config) -> dict[str, Any] | None:
+    """Run stage 2 for `cfg`; returns the classifier report of `test_id` (None on the other processes of a
+    torchrun job, which compute their share of the batches; the main process checks, locks and writes)."""
     check_config(cfg)
-    device = pick_device(cfg["device"])
+    state, device = init_distributed(cfg["device"])
     out_heat, out_results = heatmaps_dir(cfg), results_dir(cfg)
-    with hold_locks([out_heat, out_results], f"stage 2 evaluate_classifier, exp {cfg['exp']}"):
-        return _evaluate(cfg, device, out_heat, out_results)
+    try:
+        with (hold_locks([out_heat, out_results], f"stage 2 evaluate_classifier, exp {cfg['exp']}")
+              if state.is_main else contextlib.nullcontext()):
+            return _evaluate(cfg, state, device, out_heat, out_results)
+    finally:
+        cleanup_distributed()
 
 
-def _evaluate(cfg: Config, device: torch.device, out_heat, out_results) -> dict[str, Any]:
+def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out_results) -> dict[str, Any] | None:
     seed_everything(cfg["seed"])
     model, bench, source = load_classifier(cfg)
     heat_cfg = cfg["heatmap"]
@@ -149,31 +157,38 @@ def _evaluate(cfg: Config, device: torch.device, out_heat, out_results) -> dict[
         raise ConfigError(f"heatmap.block={heat_cfg['block']} is out of range for a classifier with {depth} blocks; "
                           f"valid values are {-depth}..{depth - 1}")
     provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"]}}
-    check_variant(out_heat, provenance, cfg["overwrite"])
+    if state.is_main:
+        check_variant(out_heat, provenance, cfg["overwrite"])
     empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
     if empty:
         raise DatasetError(f"split(s) {', '.join(empty)} of {bench.name} are empty; raise data.val_fraction/"
                            "test_fraction or data.limit_per_split")
     model.to(device)
+    if state.is_main:
+        print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
+              f"heatmap {heat_cfg['kind']}; device {device}, {state.world_size} process(es); writing to {out_heat} "
+              f"and {out_results}", flush=True)
+
+    def loader(dataset, batch_size):
+        return make_loader(dataset, batch_size, None, cfg["num_workers"], device)
+
+    outputs = {name: infer_split_sharded(model, bench.splits[name], cfg["batch_size"], loader, heat_cfg["kind"],
+                                         heat_cfg["block"], device, state, cfg["amp"], desc=name) for name in SPLITS}
+    if not state.is_main:
+        return None
     with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
-        return _write_outputs(cfg, device, model, bench, provenance, heat_stage, result_stage)
+        return _write_outputs(cfg, device, model, bench, provenance, outputs, heat_stage, result_stage)
 
 
 def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, bench: Benchmark,
-                   provenance: dict[str, Any], heat_stage: Staging, result_stage: Staging) -> dict[str, Any]:
-    """Compute every output into the two staging areas, then commit them (heatmaps' meta last)."""
-    heat_cfg, out_heat, out_results = cfg["heatmap"], heat_stage.final_dir, result_stage.final_dir
+                   provenance: dict[str, Any], outputs: dict[str, SplitArrays], heat_stage: Staging,
+                   result_stage: Staging) -> dict[str, Any]:
+    """Write every output into the two staging areas, then commit them (heatmaps' meta last)."""
+    heat_cfg = cfg["heatmap"]
     write_yaml(result_stage.path("config_test_classifier.yaml"), cfg)
-    print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
-          f"heatmap {heat_cfg['kind']}; device {device}; writing to {out_heat} and {out_results}", flush=True)
-
-    outputs: dict[str, SplitArrays] = {}
     index: dict[str, SplitIndex] = {}
     for name in SPLITS:
         split = bench.splits[name]
-        loader = make_loader(split, cfg["batch_size"], None, cfg["num_workers"], device)
-        outputs[name] = infer_split(model, loader, len(split), heat_cfg["kind"], heat_cfg["block"], device,
-                                    cfg["amp"], desc=name)
         index[name] = SplitIndex(split.sources, split.labels.tolist(), split.class_names)
         write_split(heat_stage, name, outputs[name], index[name], bench.id_class_names)
         if heat_cfg["export_png"]:
