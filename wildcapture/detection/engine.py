@@ -1,0 +1,157 @@
+"""Flag the animals of new camera-trap images as in- or out-of-distribution, streaming.
+
+Images flow decode (DataLoader workers) -> classifier logits + heatmaps (one forward pass) -> CAE
+score (heatmaps prepared per batch at the CAE's input) -> rows on disk, one batch at a time, so
+memory does not grow with the number of images. Progress is checkpointed (`progress.ShardProgress`)
+and the same command continues a killed run. Under torchrun each process takes every world-th batch
+and writes its own rows; the first process merges them, in item order, into the outputs.
+
+The CAE checkpoint of stage 3 carries everything else: the classifier (repository-relative path,
+checked by SHA-256), its preprocessing, the heatmap kind and block, and the OOD threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from wildcapture.cae.checkpoint import load_cae
+from wildcapture.cae.detector import CAEDetector
+from wildcapture.classifier.engine import autocast_context
+from wildcapture.data import build_transforms
+from wildcapture.detection.dataset import DetectionImages
+from wildcapture.detection.items import Item
+from wildcapture.detection.progress import ShardProgress
+from wildcapture.errors import CheckpointError
+from wildcapture.heatmaps import forward_with_heatmaps
+from wildcapture.provenance import locate_classifier
+from wildcapture.run_lock import LOCK_NAME
+from wildcapture.runtime import DistState, shard_indices
+from wildcapture.storage import sha256_file
+from wildcapture.vit import build_vit, load_weights
+
+TOP_CLASSES = 5  # classifications kept per scored item (highest first)
+
+
+@dataclass
+class Detector:
+    """The classifier, the CAE detector and what the CAE checkpoint says about them."""
+
+    classifier: torch.nn.Module
+    cae: CAEDetector
+    provenance: dict[str, Any]  # the heatmaps the CAE learned: classifier, input_spec, heatmap, data
+    threshold: float
+    fingerprint: str            # SHA-256 of the CAE and the classifier files
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.provenance["classifier"]["class_names"]
+
+
+def load_detector(cae_path: Path, batch_size: int, device: torch.device, threshold: float | None = None) -> Detector:
+    """Return the detector of the stage-3 checkpoint at `cae_path` (on `device`, eval mode).
+
+    Raises CheckpointError if the checkpoint names no classifier (the paper's bare CAE, or one trained
+    on external heatmap files), ProvenanceError if the classifier is missing or has changed.
+    """
+    cae, ckpt = load_cae(cae_path)
+    source = ckpt.get("heatmaps") or {}
+    if "classifier" not in source:
+        raise CheckpointError(f"{cae_path} names no classifier (not trained by AutoEncoder/train.py on stage 2's "
+                              "heatmaps), so detect.py cannot rebuild the pipeline")
+    classifier_path = locate_classifier(source["classifier"], f"CAE {cae_path}")
+    classifier = build_vit(source["classifier"]["model_args"])
+    load_weights(classifier, classifier_path)
+    fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"]).encode()).hexdigest()
+    return Detector(classifier.eval().to(device), CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"],
+                                                               batch_size, device),
+                    source, float(ckpt["threshold"] if threshold is None else threshold), fingerprint)
+
+
+def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], images: torch.Tensor,
+                 device: torch.device) -> list[dict[str, Any]]:
+    """Classify and score one batch of decoded images (item `indices`); returns their rows."""
+    heat = detector.provenance["heatmap"]
+    with torch.inference_mode(), autocast_context(device, True):
+        logits, _, heatmaps = forward_with_heatmaps(detector.classifier, images.to(device, non_blocking=True),
+                                                    heat["kind"], heat["block"])
+    probs = logits.float().softmax(1).cpu().numpy()
+    scores = detector.cae.score_heatmaps(heatmaps.float())
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :TOP_CLASSES]
+    rows = []
+    for row, index in enumerate(indices):
+        best = int(top[row, 0])
+        rows.append({**_item_columns(items[index], index), "predicted_class": detector.class_names[best],
+                     "confidence": repr(float(probs[row, best])),
+                     "classifications": json.dumps([[str(int(c)), round(float(probs[row, c]), 6)] for c in top[row]]),
+                     "ood_score": repr(float(scores[row])), "ood_flag": bool(scores[row] > detector.threshold),
+                     "failure": ""})
+    return rows
+
+
+def _item_columns(item: Item, index: int) -> dict[str, Any]:
+    bbox = "" if item.bbox is None else json.dumps([round(v, 6) for v in item.bbox])
+    return {"item": index, "image": item.image, "detection": "" if item.detection is None else item.detection,
+            "bbox": bbox, "detection_conf": "" if item.conf is None else item.conf}
+
+
+def _failed_row(item: Item, index: int, reason: str) -> dict[str, Any]:
+    return {**_item_columns(item, index), "predicted_class": "", "confidence": "", "classifications": "",
+            "ood_score": "", "ood_flag": "", "failure": reason}
+
+
+def job_fingerprint(items: Sequence[Item], detector: Detector, settings: dict[str, Any]) -> str:
+    """SHA-256 of what decides a run's rows: the items, the models, the threshold and `settings`."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(detector.fingerprint.encode())
+    digest.update(repr(detector.threshold).encode())
+    for item in items:
+        digest.update(repr(item).encode())
+    return digest.hexdigest()
+
+
+def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: DistState, *, batch_size: int,
+                workers: int, margin: float, checkpoint_every: int, device: torch.device, fingerprint: str) -> Path:
+    """Score this process's shard of `items`, continuing its checkpoint in `work`; returns its rows file."""
+    spec = detector.provenance["input_spec"]
+    _, eval_tf = build_transforms(detector.provenance["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
+                                  spec["interpolation"])
+    dataset = DetectionImages(items, eval_tf, tuple(spec["input_size"]), margin)
+    mine = shard_indices(len(items), batch_size, state)
+    progress = ShardProgress(work, state.rank, fingerprint, checkpoint_every)
+    done = progress.resume()
+    loader = DataLoader(Subset(dataset, mine[done:]), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    bar = tqdm(total=len(mine), initial=done, desc=f"detect (process {state.rank})" if state.enabled else "detect",
+               unit="item", disable=not state.is_main)
+    for images, indices, failures in loader:
+        indices = indices.tolist()
+        ok = [j for j, reason in enumerate(failures) if not reason]
+        rows = [_failed_row(items[indices[j]], indices[j], failures[j]) for j in range(len(indices)) if failures[j]]
+        if ok:
+            rows += _scored_rows(detector, items, [indices[j] for j in ok], images[ok], device)
+        progress.write_batch(sorted(rows, key=lambda r: r["item"]), len(indices))
+        bar.update(len(indices))
+    bar.close()
+    progress.close()
+    return progress.rows_path
+
+
+def prepare_work_folder(work: Path, overwrite: bool, state: DistState) -> None:
+    """Create the work folder of a run (its progress removed first with `overwrite`; the run lock stays),
+    on the first process; the others wait for it."""
+    if state.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        for path in work.iterdir() if overwrite else ():
+            if path.name != LOCK_NAME:
+                path.unlink()
+    if state.enabled:
+        dist.barrier()

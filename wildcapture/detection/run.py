@@ -1,0 +1,97 @@
+"""`detect.py`'s job: score a folder or a MegaDetector batch output with a trained detector, resumably.
+
+Work files live in `<out folder>/.<out name>.incomplete/` (one rows file and checkpoint per process,
+see `progress`); when every process is done, the first merges them into the CSV (`report.COLUMNS`)
+and the MegaDetector-format JSON beside it, then removes the work folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+
+from wildcapture.detection.engine import job_fingerprint, load_detector, prepare_work_folder, score_shard
+from wildcapture.detection.items import Item, folder_items, megadetector_items
+from wildcapture.detection.report import Summary, write_csv_report, write_json_report
+from wildcapture.errors import ConfigError
+from wildcapture.run_lock import hold_lock
+from wildcapture.runtime import cleanup_distributed, init_distributed
+from wildcapture.storage import write_text
+
+
+@dataclass
+class DetectOptions:
+    """The settings of a detection run (the command line of detect.py)."""
+
+    batch_size: int = 64
+    device: str = "auto"
+    threshold: float | None = None   # None: the threshold stage 3 stored
+    workers: int = 0
+    md_threshold: float = 0.2         # MegaDetector confidence an animal box needs to be scored
+    crop_margin: float = 0.0          # fraction of the box's size added on each side of a crop
+    image_root: Path | None = None    # MegaDetector's `file` paths are relative to it (default: the JSON's folder)
+    checkpoint_every: int = 1000      # items between two checkpoints of each process
+    overwrite: bool = False           # discard an unfinished run's progress instead of continuing it
+
+    def check(self) -> None:
+        """Raise ConfigError naming the option whose value cannot be used."""
+        problems = [(self.batch_size < 1, "--batch-size must be >= 1"), (self.workers < 0, "--workers must be >= 0"),
+                    (not 0 <= self.md_threshold <= 1, "--md-threshold must be in [0, 1]"),
+                    (self.crop_margin < 0, "--crop-margin must be >= 0"),
+                    (self.checkpoint_every < 1, "--checkpoint-every must be >= 1")]
+        for bad, message in problems:
+            if bad:
+                raise ConfigError(message)
+
+
+def check_writable(out_csv: Path) -> None:
+    """Create `out_csv`'s folder and write a probe file there, so a read-only or full disk stops the run
+    before any work (the OSError names the path)."""
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    probe = out_csv.parent / f".{out_csv.name}.probe"
+    write_text(probe, "ok")
+    probe.unlink()
+
+
+def list_items(source: Path, options: DetectOptions) -> list[Item]:
+    """The items of `source`: a folder of images, or a MegaDetector batch-output JSON."""
+    if source.suffix.lower() == ".json":
+        return megadetector_items(source, options.image_root or source.parent, options.md_threshold)
+    return folder_items(source)
+
+
+def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> Summary | None:
+    """Score every item of `source` and write `out_csv` and its JSON twin; returns the summary (None on the
+    non-main processes of a torchrun job).
+
+    Running the same command again continues an interrupted run (`options.overwrite` starts afresh).
+    """
+    options.check()
+    check_writable(out_csv)
+    state, device = init_distributed(options.device)
+    work = out_csv.parent / f".{out_csv.name}.incomplete"
+    try:
+        detector = load_detector(cae_path, options.batch_size, device, options.threshold)
+        items = list_items(source, options)
+        with hold_lock(work, f"detect.py -> {out_csv}") if state.is_main else contextlib.nullcontext():
+            prepare_work_folder(work, options.overwrite, state)
+            settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
+                                        "world_size": state.world_size}
+            score_shard(detector, items, work, state, batch_size=options.batch_size, workers=options.workers,
+                        margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
+                        fingerprint=job_fingerprint(items, detector, settings))
+            if state.enabled:
+                dist.barrier()
+            if not state.is_main:
+                return None
+            parts = [work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
+            summary = write_csv_report(parts, out_csv, detector.threshold)
+            write_json_report(source, items, parts, out_csv.with_suffix(".json"), detector)
+        shutil.rmtree(work)  # after the lock is released: the job is done
+        return summary
+    finally:
+        cleanup_distributed()
