@@ -16,11 +16,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from .errors import DatasetError
 
 _BOX_RE = re.compile(r"^(?P<path>.*)#box=(?P<box>-?\d+,-?\d+,-?\d+,-?\d+)$")
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what a bad file raises
 
 
 def box_source(path: str | Path, box: tuple[int, int, int, int]) -> str:
@@ -64,7 +66,27 @@ def load_rgb(path: str | Path) -> Image.Image:
                 image.load()
                 image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except _IMAGE_ERRORS as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}. Replace or delete this file.") from exc
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """Return the (width, height) in pixels of the opened ``image`` as displayed, i.e. after the EXIF
+    orientation `load_rgb` applies (orientations 5-8 swap them)."""
+    width, height = image.size
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def read_displayed_size(path: str | Path) -> tuple[int, int]:
+    """Return `displayed_size` of the image file at ``path``, read from its header without decoding the
+    pixels (except a PNG's: PIL reads a PNG's EXIF after its pixel data). DatasetError names a bad file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. corrupt-EXIF warnings, as in load_rgb
+            with Image.open(path) as image:
+                return displayed_size(image)
+    except _IMAGE_ERRORS as exc:
         raise DatasetError(f"cannot read image {path}: {exc}. Replace or delete this file.") from exc
 
 

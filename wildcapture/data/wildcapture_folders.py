@@ -8,17 +8,19 @@ and "-". Files are never moved or copied; sources are their paths (``#box=`` app
 ID images are split stratified and seeded: ``test_fraction`` of them to test_id, then
 ``val_fraction`` of the rest to val_id. The split is by image, so the crops of one image always
 share a split. Every image of an OOD class goes to test_ood. With ``annotations`` set, each
-annotated box is one item and unannotated images are used whole (format: `annotations` module).
+annotated box is one item, images a MegaDetector file marks empty or failed are left out, and the
+other images are used whole (formats: `annotations` module).
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..paths import resolve_path
-from .annotations import Box, normalize_relpath, read_annotations
+from .annotations import Annotations, normalize_relpath, read_annotation_file
 from .classes import check_disjoint, match_classes, normalize_class_name
 from .errors import DatasetError
 from .images import FileImages, box_source
@@ -46,29 +48,45 @@ def list_images(class_dir: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
 
 
-def _class_items(folder: Path, class_folder: str, boxes: dict[str, list[Box]], used: set[str]
+def _class_items(folder: Path, class_folder: str, annotations: Annotations, used: set[str]
                  ) -> list[list[str]]:
-    """Sources of one class, grouped per image: [[source, ...] per image]. Adds annotation keys hit to ``used``."""
+    """Sources of one class, grouped per image: [[source, ...] per image kept]. Adds the annotation keys
+    hit to ``used``."""
     images = list_images(folder / class_folder)
     if not images:
         raise DatasetError(f"class folder {folder / class_folder} holds no .jpg/.jpeg/.png images")
     groups = []
     for path in images:
         key = normalize_relpath(path.relative_to(folder).as_posix())
-        if key in boxes:
-            used.add(key)
-            groups.append([box_source(path, box) for box in boxes[key]])
-        else:
+        boxes = annotations.crop_boxes(key, path)
+        if boxes is None:
             groups.append([str(path)])
+            continue
+        used.add(key)
+        if boxes:
+            groups.append([box_source(path, box) for box in boxes])
+    if not groups:
+        raise DatasetError(f"annotation file {annotations.path} leaves out every image of class folder "
+                           f"{folder / class_folder}, e.g. {key}: {annotations.skipped[key]}")
     return groups
 
 
-def _check_annotations_used(folder: Path, boxes: dict[str, list[Box]], used: set[str], csv_path: Path) -> None:
-    """Annotated images of unused classes are fine; annotated paths that do not exist are an error."""
-    absent = [k for k in boxes if k not in used and not (folder / k).is_file()]
+def _check_annotations_used(folder: Path, annotations: Annotations, used: set[str]) -> None:
+    """Annotated images of unused classes are fine; annotated paths that do not exist are an error
+    (images a MegaDetector file leaves out are not checked)."""
+    absent = [k for k in annotations.boxed_keys() if k not in used and not (folder / k).is_file()]
     if absent:
-        raise DatasetError(f"{len(absent)} image(s) in annotation file {csv_path} do not exist under {folder}, "
-                           f"e.g. {absent[:5]}; paths must be relative to {folder}")
+        raise DatasetError(f"{len(absent)} image(s) in annotation file {annotations.path} do not exist under "
+                           f"{folder}, e.g. {absent[:5]}; paths must be relative to {folder}")
+
+
+def _report_skipped(annotations: Annotations, used: set[str]) -> None:
+    """Print how many images of the benchmark the annotation file leaves out, and why."""
+    reasons = Counter(annotations.skipped[k] for k in used if k in annotations.skipped)
+    if reasons:
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        print(f"note: annotation file {annotations.path} leaves out {sum(reasons.values())} image(s) ({why})",
+              flush=True)
 
 
 def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[str],
@@ -93,13 +111,13 @@ def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[s
         raise DatasetError(f"need at least one ID and one OOD class; data.id_classes={id_names}, OOD={ood_names} "
                            f"(class folders found in {folder}: {available})")
 
-    csv_path = resolve_path(cfg["annotations"]) if cfg["annotations"] else None
-    boxes = read_annotations(csv_path) if csv_path else {}
+    annotations = (read_annotation_file(resolve_path(cfg["annotations"]), folder) if cfg["annotations"]
+                   else Annotations())
     used: set[str] = set()
-    id_groups = [_class_items(folder, f, boxes, used) for f in id_folders]
-    ood_groups = [_class_items(folder, f, boxes, used) for f in ood_folders]
-    if csv_path:
-        _check_annotations_used(folder, boxes, used, csv_path)
+    id_groups = [_class_items(folder, f, annotations, used) for f in id_folders]
+    ood_groups = [_class_items(folder, f, annotations, used) for f in ood_folders]
+    _check_annotations_used(folder, annotations, used)
+    _report_skipped(annotations, used)
 
     loader = FileImages()
     image_sources = [g for groups in id_groups for g in groups]  # one entry per ID image

@@ -1,0 +1,349 @@
+"""MegaDetector batch-output files (format 1.x): read and check them, crop their boxes, write our results.
+
+The format (https://lila.science/megadetector-output-format): a JSON object with ``info``
+(``format_version``, e.g. "1.4"), ``detection_categories`` (``{"1": "animal", "2": "person", ...}``),
+optional ``classification_categories`` and ``images``, a list of ``{"file": path, "detections": [...]}``
+or ``{"file": path, "failure": reason, "detections": null}``. A detection is ``{"category": "1",
+"conf": 0.93, "bbox": [x, y, width, height]}``, the box normalised to [0, 1] with its origin top-left.
+MegaDetector keeps nearly every box, so the reader applies a confidence threshold of its own.
+
+Reading: `read_md_json` checks the whole file (one DatasetError naming the file, the entry and the
+problem) and returns an `MDBatch`: per image its ``file``, MegaDetector's ``failure`` and its
+*qualifying* detections (animal category, ``conf`` >= threshold), plus the parsed document that
+`write_md_json` passes through. The animal category is the one ``detection_categories`` names
+"animal", else "1". A file without ``format_version`` is read as 1.x; another major version is an error.
+
+Boxes: MegaDetector's rounding can put a coordinate a hair outside [0, 1] (e.g. -0.0001). Coordinates
+up to `BBOX_TOLERANCE` outside are clipped to the image; further out (e.g. pixel boxes) is an error,
+as is a box with zero width or height. `pixel_box` turns a box into the integer pixel box that
+training (`data.annotations`) and detection both crop, so both see the same pixels.
+
+Writing: `write_md_json` writes every input image, in input order. To each scored detection (a
+`DetectionResult`) it adds ``classifications`` ([[class id, probability], ...], every class, highest
+first, ids index ``classification_categories``), ``ood_score`` and ``ood_flag``. Other detections,
+failures and images without detections are written as read, except that the classification fields of
+the input (``classifications``, ``ood_score``, ``ood_flag``, the categories' descriptions and the
+classifier's ``info`` keys) are dropped: they refer to another classifier. An image the detector could
+not read becomes a failure entry.
+
+Folder input (no MegaDetector file): `whole_image_batch` makes each image one entry with one detection
+covering the whole image: category "1" (animal), ``conf`` 1.0, ``bbox`` [0, 0, 1, 1]. The format keeps
+classifications on detections only, so an image-level result needs a detection to sit on; ``conf``
+must be a number for Timelapse and MegaDetector's tools to threshold it, and 1.0 keeps every image above
+any threshold a reader applies. ``info.detector`` is `WHOLE_IMAGE_DETECTOR`: no detector ran.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+from wildcapture.errors import DatasetError
+from wildcapture.storage import write_text
+
+TYPICAL_THRESHOLD = 0.2  # MegaDetector v5's typical_detection_threshold
+FORMAT_MAJOR = "1"
+DEFAULT_FORMAT_VERSION = "1.4"
+DEFAULT_ANIMAL_CATEGORY = "1"
+DEFAULT_DETECTION_CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}
+BBOX_TOLERANCE = 0.01  # how far (in image fractions) a coordinate may lie outside [0, 1] and be clipped
+PIXEL_DECIMALS = 6  # pixel coordinates are rounded to this many decimals before floor/ceil
+CLASSIFICATION_DECIMALS = 4
+WHOLE_IMAGE_DETECTOR = "none (whole images, WildCapture folder input)"
+CLASSIFIER_DETECTION_KEYS = ("classifications", "ood_score", "ood_flag")
+CLASSIFIER_INFO_KEYS = ("classifier", "classification_completion_time", "classifier_metadata")
+CLASSIFIER_TOP_KEYS = ("classification_categories", "classification_category_descriptions")
+
+BBox = tuple[float, float, float, float]  # normalised x, y, width, height
+PixelBox = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, x1/y1 exclusive
+
+
+@dataclass(frozen=True)
+class MDDetection:
+    """A qualifying detection: its position in the image's ``detections`` list, its box (normalised
+    [x, y, w, h], clipped to the image) and MegaDetector's confidence."""
+
+    index: int
+    bbox: BBox
+    conf: float
+
+
+@dataclass(frozen=True)
+class MDImage:
+    """One ``images`` entry: ``file`` as in the JSON with ``/`` separators, MegaDetector's failure
+    reason (None when it processed the image) and the qualifying detections (none for a failure)."""
+
+    file: str
+    failure: str | None
+    detections: tuple[MDDetection, ...]
+
+
+@dataclass(frozen=True)
+class MDBatch:
+    """A checked MegaDetector file: ``images[i]`` describes ``document["images"][i]``."""
+
+    source: Path
+    threshold: float
+    document: dict[str, Any]
+    images: list[MDImage]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.document.get("info") or {}
+
+    @property
+    def detection_categories(self) -> dict[str, str]:
+        return self.document.get("detection_categories", DEFAULT_DETECTION_CATEGORIES)
+
+    @property
+    def raw_images(self) -> list[dict[str, Any]]:
+        return self.document["images"]
+
+
+class DetectionResult(NamedTuple):
+    """Our result for one detection (one row of the detector's CSV).
+
+    ``image`` indexes `MDBatch.images`; ``detection`` is `MDDetection.index` (0 for a whole-image
+    batch); ``class_probs`` holds one probability per class, in the classifier's class order;
+    ``ood_score`` is the CAE's reconstruction error and ``ood_flag`` whether it passed the OOD threshold.
+    """
+
+    image: int
+    detection: int
+    class_probs: Sequence[float]
+    ood_score: float
+    ood_flag: bool
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of ``value``, cut to ``limit`` characters (error messages stay one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def animal_categories(detection_categories: Mapping[str, str]) -> frozenset[str]:
+    """Return the detection category ids named "animal" (any case), or {"1"} when none is."""
+    named = frozenset(k for k, name in detection_categories.items() if name.strip().lower() == "animal")
+    return named or frozenset({DEFAULT_ANIMAL_CATEGORY})
+
+
+def _clip_span(start: float, length: float) -> tuple[float, float]:
+    """Return (start, length) of a normalised span clipped to [0, 1] (unchanged when inside)."""
+    end = start + length
+    if start >= 0.0 and end <= 1.0:
+        return start, length
+    start, end = max(start, 0.0), min(end, 1.0)
+    return start, end - start
+
+
+def _check_bbox(bbox: Any) -> BBox | None:
+    """Return ``bbox`` as a normalised box clipped to [0, 1], or None when it is not a valid box."""
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        return None
+    x, y, w, h = (float(v) for v in bbox)
+    if w <= 0 or h <= 0 or min(x, y) < -BBOX_TOLERANCE or max(x + w, y + h) > 1 + BBOX_TOLERANCE:
+        return None
+    (x, w), (y, h) = _clip_span(x, w), _clip_span(y, h)
+    return (x, y, w, h) if w > 0 and h > 0 else None
+
+
+class _Checker:
+    """Checks the parts of one document; its errors name the file."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def error(self, where: str, problem: str) -> DatasetError:
+        return DatasetError(f"MegaDetector file {self.source}: {where}: {problem}")
+
+    def version(self, info: Any) -> None:
+        if info is None:
+            return
+        if not isinstance(info, dict):
+            raise self.error("info", f"must be an object, got {_short(info)}")
+        version = info.get("format_version")
+        if version is None:
+            return
+        if not isinstance(version, (str, int, float)) or str(version).split(".")[0].strip() != FORMAT_MAJOR:
+            raise self.error("info.format_version", f"{_short(version)} is not a 1.x version this reader knows")
+
+    def categories(self, categories: Any) -> dict[str, str]:
+        if not isinstance(categories, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in categories.items()):
+            raise self.error("detection_categories", f"must map id strings to names, got {_short(categories)}")
+        return categories
+
+    def detection(self, det: Any, where: str) -> tuple[str, float, BBox]:
+        """Return (category, conf, clipped bbox) of one detection."""
+        if not isinstance(det, dict) or not isinstance(det.get("category"), str):
+            raise self.error(where, f"needs a 'category' id string, got {_short(det)}")
+        if not _is_number(det.get("conf")):
+            raise self.error(where, f"'conf' must be a number, got {_short(det.get('conf'))}")
+        bbox = _check_bbox(det.get("bbox"))
+        if bbox is None:
+            raise self.error(where, f"'bbox' must be 4 numbers [x, y, width, height] normalised to [0, 1] "
+                                    f"with width, height > 0; got {_short(det.get('bbox'))}")
+        return det["category"], float(det["conf"]), bbox
+
+    def image(self, entry: Any, i: int, animal: frozenset[str], threshold: float) -> MDImage:
+        where = f"images[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"].strip():
+            raise self.error(where, f"needs a 'file' path string, got {_short(entry)}")
+        file = entry["file"].replace("\\", "/")
+        where = f"{where} ({file})"
+        failure = entry.get("failure")
+        if failure is not None:
+            if not isinstance(failure, str):
+                raise self.error(where, f"'failure' must be a string or null, got {_short(failure)}")
+            return MDImage(file, failure, ())
+        detections = entry.get("detections")
+        if not isinstance(detections, list):
+            raise self.error(where, f"needs a 'detections' list (or a 'failure' string), got {_short(detections)}")
+        kept = []
+        for j, det in enumerate(detections):
+            category, conf, bbox = self.detection(det, f"{where}.detections[{j}]")
+            if category in animal and conf >= threshold:
+                kept.append(MDDetection(j, bbox, conf))
+        return MDImage(file, None, tuple(kept))
+
+
+def parse_md(document: Any, source: Path, threshold: float = TYPICAL_THRESHOLD) -> MDBatch:
+    """Check a parsed MegaDetector ``document`` (errors name ``source``) and return its `MDBatch`,
+    with the animal detections of ``conf`` >= ``threshold`` (a probability in [0, 1])."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    check = _Checker(source)
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+        raise check.error("top level", "needs an 'images' list (is this a MegaDetector batch-output file?)")
+    check.version(document.get("info"))
+    animal = animal_categories(check.categories(document.get("detection_categories",
+                                                             DEFAULT_DETECTION_CATEGORIES)))
+    images = [check.image(entry, i, animal, threshold) for i, entry in enumerate(document["images"])]
+    seen: set[str] = set()
+    for i, image in enumerate(images):
+        if image.file in seen:
+            raise check.error(f"images[{i}]", f"file {image.file!r} is listed twice")
+        seen.add(image.file)
+    return MDBatch(source, threshold, document, images)
+
+
+def read_md_json(path: Path, threshold: float = TYPICAL_THRESHOLD) -> MDBatch:
+    """Read and check the MegaDetector batch-output file at ``path``; return its `MDBatch` with the
+    animal detections of ``conf`` >= ``threshold``. Raises DatasetError naming the file and the problem."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise DatasetError(f"MegaDetector file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"MegaDetector file {path} is not a readable JSON file: {exc}") from exc
+    return parse_md(document, path, threshold)
+
+
+def whole_image_batch(folder: Path, files: Sequence[str]) -> MDBatch:
+    """Return a batch of the images ``files`` (paths relative to ``folder``, ``/`` separators), each with
+    one qualifying detection covering the whole image (see the module docstring)."""
+    whole = {"category": DEFAULT_ANIMAL_CATEGORY, "conf": 1.0, "bbox": [0.0, 0.0, 1.0, 1.0]}
+    document = {"info": {"format_version": DEFAULT_FORMAT_VERSION, "detector": WHOLE_IMAGE_DETECTOR},
+                "detection_categories": dict(DEFAULT_DETECTION_CATEGORIES),
+                "images": [{"file": file, "detections": [dict(whole)]} for file in files]}
+    return parse_md(document, Path(folder), threshold=0.0)
+
+
+def _pixel_span(start: float, length: float, margin: float, extent: int) -> tuple[int, int]:
+    """Pixel interval [lo, hi) of a normalised span widened by ``margin * length`` on each side."""
+    pad = margin * length
+    lo = math.floor(round((start - pad) * extent, PIXEL_DECIMALS))
+    hi = math.ceil(round((start + length + pad) * extent, PIXEL_DECIMALS))
+    lo = min(max(lo, 0), extent - 1)
+    return lo, max(min(hi, extent), lo + 1)
+
+
+def pixel_box(bbox: BBox, size: tuple[int, int], margin: float = 0.0) -> PixelBox:
+    """Return the integer pixel box (x0, y0, x1, y1), x1/y1 exclusive, of the normalised ``bbox``
+    [x, y, w, h] in an image of ``size`` = (width W, height H) pixels as displayed.
+
+    ``margin`` (>= 0) widens the box by that fraction of its width (height) on the left and right
+    (top and bottom). Rounding covers every pixel the box touches: x0 = floor(x*W), y0 = floor(y*H),
+    x1 = ceil((x+w)*W), y1 = ceil((y+h)*H), each product first rounded to `PIXEL_DECIMALS` decimals so
+    float noise (0.1 + 0.2 = 0.30000000000000004) adds no pixel. The box is clipped to the image and
+    always keeps at least one pixel.
+    """
+    if margin < 0:
+        raise ValueError(f"crop margin must be >= 0, got {margin}")
+    x, y, w, h = bbox
+    width, height = size
+    x0, x1 = _pixel_span(x, w, margin, width)
+    y0, y1 = _pixel_span(y, h, margin, height)
+    return x0, y0, x1, y1
+
+
+def _classifications(class_probs: Sequence[float]) -> list[list[Any]]:
+    """[[class id, probability], ...] over every class, highest probability first (ties: lower id first)."""
+    order = sorted(range(len(class_probs)), key=lambda c: -class_probs[c])
+    return [[str(c), round(float(class_probs[c]), CLASSIFICATION_DECIMALS)] for c in order]
+
+
+def _result_fields(batch: MDBatch, results: Iterable[DetectionResult], n_classes: int
+                   ) -> dict[tuple[int, int], dict[str, Any]]:
+    """Return {(image index, detection index): the fields to add to that detection}; ValueError for a
+    result that names no detection of the batch, has the wrong number of classes, a non-finite score,
+    or repeats a detection."""
+    fields: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in results:
+        ok_image = 0 <= r.image < len(batch.images) and batch.images[r.image].failure is None
+        if not ok_image or not 0 <= r.detection < len(batch.raw_images[r.image]["detections"]):
+            raise ValueError(f"result {r.image, r.detection} names no detection of {batch.source}")
+        where = f"result for {batch.images[r.image].file}, detection {r.detection}"
+        if len(r.class_probs) != n_classes or not math.isfinite(r.ood_score):
+            raise ValueError(f"{where}: needs {n_classes} class probabilities and a finite ood_score, "
+                             f"got {len(r.class_probs)} and {r.ood_score}")
+        if (r.image, r.detection) in fields:
+            raise ValueError(f"{where} given twice")
+        fields[r.image, r.detection] = {"classifications": _classifications(r.class_probs),
+                                        "ood_score": float(r.ood_score), "ood_flag": bool(r.ood_flag)}
+    return fields
+
+
+def _without(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in keys}
+
+
+def _output_image(i: int, batch: MDBatch, fields: dict[tuple[int, int], dict[str, Any]],
+                  failures: Mapping[int, str]) -> dict[str, Any]:
+    """The output entry of image ``i``: MegaDetector's entry with our fields (see the module docstring)."""
+    raw = batch.raw_images[i]
+    if batch.images[i].failure is not None:
+        return raw
+    if i in failures:
+        return {**raw, "failure": failures[i], "detections": None}
+    detections = [{**_without(det, CLASSIFIER_DETECTION_KEYS), **fields.get((i, j), {})}
+                  for j, det in enumerate(raw["detections"])]
+    return {**raw, "detections": detections}
+
+
+def write_md_json(path: Path, batch: MDBatch, results: Iterable[DetectionResult], class_names: Sequence[str],
+                  extra_info: Mapping[str, Any], failures: Mapping[int, str] | None = None) -> None:
+    """Write ``batch`` with ``results`` to ``path`` (atomically) as a MegaDetector 1.x file.
+
+    ``class_names``: the classifier's classes; class id ``str(i)`` names ``class_names[i]``.
+    ``extra_info``: merged into ``info`` (e.g. ``classifier``, ``classification_completion_time``,
+    ``classifier_metadata``); ``format_version`` stays the input's (default `DEFAULT_FORMAT_VERSION`).
+    ``failures``: {image index: reason} of images the detector could not read; they become failure
+    entries. Raises ValueError for a result that does not fit the batch (see `_result_fields`).
+    """
+    fields = _result_fields(batch, results, len(class_names))
+    failures = failures or {}
+    info = {**_without(batch.info, CLASSIFIER_INFO_KEYS), **extra_info,
+            "format_version": batch.info.get("format_version", DEFAULT_FORMAT_VERSION)}
+    document = {"info": info, "detection_categories": batch.detection_categories,
+                "classification_categories": {str(c): name for c, name in enumerate(class_names)},
+                **_without(batch.document, ("info", "detection_categories", *CLASSIFIER_TOP_KEYS, "images")),
+                "images": [_output_image(i, batch, fields, failures) for i in range(len(batch.images))]}
+    write_text(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
