@@ -1,10 +1,15 @@
-"""Flag new images as in-distribution or OOD with a trained classifier + CAE (stages 1-3).
+"""Flag the animals of new camera-trap images as in-distribution or OOD (classifier + CAE of stages 1-3).
 
-    python detect.py FOLDER [--exp digits | --cae weights/EXP/cae/best.pth] [--out detections.csv]
+    python detect.py FOLDER_OR_MEGADETECTOR_JSON [--exp digits | --cae weights/EXP/cae/best.pth] [--out X.csv]
+    torchrun --nproc_per_node=4 detect.py ...        # each process takes a share of the images
 
-Writes a CSV with one row per image: image, predicted_class, confidence (softmax max),
-ood_score (CAE reconstruction error; higher = more OOD), ood_flag (score > threshold) and the
-threshold (by default the one stored by stage 3, which accepts 95% of val_id images).
+PATH is a folder of images (searched recursively; each image scored whole) or a MegaDetector
+batch-output JSON (each animal box with conf >= --md-threshold is cropped and scored; `file` paths are
+relative to --image-root, default the JSON's folder). Writes X.csv (one row per scored crop or image,
+per empty image and per failure: image, bbox, detection_conf, predicted_class, confidence, ood_score,
+ood_flag, threshold, failure) and X.json (MegaDetector format: every input image, each scored detection
+with classifications, ood_score and ood_flag). Progress is checkpointed every --checkpoint-every
+items: the same command continues an interrupted run; --overwrite starts afresh.
 """
 import argparse
 from pathlib import Path
@@ -14,27 +19,39 @@ from wildcapture.paths import resolve_path
 
 
 def main() -> None:
-    """Parse the command line, then load the models (torch is imported only now) and score the folder."""
+    """Parse the command line, then load the models (torch is imported only now) and score the images."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("source", type=Path, help="folder of images, or a MegaDetector batch-output .json")
     parser.add_argument("--exp", default="digits", help="experiment whose CAE to use (default: digits)")
     parser.add_argument("--cae", type=Path, default=None, help="CAE checkpoint (default: weights/EXP/cae/best.pth)")
-    parser.add_argument("--out", type=Path, default=None, help="output CSV (default: results/EXP/detections.csv)")
-    parser.add_argument("--threshold", type=float, default=None, help="override the stored OOD threshold")
+    parser.add_argument("--out", type=Path, default=None, help="output CSV (default: results/EXP/detections.csv); "
+                        "the JSON goes beside it")
+    parser.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the one stage 3 "
+                        "stored, accepting 95%% of val_id images)")
+    parser.add_argument("--md-threshold", type=float, default=0.2, help="MegaDetector confidence an animal box "
+                        "needs to be scored (default 0.2)")
+    parser.add_argument("--crop-margin", type=float, default=0.0, help="fraction of a box's size added on each "
+                        "side of its crop (default 0)")
+    parser.add_argument("--image-root", type=Path, default=None, help="folder MegaDetector's file paths are "
+                        "relative to (default: the JSON's folder)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that decode the images")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="items between checkpoints (default 1000)")
+    parser.add_argument("--overwrite", action="store_true", help="start afresh instead of continuing an "
+                        "interrupted run")
     args = parser.parse_args()
     cae = resolve_path(args.cae or f"weights/{args.exp}/cae/best.pth")
-    out = args.out or resolve_path(f"results/{args.exp}/detections.csv")
+    out = (args.out or resolve_path(f"results/{args.exp}/detections.csv")).resolve()
     with exit_on_user_error(outputs="--out"):
-        from wildcapture.detect import detect
-        from wildcapture.runtime import pick_device
+        from wildcapture.detection.run import DetectOptions, detect
 
-        rows = detect(args.folder.resolve(), cae, out, args.batch_size, str(pick_device(args.device)), args.threshold,
-                      args.workers)
-    flagged = sum(r["ood_flag"] for r in rows)
-    print(f"{len(rows)} images scored, {flagged} flagged OOD (threshold {rows[0]['threshold']:.4g}); wrote {out}")
+        options = DetectOptions(args.batch_size, args.device, args.threshold, args.workers, args.md_threshold,
+                                args.crop_margin, args.image_root.resolve() if args.image_root else None,
+                                args.checkpoint_every, args.overwrite)
+        summary = detect(args.source.resolve(), cae, out, options)
+    if summary is not None:
+        print(f"{summary.line()}; wrote {out} and {out.with_suffix('.json')}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Drills on whole stages: failed runs over a complete experiment, refused hand-offs, concurrent runs,
 kill -9 then a new run and a resume, a moved repository, bad config values."""
+import csv
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 import wildcapture.paths
-from wildcapture.detect import detect
+from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.errors import ConfigError, IncompleteOutputError, NonFiniteLossError, ProvenanceError, RunLockedError
 from wildcapture.paths import REPO_ROOT
 from wildcapture.run_lock import hold_lock
@@ -176,15 +177,15 @@ def test_a_moved_repository_keeps_its_experiments_usable(tmp_path, monkeypatch, 
     images.mkdir()
     from PIL import Image
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(images / "a.png")
-    rows = detect(images, moved / "weights" / "x" / "cae" / "best.pth", tmp_path / "d.csv", device="cpu")
-    assert len(rows) == 1 and np.isfinite(rows[0]["ood_score"])
+    summary = detect(images, moved / "weights" / "x" / "cae" / "best.pth", tmp_path / "d.csv", DetectOptions(device="cpu"))
+    assert summary.scored == 1 and np.isfinite(float(next(iter(csv.DictReader(open(tmp_path / "d.csv"))))["ood_score"]))
 
     classifier = moved / "weights" / "x" / "vit" / "best.pth"
     state = torch.load(classifier, weights_only=True)
     state["val_acc"] = -1.0  # any change of the file
     torch.save(state, classifier)
     with pytest.raises(ProvenanceError, match="has changed since"):
-        detect(images, moved / "weights" / "x" / "cae" / "best.pth", tmp_path / "d.csv", device="cpu")
+        detect(images, moved / "weights" / "x" / "cae" / "best.pth", tmp_path / "d.csv", DetectOptions(device="cpu"))
 
 
 def _stage1_command(out: Path, *overrides: str) -> list[str]:

@@ -38,9 +38,6 @@ from wildcapture.runtime import DistState, shard_indices
 from wildcapture.storage import sha256_file
 from wildcapture.vit import build_vit, load_weights
 
-TOP_CLASSES = 5  # classifications kept per scored item (highest first)
-
-
 @dataclass
 class Detector:
     """The classifier, the CAE detector and what the CAE checkpoint says about them."""
@@ -83,15 +80,13 @@ def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], 
     with torch.inference_mode(), autocast_context(device, True):
         logits, _, heatmaps = forward_with_heatmaps(detector.classifier, images.to(device, non_blocking=True),
                                                     heat["kind"], heat["block"])
-    probs = logits.float().softmax(1).cpu().numpy()
+    probs = logits.float().softmax(1).cpu().numpy().astype(np.float64)
     scores = detector.cae.score_heatmaps(heatmaps.float())
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :TOP_CLASSES]
     rows = []
     for row, index in enumerate(indices):
-        best = int(top[row, 0])
+        best = int(np.argmax(probs[row]))
         rows.append({**_item_columns(items[index], index), "predicted_class": detector.class_names[best],
-                     "confidence": repr(float(probs[row, best])),
-                     "classifications": json.dumps([[str(int(c)), round(float(probs[row, c]), 6)] for c in top[row]]),
+                     "confidence": repr(float(probs[row, best])), "classifications": json.dumps(probs[row].tolist()),
                      "ood_score": repr(float(scores[row])), "ood_flag": bool(scores[row] > detector.threshold),
                      "failure": ""})
     return rows

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from wildcapture.errors import ConfigError
 from wildcapture.storage import write_text
 
+# `classifications`: the JSON list of every class's probability, in the classifier's class order
 PART_COLUMNS = ("item", "image", "detection", "bbox", "detection_conf", "predicted_class", "confidence",
                 "classifications", "ood_score", "ood_flag", "failure")
 

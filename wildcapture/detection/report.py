@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import csv
 import heapq
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-from wildcapture.detection.items import EMPTY
+if TYPE_CHECKING:
+    from wildcapture.detection.engine import Detector
+
+from wildcapture.detection.items import EMPTY, Item
 from wildcapture.detection.progress import read_rows
+from wildcapture.megadetector import DetectionResult, MDBatch, write_md_json
 from wildcapture.storage import atomic_write
 
 COLUMNS = ("image", "bbox", "detection_conf", "predicted_class", "confidence", "ood_score", "ood_flag", "threshold",
@@ -67,3 +73,24 @@ def write_csv_report(parts: Sequence[Path], out_csv: Path, threshold: float) -> 
 
     atomic_write(out_csv, write)
     return summary
+
+
+def write_json_report(batch: MDBatch, items: Sequence[Item], parts: Sequence[Path], out_json: Path,
+                      detector: "Detector", cae: str) -> None:
+    """Write the MegaDetector-format JSON of the run (every input image; see `megadetector.write_md_json`):
+    scored detections get classifications, ood_score and ood_flag; unreadable images become failures."""
+    results, failures = [], {}
+    for row in merged_rows(parts):
+        item = items[int(row["item"])]
+        if not row["failure"]:
+            results.append(DetectionResult(item.image_index, item.detection, json.loads(row["classifications"]),
+                                           float(row["ood_score"]), row["ood_flag"] == "True"))
+        elif not item.skip:  # our failure to read the file (MegaDetector's own and empty images pass through)
+            failures[item.image_index] = row["failure"]
+    info = {"classifier": "WildCapture ViT + attention-heatmap autoencoder (OOD flag)",
+            "classification_completion_time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "classifier_metadata": {"cae_checkpoint": cae, "classifier": detector.provenance["classifier"]["path"],
+                                    "classifier_sha256": detector.provenance["classifier"]["sha256"],
+                                    "heatmap": detector.provenance["heatmap"], "ood_threshold": detector.threshold,
+                                    "ood_score": "CAE reconstruction error; higher = more OOD"}}
+    write_md_json(out_json, batch, results, detector.class_names, info, failures)

@@ -15,7 +15,7 @@ from typing import Any
 import torch.distributed as dist
 
 from wildcapture.detection.engine import job_fingerprint, load_detector, prepare_work_folder, score_shard
-from wildcapture.detection.items import Item, folder_items, megadetector_items
+from wildcapture.detection.items import batch_items, load_batch
 from wildcapture.detection.report import Summary, write_csv_report, write_json_report
 from wildcapture.errors import ConfigError
 from wildcapture.run_lock import hold_lock
@@ -57,13 +57,6 @@ def check_writable(out_csv: Path) -> None:
     probe.unlink()
 
 
-def list_items(source: Path, options: DetectOptions) -> list[Item]:
-    """The items of `source`: a folder of images, or a MegaDetector batch-output JSON."""
-    if source.suffix.lower() == ".json":
-        return megadetector_items(source, options.image_root or source.parent, options.md_threshold)
-    return folder_items(source)
-
-
 def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> Summary | None:
     """Score every item of `source` and write `out_csv` and its JSON twin; returns the summary (None on the
     non-main processes of a torchrun job).
@@ -76,11 +69,13 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
     work = out_csv.parent / f".{out_csv.name}.incomplete"
     try:
         detector = load_detector(cae_path, options.batch_size, device, options.threshold)
-        items = list_items(source, options)
+        batch = load_batch(source, options.md_threshold)
+        is_json = source.suffix.lower() == ".json"
+        items = batch_items(batch, (options.image_root or source.parent) if is_json else source, not is_json)
         with hold_lock(work, f"detect.py -> {out_csv}") if state.is_main else contextlib.nullcontext():
             prepare_work_folder(work, options.overwrite, state)
             settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
-                                        "world_size": state.world_size}
+                                        "world_size": state.world_size, "source": str(source)}
             score_shard(detector, items, work, state, batch_size=options.batch_size, workers=options.workers,
                         margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
                         fingerprint=job_fingerprint(items, detector, settings))
@@ -90,7 +85,7 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
                 return None
             parts = [work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
             summary = write_csv_report(parts, out_csv, detector.threshold)
-            write_json_report(source, items, parts, out_csv.with_suffix(".json"), detector)
+            write_json_report(batch, items, parts, out_csv.with_suffix(".json"), detector, str(cae_path))
         shutil.rmtree(work)  # after the lock is released: the job is done
         return summary
     finally:

@@ -1,0 +1,248 @@
+"""detect.py over a MegaDetector file and folders: rows equal a hand computation on the same pixels,
+the JSON keeps every image, bad files are failure rows, and a resumed or 2-process run equals one run."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from wildcapture.cae.checkpoint import load_cae
+from wildcapture.cae.detector import CAEDetector
+from wildcapture.data import build_transforms, load_rgb
+from wildcapture.detection import engine
+from wildcapture.detection.report import COLUMNS
+from wildcapture.detection.run import DetectOptions, detect
+from wildcapture.errors import CheckpointError, DatasetError
+from wildcapture.heatmaps import forward_with_heatmaps
+from wildcapture.megadetector import pixel_box
+from wildcapture.paths import REPO_ROOT, resolve_path
+from wildcapture.storage import load_checkpoint
+from wildcapture.vit import build_vit
+
+CPU = DetectOptions(batch_size=2, device="cpu")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _image(path: Path, seed: int, size=(64, 48)) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def _box(x, y, w, h, conf, category="1"):
+    return {"category": category, "conf": conf, "bbox": [x, y, w, h]}
+
+
+@pytest.fixture
+def megadetector_file(tmp_path):
+    """Four PNGs and a MegaDetector file: two animal boxes, a low-confidence box and a person in a.png;
+    an empty b.png; a failure for c.png; one animal box in sub/d.png."""
+    (tmp_path / "sub").mkdir()
+    for seed, name in enumerate(("a.png", "b.png", "c.png", "sub/d.png")):
+        _image(tmp_path / name, seed)
+    document = {
+        "info": {"format_version": "1.4", "detector": "md_v5a.0.0.pt"},
+        "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+        "images": [
+            {"file": "a.png", "detections": [_box(0.1, 0.1, 0.5, 0.6, 0.91), _box(0.5, 0.3, 0.4, 0.5, 0.45),
+                                             _box(0.0, 0.0, 0.3, 0.3, 0.1), _box(0.2, 0.2, 0.5, 0.5, 0.95, "2")]},
+            {"file": "b.png", "detections": []},
+            {"file": "c.png", "failure": "Failure image access", "detections": None},
+            {"file": "sub/d.png", "detections": [_box(0.25, 0.0, 0.5, 1.0, 0.3)]},
+        ],
+    }
+    path = tmp_path / "md.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _reference_scores(cae_path: Path, image: Image.Image) -> tuple[np.ndarray, float]:
+    """Class probabilities and CAE score of one decoded RGB image, computed directly."""
+    cae, ckpt = load_cae(cae_path)
+    source = ckpt["heatmaps"]
+    classifier = build_vit(source["classifier"]["model_args"])
+    classifier.load_state_dict(load_checkpoint(resolve_path(source["classifier"]["path"]))["model"])
+    spec = source["input_spec"]
+    _, eval_tf = build_transforms(source["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
+                                  spec["interpolation"])
+    with torch.no_grad():
+        logits, _, heatmaps = forward_with_heatmaps(classifier.eval(), eval_tf(image)[None], "cls_last", -1)
+    detector = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], 4, "cpu")
+    return logits.softmax(1)[0].double().numpy(), float(detector.score_heatmaps(heatmaps)[0])
+
+
+def test_megadetector_boxes_are_scored_like_crops_cut_by_hand(megadetector_file, tiny_cae, tmp_path):
+    cae_path = tiny_cae / "cae" / "best.pth"
+    out = tmp_path / "out" / "detections.csv"
+    summary = detect(megadetector_file, cae_path, out, CPU)
+    rows = _rows(out)
+    assert list(rows[0]) == list(COLUMNS)
+    assert [(r["image"], r["bbox"] != "", r["failure"][:12]) for r in rows] == [
+        ("a.png", True, ""), ("a.png", True, ""), ("b.png", False, "empty: no an"),
+        ("c.png", False, "megadetector"), ("sub/d.png", True, "")]
+    assert (summary.scored, summary.empty, summary.failed) == (3, 1, 1)
+
+    best = load_checkpoint(cae_path)
+    names = best["heatmaps"]["classifier"]["class_names"]
+    for row, (file, bbox) in zip([rows[0], rows[1], rows[4]], [("a.png", [0.1, 0.1, 0.5, 0.6]),
+                                                               ("a.png", [0.5, 0.3, 0.4, 0.5]),
+                                                               ("sub/d.png", [0.25, 0.0, 0.5, 1.0])]):
+        decoded = load_rgb(megadetector_file.parent / file)  # PNG: the detector decodes these same pixels
+        crop = decoded.crop(pixel_box(tuple(bbox), decoded.size))
+        probs, score = _reference_scores(cae_path, crop)
+        assert json.loads(row["bbox"]) == bbox and float(row["detection_conf"]) in (0.91, 0.45, 0.3)
+        assert row["predicted_class"] == names[int(np.argmax(probs))]
+        assert float(row["confidence"]) == pytest.approx(probs.max(), rel=1e-5)
+        assert float(row["ood_score"]) == pytest.approx(score, rel=1e-5)
+        assert row["ood_flag"] == str(score > best["threshold"]) and float(row["threshold"]) == best["threshold"]
+
+    written = json.loads(out.with_suffix(".json").read_text())
+    source = json.loads(megadetector_file.read_text())
+    assert [i["file"] for i in written["images"]] == [i["file"] for i in source["images"]]
+    assert written["info"]["format_version"] == "1.4" and written["info"]["detector"] == "md_v5a.0.0.pt"
+    assert written["classification_categories"] == {str(i): n for i, n in enumerate(names)}
+    a = written["images"][0]["detections"]
+    for det, row in zip(a[:2], rows[:2]):
+        assert det["ood_score"] == pytest.approx(float(row["ood_score"])) and det["ood_flag"] == (row["ood_flag"] == "True")
+        probs = [p for _, p in det["classifications"]]
+        assert probs == sorted(probs, reverse=True) and names[int(det["classifications"][0][0])] == row["predicted_class"]
+    assert a[2:] == source["images"][0]["detections"][2:]  # the low-confidence box and the person: as read
+    assert written["images"][1:3] == source["images"][1:3]  # the empty image and MegaDetector's failure
+
+
+def test_a_folder_with_bad_files_scores_the_rest_and_lists_each_failure(tmp_path, tiny_cae):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        _image(folder / f"good{i}.png", i)
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(folder / "whole.jpg", quality=90)
+    (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    out = tmp_path / "detections.csv"
+    summary = detect(folder, tiny_cae / "cae" / "best.pth", out, CPU)
+    rows = {r["image"]: r for r in _rows(out)}
+    assert sorted(rows) == ["good0.png", "good1.png", "good2.png", "text.jpg", "truncated.jpg", "whole.jpg", "zero.jpg"]
+    for bad in ("text.jpg", "truncated.jpg", "zero.jpg"):
+        assert str(folder / bad) in rows[bad]["failure"] and rows[bad]["ood_score"] == ""
+    assert all(rows[g]["failure"] == "" and float(rows[g]["ood_score"]) > 0 for g in ("good0.png", "whole.jpg"))
+    assert (summary.scored, summary.failed, summary.empty) == (4, 3, 0)
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert [i["file"] for i in written["images"]] == sorted(rows)
+    bad_entries = {i["file"]: i for i in written["images"] if i.get("failure")}
+    assert sorted(bad_entries) == ["text.jpg", "truncated.jpg", "zero.jpg"]
+
+
+def test_bad_inputs_and_checkpoints_are_named(tiny_cae, tmp_path):
+    cae_path = tiny_cae / "cae" / "best.pth"
+    (tmp_path / "empty").mkdir()
+    for folder in ("empty", "missing"):
+        with pytest.raises(DatasetError, match=str(tmp_path / folder)):
+            detect(tmp_path / folder, cae_path, tmp_path / "out.csv", CPU)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="bad.json"):
+        detect(tmp_path / "bad.json", cae_path, tmp_path / "out.csv", CPU)
+    torch.save(load_cae(cae_path)[0].state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="names no classifier"):
+        detect(tmp_path / "empty", tmp_path / "bare.pt", tmp_path / "out.csv", CPU)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def _folder_of(tmp_path: Path, n: int) -> Path:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(n):
+        _image(folder / f"{i:03d}.png", i, size=(24 + i % 5, 20))
+    (folder / "009.png").write_bytes(b"broken")
+    return folder
+
+
+def test_an_interrupted_run_continues_to_the_same_outputs(tmp_path, tiny_cae, monkeypatch):
+    folder, cae_path = _folder_of(tmp_path, 13), tiny_cae / "cae" / "best.pth"
+    options = DetectOptions(batch_size=2, device="cpu", checkpoint_every=4)
+    detect(folder, cae_path, tmp_path / "whole" / "d.csv", options)
+
+    real, calls = engine._scored_rows, []
+
+    def dies_on_the_fifth_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        detect(folder, cae_path, tmp_path / "cut" / "d.csv", options)
+    progress = json.loads((tmp_path / "cut" / ".d.csv.incomplete" / "progress.rank0.json").read_text())
+    assert progress["items_done"] == 8  # checkpoints every 4 items: after batches 2 and 4
+    monkeypatch.setattr(engine, "_scored_rows", real)
+    detect(folder, cae_path, tmp_path / "cut" / "d.csv", options)
+
+    assert (tmp_path / "cut" / "d.csv").read_bytes() == (tmp_path / "whole" / "d.csv").read_bytes()
+    assert not (tmp_path / "cut" / ".d.csv.incomplete").exists()
+    with pytest.raises(Exception, match="another job"):  # a checkpoint of other settings is not continued
+        monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            detect(folder, cae_path, tmp_path / "other" / "d.csv", options)
+        monkeypatch.setattr(engine, "_scored_rows", real)
+        detect(folder, cae_path, tmp_path / "other" / "d.csv", DetectOptions(batch_size=4, device="cpu"))
+    detect(folder, cae_path, tmp_path / "other" / "d.csv", DetectOptions(batch_size=4, device="cpu", overwrite=True))
+
+
+def _command(folder: Path, cae: Path, out: Path, *extra: str) -> list[str]:
+    return [str(REPO_ROOT / "detect.py"), str(folder), "--cae", str(cae), "--out", str(out), "--device", "cpu",
+            "--batch-size", "2", "--checkpoint-every", "2", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
+def _without_time(path: Path) -> dict:
+    document = json.loads(path.read_text())
+    del document["info"]["classification_completion_time"]
+    return document
+
+
+@pytest.mark.e2e
+def test_kill_9_then_the_same_command_and_two_processes_equal_one_run(tmp_path, tiny_cae):
+    folder, cae = _folder_of(tmp_path, 40), tiny_cae / "cae" / "best.pth"
+    one = subprocess.run([sys.executable, *_command(folder, cae, tmp_path / "one" / "d.csv")], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert "39 scored" in one.stdout and "1 failed" in one.stdout
+
+    killed = tmp_path / "killed" / "d.csv"
+    proc = subprocess.Popen([sys.executable, *_command(folder, cae, killed)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = killed.parent / ".d.csv.incomplete" / "progress.rank0.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not progress.is_file() or json.loads(progress.read_text())["items_done"] < 10):
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(progress.read_text())["items_done"] < 40 and not killed.exists()
+    again = subprocess.run([sys.executable, *_command(folder, cae, killed)], env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert killed.read_bytes() == (tmp_path / "one" / "d.csv").read_bytes()
+    assert _without_time(killed.with_suffix(".json")) == _without_time(tmp_path / "one" / "d.json")
+
+    two = tmp_path / "two" / "d.csv"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *_command(folder, cae, two)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert two.read_bytes() == (tmp_path / "one" / "d.csv").read_bytes()
+    assert _without_time(two.with_suffix(".json")) == _without_time(tmp_path / "one" / "d.json")

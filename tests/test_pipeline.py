@@ -1,0 +1,73 @@
+"""The stage-1-to-4 pipeline runner of reproduce.py."""
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import wildcapture.paths
+from wildcapture.config import ConfigError
+from wildcapture.pipeline import run_pipeline, stage_configs
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stage_configs_of_the_smoke_run():
+    cfgs = stage_configs("digits", smoke=True)
+    assert len(cfgs) == 4 and [c["exp"] for c in cfgs] == ["digits-smoke"] * 4
+    train_vit, test_vit, train_ae, test_ae = cfgs
+    assert train_vit["data"]["limit_per_split"] == 48 and train_vit["train"]["epochs"] == 1
+    assert train_vit["train"]["batch_size"] == 16 and train_vit["data"]["download"] is False
+    assert test_vit["batch_size"] == 16 and test_vit["gallery_size"] == 2
+    assert train_ae["train"]["epochs"] == 1 and train_ae["train"]["batch_size"] == 16
+    assert test_ae["test"]["gallery_size"] == 2
+    assert train_ae["cae"] == test_ae["cae"]  # stage 4 rebuilds the CAE stage 3 trained
+    assert stage_configs("digits")[0]["exp"] == "digits" and stage_configs("digits")[0]["train"]["epochs"] == 60
+
+
+def test_stage_configs_load_the_benchmark_presets_and_apply_extra_keys_where_they_exist():
+    cfgs = stage_configs("cifar10")
+    assert [c["exp"] for c in cfgs] == ["cifar10"] * 4
+    assert cfgs[0]["model"]["name"] == "vit_base_patch16_224.augreg_in21k" and cfgs[0]["data"]["name"] == "cifar10"
+    assert cfgs[2]["cae"]["input_size"] == cfgs[3]["cae"]["input_size"] == 128
+
+    cfgs = stage_configs("digits", extra=["device=cpu", "train.epochs=3", "heatmap.kind=rollout", "cae.zdim=64"])
+    assert [c["device"] for c in cfgs] == ["cpu"] * 4
+    assert [cfgs[i]["train"]["epochs"] for i in (0, 2, 3)] == [3, 3, 3] and "train" not in cfgs[1]
+    assert cfgs[1]["heatmap"]["kind"] == "rollout"
+    assert cfgs[2]["cae"]["zdim"] == cfgs[3]["cae"]["zdim"] == 64
+
+    with pytest.raises(ValueError, match="unknown benchmark 'mnist'"):
+        stage_configs("mnist")
+    # a key that no stage has is a typo, not something to drop silently
+    with pytest.raises(ConfigError, match="trian.epochs"):
+        stage_configs("digits", extra=["trian.epochs=3"])
+
+
+@pytest.mark.e2e
+def test_smoke_pipeline_hands_files_from_stage_to_stage(tmp_path, monkeypatch):
+    # every default output path (weights/, data/heatmaps/, results/) resolves against REPO_ROOT: point it at tmp_path
+    monkeypatch.setattr(wildcapture.paths, "REPO_ROOT", tmp_path)
+    result = run_pipeline("digits", smoke=True, extra=["device=cpu"])
+
+    assert list(result["seconds"]) == ["1 train classifier", "2 test classifier", "3 train CAE", "4 test CAE"]
+    vit, cae = tmp_path / "weights" / "digits-smoke" / "vit", tmp_path / "weights" / "digits-smoke" / "cae"
+    heatmaps, results = tmp_path / "data" / "heatmaps" / "digits-smoke", tmp_path / "results" / "digits-smoke"
+    assert (vit / "best.pth").is_file() and (cae / "best.pth").is_file()
+    best = torch.load(cae / "best.pth", map_location="cpu", weights_only=True)
+    # the classifier is recorded relative to the repository, with its digest
+    assert best["heatmaps"]["classifier"]["path"] == "weights/digits-smoke/vit/best.pth"
+    assert best["heatmaps"]["classifier"]["sha256"] == hashlib.sha256((vit / "best.pth").read_bytes()).hexdigest()
+    assert best["model_args"]["input_size"] == 32
+    assert np.load(heatmaps / "test_ood" / "heatmaps.npy").shape == (48, 4, 4)
+
+    table = json.loads((results / "ood_table.json").read_text())["rows"]
+    assert [r["detector"] for r in table] == ["cae", "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"]
+    assert [r["detector"] for r in result["rows"]] == [r["detector"] for r in table]
+    assert all(r["n_id"] == 48 and r["n_ood"] == 48 and 0 <= r["auroc"] <= 1 for r in table)
+    assert len(_rows(results / "recon_errors.csv")) == 96
