@@ -14,17 +14,16 @@ from functools import partial
 from multiprocessing import Pool
 from typing import NamedTuple
 
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from .errors import DatasetError
-from .images import FileImages, clip_box, parse_source
+from .images import FileImages, clip_box, displayed_size, parse_source
 from .splits import Benchmark
 
 MIN_FILES_PER_WORKER = 8  # fewer files than this per process: decode them in this process (no pool start-up)
 MAX_CHUNKSIZE = 16  # files per task sent to a worker: cheap messaging, yet a smooth progress bar
 MAX_LISTED = 50  # bad items named in the error message
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 
 
 class BadImage(NamedTuple):
@@ -54,18 +53,17 @@ def probe_image(path: str) -> tuple[int, int] | str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. corrupt-EXIF warnings on camera-trap JPEGs, as load_rgb
             with Image.open(path) as image:
-                width, height = image.size
+                size = displayed_size(image)  # before the draft below shrinks image.size
                 if image.format == "JPEG":
-                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
-                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+                return size
     except FileNotFoundError:
         return "file not found"
     except UnidentifiedImageError:
         return "not an image file PIL can identify"
     except Exception as exc:  # whatever the decoder raises, report the file rather than crash the check
         return str(exc) or type(exc).__name__
-    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
 def _probe_all(paths: list[str], workers: int, progress: bool) -> dict[str, tuple[int, int] | str]:
