@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -22,7 +24,6 @@ from .errors import DatasetError
 
 _BOX_RE = re.compile(r"^(?P<path>.*)#box=(?P<box>-?\d+,-?\d+,-?\d+,-?\d+)$")
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what a bad file raises
 
 
 def box_source(path: str | Path, box: tuple[int, int, int, int]) -> str:
@@ -39,7 +40,7 @@ def parse_source(source: str) -> tuple[str, tuple[int, int, int, int] | None]:
     return match["path"], (x0, y0, x1, y1)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode (L night-IR, P, CMYK, RGBA, LA, 16-bit I;16/I, F) to 8-bit RGB."""
     if image.mode == "RGB":
         return image
@@ -54,25 +55,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # alpha is dropped, not composited
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file and return it as an RGB PIL image (H x W x 3, uint8), EXIF orientation applied.
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """Open an image file lazily (header read, pixels not yet decoded) and yield the PIL image.
 
-    Raises DatasetError naming ``path`` if the file is missing, unreadable, truncated or not an image.
+    Warnings (e.g. corrupt EXIF on camera-trap JPEGs) are silenced inside the block; a missing, unreadable,
+    truncated or non-image file, whether found on opening or while decoding in the block, raises
+    DatasetError naming ``path``.
     """
     try:
-        with Image.open(path) as image:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # e.g. corrupt-EXIF warnings on camera-trap JPEGs
-                image.load()
-                image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-    except _IMAGE_ERRORS as exc:
+        with Image.open(path) as image, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield image
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"cannot read image {path}: {exc}. Replace or delete this file.") from exc
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
-    """Return the (width, height) in pixels of the opened ``image`` as displayed, i.e. after the EXIF
-    orientation `load_rgb` applies (orientations 5-8 swap them)."""
+    """Return the (width, height) in pixels of opened ``image`` as displayed, i.e. after its EXIF orientation."""
     width, height = image.size
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
@@ -81,13 +81,18 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
 def read_displayed_size(path: str | Path) -> tuple[int, int]:
     """Return `displayed_size` of the image file at ``path``, read from its header without decoding the
     pixels (except a PNG's: PIL reads a PNG's EXIF after its pixel data). DatasetError names a bad file."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. corrupt-EXIF warnings, as in load_rgb
-            with Image.open(path) as image:
-                return displayed_size(image)
-    except _IMAGE_ERRORS as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}. Replace or delete this file.") from exc
+    with open_image(path) as image:
+        return displayed_size(image)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file and return it as an RGB PIL image (H x W x 3, uint8), EXIF orientation applied.
+
+    Raises DatasetError naming ``path`` if the file is missing, unreadable, truncated or not an image.
+    """
+    with open_image(path) as image:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image))
 
 
 def clip_box(box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int] | None:

@@ -53,10 +53,9 @@ def probe_image(path: str) -> tuple[int, int] | str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. corrupt-EXIF warnings on camera-trap JPEGs, as load_rgb
             with Image.open(path) as image:
-                size = displayed_size(image)  # before draft() shrinks image.size
-                width, height = image.size
+                size = displayed_size(image)  # before the draft below shrinks image.size
                 if image.format == "JPEG":
-                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
                 return size
     except FileNotFoundError:
