@@ -136,7 +136,6 @@ def _jpeg_bytes(tmp_path) -> bytes:
     ("empty.jpg", lambda b: b"", None, "cannot read image"),
     ("text.jpg", lambda b: b"not an image\n", None, "cannot read image"),
     ("missing.jpg", None, None, "cannot read image"),
-    ("outside.jpg", lambda b: b, (1.2, 0.0, 0.1, 0.1), "lies outside the 256x192 image"),
     ("nan.jpg", lambda b: b, (float("nan"), 0.0, 0.1, 0.1), "not finite"),
 ])
 def test_bad_file_or_box_raises_dataset_error_naming_the_file(tmp_path, name, content, box, message):

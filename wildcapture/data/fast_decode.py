@@ -17,8 +17,10 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from wildcapture.megadetector import pixel_box
+
 from .errors import DatasetError
-from .images import clip_box, displayed_size, open_image, to_rgb
+from .images import displayed_size, open_image, to_rgb
 
 DRAFT_REDUCTIONS = (8, 4, 2, 1)  # the scales 1/k libjpeg decodes at (Image.draft), smallest scale first
 
@@ -38,21 +40,6 @@ def decode_scale(crop_size: tuple[float, float], min_size: int | tuple[int, int]
     return next((1 / k for k in DRAFT_REDUCTIONS if width / k >= min_width and height / k >= min_height), 1.0)
 
 
-def _bbox_to_pixels(bbox: Box, size: tuple[int, int], margin: float) -> PixelBox | None:
-    """Return normalised ``bbox`` = [x, y, w, h] as a pixel box (x0, y0, x1, y1), x1/y1 exclusive, of an image
-    of ``size`` = (width, height): widened by ``margin`` x its width (height) on each side, rounded outwards,
-    clipped to the image; None when nothing of it lies inside the image.
-
-    Stand-in for the shared `wildcapture.megadetector.bbox_to_pixels`; replace it by that helper at merge.
-    """
-    x, y, w, h = bbox
-    dx, dy = margin * w, margin * h
-    width, height = size
-    box = (math.floor((x - dx) * width), math.floor((y - dy) * height),
-           math.ceil((x + w + dx) * width), math.ceil((y + h + dy) * height))
-    return clip_box(box, size)
-
-
 def _scale_box(box: PixelBox, full_size: tuple[int, int], size: tuple[int, int]) -> PixelBox:
     """Return pixel ``box`` of an image of ``full_size`` = (width, height) mapped onto the same image decoded
     at ``size``, rounded outwards (so the scaled crop is never smaller than ``box`` times the scale)."""
@@ -67,21 +54,19 @@ def load_rgb_at_least(path: str | Path, box: Box | None, min_size: int | tuple[i
     decoded at the smallest scale (`decode_scale`) that keeps the crop at least ``min_size`` pixels.
 
     ``box``: normalised [x, y, w, h] of the image as displayed (after EXIF orientation), widened by
-    ``margin`` x its width (height) on each side and clipped to the image. ``min_size``: the model's input
+    ``margin`` x its width (height) on each side and clipped to the image (`megadetector.pixel_box`, the
+    rule training crops use too). ``min_size``: the model's input
     size, an int or (height, width). The result is a reduced-scale version of `images.load_rgb` + crop:
     the same pixels exactly when the scale is 1. Its size is about the crop's size times the scale.
 
     Raises DatasetError naming ``path`` if the file is missing, empty, truncated or not an image, or if
-    ``box`` is not finite or lies wholly outside the image.
+    ``box`` is not finite.
     """
     if box is not None and not all(math.isfinite(v) for v in box):
         raise DatasetError(f"box {box} of image {path} is not finite; fix the detection")
     with open_image(path) as image:
         full_size = displayed_size(image)
-        pixels = (0, 0, *full_size) if box is None else _bbox_to_pixels(box, full_size, margin)
-        if pixels is None:
-            raise DatasetError(f"box {box} lies outside the {full_size[0]}x{full_size[1]} image {path}; "
-                               "fix the detection")
+        pixels = (0, 0, *full_size) if box is None else pixel_box(box, full_size, margin)
         x0, y0, x1, y1 = pixels
         reduction = round(1 / decode_scale((x1 - x0, y1 - y0), min_size))
         if reduction > 1:  # draft's size is the stored one; it picks the largest 1/k that still covers it

@@ -1,6 +1,6 @@
 """The images of a detection run as a Dataset whose items never raise: an unreadable file is a failure.
 
-Each item is decoded with `fast_decode.load_for_model` (a JPEG at the smallest DCT scale that still
+Each item is decoded with `fast_decode.load_rgb_at_least` (a JPEG at the smallest DCT scale that still
 gives the model its input size for the crop), transformed like stage 2's eval images, and returned
 as (image tensor, item index, failure reason). A failed or skipped item carries a zero tensor and
 its reason, so one bad file costs one row, not the run, and DataLoader workers never raise.
@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from wildcapture.data.fast_decode import load_for_model
+from wildcapture.data.fast_decode import load_rgb_at_least
 from wildcapture.errors import DatasetError
 from wildcapture.detection.items import Item
 
@@ -33,7 +33,7 @@ class DetectionImages(Dataset):
         if item.skip:
             return blank, index, item.skip
         try:
-            image = load_for_model(item.path, item.bbox, min(self.input_size), self.margin)
+            image = load_rgb_at_least(item.path, item.bbox, self.input_size, self.margin)
         except DatasetError as err:
             return blank, index, str(err)
         return self.transform(image), index, ""
