@@ -107,7 +107,8 @@ def test_other_formats_decode_in_full_with_same_crop(tmp_path):
     path = tmp_path / "scene.png"
     _scene(400, 300).convert("L").save(path)  # grayscale, as night infrared: converted to RGB as load_rgb does
     fast = load_rgb_at_least(path, (0.25, 0.5, 0.5, 0.5), 16)
-    assert fast.mode == "RGB" and np.array_equal(np.asarray(fast), np.asarray(load_rgb(path).crop((100, 150, 300, 300))))
+    assert fast.mode == "RGB"
+    assert np.array_equal(np.asarray(fast), np.asarray(load_rgb(path).crop((100, 150, 300, 300))))
 
 
 def test_exif_orientation_box_in_displayed_coordinates(tmp_path):

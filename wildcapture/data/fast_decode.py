@@ -55,9 +55,10 @@ def load_rgb_at_least(path: str | Path, box: Box | None, min_size: int | tuple[i
 
     ``box``: normalised [x, y, w, h] of the image as displayed (after EXIF orientation), widened by
     ``margin`` x its width (height) on each side and clipped to the image (`megadetector.pixel_box`, the
-    rule training crops use too). ``min_size``: the model's input
-    size, an int or (height, width). The result is a reduced-scale version of `images.load_rgb` + crop:
-    the same pixels exactly when the scale is 1. Its size is about the crop's size times the scale.
+    rule training crops use too). ``min_size``: the model's input size, an int or (height, width). The
+    result is a reduced-scale version of `images.load_rgb` + crop, the same pixels exactly when the scale
+    is 1; at scale 1/k the crop is the box rounded outwards to whole decoded pixels (up to k - 1 more
+    full-resolution pixels on each side), never smaller than ``min_size`` unless the full-resolution crop is.
 
     Raises DatasetError naming ``path`` if the file is missing, empty, truncated or not an image, or if
     ``box`` is not finite.
@@ -69,7 +70,7 @@ def load_rgb_at_least(path: str | Path, box: Box | None, min_size: int | tuple[i
         pixels = (0, 0, *full_size) if box is None else pixel_box(box, full_size, margin)
         x0, y0, x1, y1 = pixels
         reduction = round(1 / decode_scale((x1 - x0, y1 - y0), min_size))
-        if reduction > 1:  # draft's size is the stored one; it picks the largest 1/k that still covers it
+        if reduction > 1:  # stored size // k makes draft pick 1/k exactly; a rounded-up size may get 1/(k/2)
             image.draft("RGB", (max(1, image.width // reduction), max(1, image.height // reduction)))
         image.load()
         image = to_rgb(ImageOps.exif_transpose(image))
