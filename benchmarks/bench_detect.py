@@ -1,0 +1,146 @@
+"""detect.py on real camera-trap frames: images/s against a plain full decode, the decode share, peak memory.
+
+    python benchmarks/bench_detect.py ../shared/wildcapture_samples/frames [--n 200] [--memory 300 3000]
+
+The frames are hard-linked N times into a temporary folder. The detectors are randomly initialised
+(speed and memory do not depend on the weights) and written in the project's checkpoint formats:
+- digits: the default stage-1 ViT (16x16 input, 4x4 heatmaps) with a CAE at `--cae-size` (default 128);
+- vitb: `vit_base_patch16_224` (224x224, 14x14 heatmaps) with the paper's 128x128 CAE.
+Reported in one run: (1) a plain full decode + resize of every file to the model input, one process;
+(2) `detect()` on the same files, whole images, one process; their ratio; (3) for vitb, the decode
+share: the time of `load_rgb_at_least` + transform alone over the time of detect; (4) the peak resident
+memory of `detect.py` (a fresh process each) on `--memory` image counts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from wildcapture.cae import ConvAutoencoder
+from wildcapture.cae.checkpoint import CAE_FORMAT
+from wildcapture.config import load_config
+from wildcapture.data import build_transforms, data_identity, load_rgb
+from wildcapture.data.fast_decode import load_rgb_at_least
+from wildcapture.detection.run import DetectOptions, detect
+from wildcapture.paths import REPO_ROOT
+from wildcapture.provenance import classifier_identity
+from wildcapture.storage import save_checkpoint
+from wildcapture.vit import build_vit, model_args_from_config
+
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def make_detector(folder: Path, kind: str, cae_size: int) -> Path:
+    """Write a random classifier and a CAE checkpoint naming it into `folder`; returns the CAE's path."""
+    if kind == "digits":
+        cfg = load_config(REPO_ROOT / "Train_Vit_Classifier" / "config")
+        model_args = model_args_from_config(cfg["model"], num_classes=5)
+    else:
+        model_args = {"name": "vit_base_patch16_224", "num_classes": 7, "kwargs": {}}
+    torch.manual_seed(0)
+    model = build_vit(model_args)
+    size = list(model.patch_embed.img_size)
+    spec = {"input_size": size, "mean": IMAGENET[0], "std": IMAGENET[1], "interpolation": "bilinear"}
+    names = [str(i) for i in range(model_args["num_classes"])]
+    vit_path = folder / f"{kind}_vit.pth"
+    save_checkpoint({"model": model.state_dict(), "model_args": model_args, "class_names": names,
+                     "input_spec": spec, "format": "wildcapture-vit-1"}, vit_path)
+    cae = ConvAutoencoder(cae_size, 512)
+    provenance = {"run_id": "bench", "classifier": classifier_identity(vit_path, model_args, names),
+                  "input_spec": spec, "heatmap": {"kind": "cls_last", "block": -1},
+                  "data": data_identity({"name": "imagefolder"}), "heatmap_files": {}}
+    cae_path = folder / f"{kind}_cae.pth"
+    save_checkpoint({"format": CAE_FORMAT, "model_args": cae.constructor_args(), "prep": {"resize": "bilinear",
+                     "norm": "max"}, "heatmaps": provenance, "model": cae.state_dict(), "threshold": 0.01},
+                    cae_path)
+    return cae_path
+
+
+def link_frames(frames: Path, target: Path, n: int) -> list[Path]:
+    """Hard-link the frames into `target` until it holds `n` images; returns their paths."""
+    target.mkdir(parents=True, exist_ok=True)
+    sources = sorted(p for p in frames.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = []
+    for i in range(n):
+        path = target / f"{i:06d}{sources[i % len(sources)].suffix}"
+        os.link(sources[i % len(sources)], path)
+        paths.append(path)
+    return paths
+
+
+def seconds(work) -> tuple[float, float]:
+    """(wall, CPU) seconds of `work()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def plain_decode(paths: list[Path], size: list[int]) -> None:
+    """A full decode + the model's eval transform of every file: the baseline a naive loader pays."""
+    _, eval_tf = build_transforms({}, size, *IMAGENET, "bilinear")
+    for path in paths:
+        eval_tf(load_rgb(path))
+
+
+def fast_decode(paths: list[Path], size: list[int]) -> None:
+    """detect.py's decode alone: `load_rgb_at_least` + the eval transform of every file."""
+    _, eval_tf = build_transforms({}, size, *IMAGENET, "bilinear")
+    for path in paths:
+        eval_tf(load_rgb_at_least(path, None, tuple(size)))
+
+
+def peak_memory(folder: Path, cae: Path, out: Path) -> float:
+    """Peak resident memory (MiB) of a fresh `detect.py` process scoring `folder`."""
+    code = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__'); "
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    cmd = [sys.executable, "-c", code, str(REPO_ROOT / "detect.py"), str(folder), "--cae", str(cae), "--out", str(out),
+           "--device", "cpu", "--overwrite"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    return int(result.stdout.split("PEAK")[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("frames", type=Path, help="folder of camera-trap frames, e.g. ../shared/wildcapture_samples/frames")
+    parser.add_argument("--n", type=int, default=200, help="images in the speed runs")
+    parser.add_argument("--cae-size", type=int, default=128)
+    parser.add_argument("--memory", type=int, nargs="*", default=[300, 3000], help="image counts of the memory runs")
+    parser.add_argument("--skip-vitb", action="store_true")
+    args = parser.parse_args()
+    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = link_frames(args.frames, tmp / "images", args.n)
+        for kind in ("digits", *(() if args.skip_vitb else ("vitb",))):
+            cae = make_detector(tmp, kind, args.cae_size)
+            size = [16, 16] if kind == "digits" else [224, 224]
+            plain = seconds(lambda: plain_decode(paths, size))
+            decode = seconds(lambda: fast_decode(paths, size))
+            run = seconds(lambda: detect(tmp / "images", cae, tmp / f"{kind}.csv",
+                                         DetectOptions(device="cpu", overwrite=True)))
+            n = len(paths)
+            print(f"{kind}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "
+                  f"detect {n / run[0]:.1f} img/s ({1000 * run[1] / n:.1f} CPU ms/img): detect is "
+                  f"{plain[0] / run[0]:.2f}x the plain decode's speed; its decode alone {n / decode[0]:.1f} img/s = "
+                  f"{decode[0] / run[0]:.0%} of detect's time", flush=True)
+        cae = make_detector(tmp, "digits", args.cae_size)
+        for count in args.memory:
+            folder = tmp / f"memory{count}"
+            link_frames(args.frames, folder, count)
+            mib = peak_memory(folder, cae, tmp / f"memory{count}.csv")
+            print(f"peak memory of detect.py (digits ViT, {args.cae_size}x{args.cae_size} CAE) on {count} images: "
+                  f"{mib:.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
