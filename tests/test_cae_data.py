@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wildcapture.cae import iterate_batches, load_heatmaps, prepare_heatmaps
+from wildcapture.cae import HeatmapPrep, iterate_batches, load_heatmaps, prepare_heatmaps
 
 
 def test_max_norm_gives_per_image_max_one():
@@ -53,6 +53,35 @@ def test_unknown_mode_or_norm_lists_valid_ones():
         prepare_heatmaps(torch.rand(1, 4, 4), 8, mode="bicubic")
     with pytest.raises(ValueError, match="max, minmax, none"):
         prepare_heatmaps(torch.rand(1, 4, 4), 8, norm="zscore")
+    with pytest.raises(ValueError, match="max, minmax, none"):
+        HeatmapPrep(8, "bilinear", "zscore")
+
+
+@pytest.mark.parametrize("mode, norm", [("bilinear", "max"), ("nearest", "minmax"), ("bilinear", "none")])
+def test_prep_of_any_batch_equals_preparing_all_at_once(mode, norm):
+    heatmaps = torch.rand(10, 14, 14, generator=torch.Generator().manual_seed(0))
+    heatmaps[3] = 0.0  # an all-zero map among others
+    prep = HeatmapPrep(32, mode, norm)
+    whole = prepare_heatmaps(heatmaps, 32, mode, norm)
+    for batch_size in (1, 4, 10):
+        batches = torch.cat([prep(b) for b in heatmaps.split(batch_size)])
+        assert batches.shape == (10, 1, 32, 32) and batches.dtype == torch.float32
+        assert torch.equal(batches, whole)
+    shuffled = torch.tensor([7, 3, 0, 9])
+    assert torch.equal(prep(heatmaps.index_select(0, shuffled)), whole.index_select(0, shuffled))
+    assert torch.equal(prep(heatmaps.double()), whole)  # any float input is prepared in float32
+    with pytest.raises(ValueError, match=r"\(N, h, w\)"):
+        prep(heatmaps[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prep_runs_on_the_batch_device():
+    heatmaps = torch.rand(6, 14, 14, generator=torch.Generator().manual_seed(0))
+    for mode, norm in (("bilinear", "max"), ("nearest", "minmax")):
+        prep = HeatmapPrep(128, mode, norm)
+        on_gpu = prep(heatmaps.cuda())
+        assert on_gpu.device.type == "cuda"
+        torch.testing.assert_close(on_gpu.cpu(), prep(heatmaps), rtol=1e-6, atol=1e-7)
 
 
 def test_iterate_batches_covers_all_rows_once_and_is_seeded():

@@ -4,14 +4,19 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from wildcapture.cae import (
     ConvAutoencoder,
+    HeatmapPrep,
     ood_threshold,
+    prepare_heatmaps,
     reconstruct,
     reconstruction_errors,
     train_one_epoch,
 )
+
+PREP = HeatmapPrep(16, "bilinear", "max")
 
 
 def _model(size=16, zdim=8, seed=0):
@@ -19,47 +24,108 @@ def _model(size=16, zdim=8, seed=0):
     return ConvAutoencoder(size, zdim)
 
 
+def _maps(n, side=6, seed=0):
+    """n raw heatmaps (n, side, side) in [0.1, 1.1): no all-zero map."""
+    return torch.rand(n, side, side, generator=torch.Generator().manual_seed(seed)) + 0.1
+
+
 def test_reconstruction_errors_match_direct_computation_for_any_batch_size():
     model = _model()
-    x = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = _maps(10)
+    x = prepare_heatmaps(maps, 16)
     model.eval()
     with torch.no_grad():
         direct = ((model(x).double() - x.double()) ** 2).mean(dim=(1, 2, 3)).numpy()
     model.train()
     for batch_size in (1, 3, 7, 10):
-        errors = reconstruction_errors(model, x, batch_size, "cpu")
+        errors = reconstruction_errors(model, maps, PREP, batch_size, "cpu")
         assert errors.shape == (10,) and errors.dtype == np.float64
         np.testing.assert_allclose(errors, direct, rtol=1e-5, atol=0)
     assert model.training  # restored after scoring
 
 
-def test_reconstruct_returns_model_output():
+def test_reconstruct_returns_model_output_of_the_prepared_heatmaps():
     model = _model().eval()
-    x = torch.rand(5, 1, 16, 16)
+    maps = _maps(5)
     with torch.no_grad():
-        expected = model(x)
-    torch.testing.assert_close(reconstruct(model, x, 2, "cpu"), expected)
+        expected = model(prepare_heatmaps(maps, 16))
+    torch.testing.assert_close(reconstruct(model, maps, PREP, 2, "cpu"), expected)
+    assert reconstruct(model, maps[:0], PREP, 2, "cpu").shape == (0, 1, 16, 16)
 
 
 def test_train_one_epoch_reduces_loss():
     model = _model(seed=1)
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(24, 1, 16, 16, generator=gen)
+    maps = _maps(24)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    before = reconstruction_errors(model, x, 8, "cpu").mean()
-    losses = [train_one_epoch(model, x, optimizer, 8, gen, "cpu", progress=False) for _ in range(8)]
+    before = reconstruction_errors(model, maps, PREP, 8, "cpu").mean()
+    losses = [train_one_epoch(model, maps, PREP, optimizer, 8, gen, "cpu", progress=False) for _ in range(8)]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
-    assert reconstruction_errors(model, x, 8, "cpu").mean() < before
+    assert reconstruction_errors(model, maps, PREP, 8, "cpu").mean() < before
 
 
 def test_train_one_epoch_stops_on_non_finite_loss():
     model = _model()
-    x = torch.rand(6, 1, 16, 16)
-    x[4, 0, 3, 3] = float("nan")
+    maps = _maps(6)
+    maps[4, 3, 3] = float("nan")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    unnormalised = HeatmapPrep(16, "bilinear", "none")  # max/minmax turn a map with a NaN into zeros
     with pytest.raises(RuntimeError, match=r"non-finite loss .* epoch 3, step"):
-        train_one_epoch(model, x, optimizer, 2, torch.Generator().manual_seed(0), "cpu", progress=False, epoch=3)
+        train_one_epoch(model, maps, unnormalised, optimizer, 2, torch.Generator().manual_seed(0), "cpu",
+                        progress=False, epoch=3)
+
+
+def _reference_prepare(maps, size, resize, norm):
+    """Stage 3 before per-batch preparation, written out: every map resized up front, then normalised
+    by its max (norm "max") or to [0, 1] (norm "minmax"). Returns (N, 1, size, size)."""
+    mode = {"bilinear": "bilinear", "nearest": "nearest-exact"}[resize]
+    x = F.interpolate(maps[:, None], size=(size, size), mode=mode,
+                      **({"align_corners": False} if resize == "bilinear" else {}))
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    if norm == "max":
+        return x / hi
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    return (x - lo) / (hi - lo)
+
+
+def _reference_epoch(model, x, optimizer, batch_size, generator):
+    """The former training loop over a prepared tensor x (N, 1, S, S): one randperm, index_select batches,
+    MSE, Adam. Returns the epoch's mean loss weighted by batch size."""
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        batch = x.index_select(0, order[start:start + batch_size])
+        loss = F.mse_loss(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+    return total / len(x)
+
+
+@pytest.mark.parametrize("resize, norm", [("bilinear", "max"), ("nearest", "minmax")])
+def test_per_batch_preparation_trains_and_scores_exactly_like_preparing_everything_first(resize, norm):
+    maps, prep = _maps(21), HeatmapPrep(16, resize, norm)  # 21: the last batch of 8 is partial
+    x = _reference_prepare(maps, 16, resize, norm)
+    ours, theirs = _model(), _model()
+    ours_opt, theirs_opt = (torch.optim.Adam(m.parameters(), lr=1e-3) for m in (ours, theirs))
+    for epoch in range(2):
+        ours_loss = train_one_epoch(ours, maps, prep, ours_opt, 8, torch.Generator().manual_seed(epoch), "cpu",
+                                    progress=False)
+        assert ours_loss == _reference_epoch(theirs, x, theirs_opt, 8, torch.Generator().manual_seed(epoch))
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    for ours_state, theirs_state in zip(ours_opt.state.values(), theirs_opt.state.values()):
+        assert all(torch.equal(ours_state[k], theirs_state[k]) for k in theirs_state)
+
+    theirs.eval()
+    with torch.no_grad():  # the former scoring: batches of 5 of the prepared tensor
+        expected = torch.cat([((theirs(b).double() - b.double()) ** 2).mean(dim=(1, 2, 3)) for b in x.split(5)])
+    errors = reconstruction_errors(ours, maps, prep, 5, "cpu")
+    np.testing.assert_array_equal(errors, expected.numpy())
+    assert ood_threshold(errors) == ood_threshold(expected.numpy())
 
 
 def test_ood_threshold_accepts_fraction_of_val():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from wildcapture.cae import ConvAutoencoder, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae import ConvAutoencoder, HeatmapPrep, ood_threshold, prepare_heatmaps, reconstruction_errors
 from wildcapture.cae.inputs import load_split_heatmaps
 from wildcapture.data import DatasetError
 from wildcapture.errors import IncompleteOutputError
@@ -19,6 +19,8 @@ from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run
 
 from stage_helpers import cae_config
+
+PREP = HeatmapPrep(16, "bilinear", "max")  # the tiny stage-3 config's
 
 
 def _load(path):
@@ -62,7 +64,7 @@ def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_che
     raw = np.load(tiny_heatmaps / "heatmaps" / "val_id" / "heatmaps.npy")
     x = prepare_heatmaps(raw, 16, "bilinear", "max")
     model = _model(best)
-    errors = reconstruction_errors(model, x, 5, "cpu")
+    errors = reconstruction_errors(model, torch.from_numpy(raw), PREP, 5, "cpu")
     with torch.no_grad():
         direct = ((model(x).double() - x.double()) ** 2).mean(dim=(1, 2, 3)).numpy()
     np.testing.assert_allclose(errors, direct, rtol=1e-6)
@@ -107,6 +109,27 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmap
     assert _load(folder / "best.pth")["threshold"] == _load(reference / "best.pth")["threshold"]
 
 
+def test_heatmaps_stay_at_their_native_size_in_memory(tiny_heatmaps, tmp_path, monkeypatch):
+    # what stage 3 keeps for the whole run is what it hands the loops: raw (N, h, w) float32 tensors,
+    # N * h * w * 4 bytes (not N * S * S * 4 prepared ones); each batch is prepared by the config's HeatmapPrep
+    seen = []
+
+    def spy(real):
+        def wrapper(model, heatmaps, prep, *args, **kwargs):
+            seen.append((real.__name__, tuple(heatmaps.shape), heatmaps.dtype,
+                         heatmaps.untyped_storage().nbytes(), prep))
+            return real(model, heatmaps, prep, *args, **kwargs)
+        return wrapper
+
+    for name in ("train_one_epoch", "reconstruction_errors"):
+        monkeypatch.setattr(train_cae, name, spy(getattr(train_cae, name)))
+    run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1"))
+    n, h, w = np.load(tiny_heatmaps / "heatmaps" / "train_id" / "heatmaps.npy").shape
+    assert (n, h, w) == (40, 4, 4)  # and the CAE input is 16 x 16: prepared, they would take 16x the bytes
+    assert seen == [(name, (40, 4, 4), torch.float32, 40 * 4 * 4 * 4, PREP)
+                    for name in ("train_one_epoch", "reconstruction_errors")]
+
+
 def test_early_stopping_stops_when_val_loss_stalls(tiny_heatmaps, tmp_path):
     # lr=1e-30: the Adam steps vanish in float32 rounding, so the val loss of epoch 0 is never beaten
     record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=20", "train.lr=1e-30",
@@ -132,13 +155,14 @@ def test_heatmap_png_csv_inputs(tiny_heatmaps, tmp_path):
 
     best = _load(tmp_path / "cae" / "best.pth")
     png_cfg = cae_config(tiny_heatmaps / "heatmaps", tmp_path, f"inputs.val_id={csvs['val_id']}")
-    x_png = prepare_heatmaps(load_split_heatmaps(png_cfg, "val_id", None), 16, "bilinear", "max")
+    raw_png = load_split_heatmaps(png_cfg, "val_id", None)
+    x_png = prepare_heatmaps(raw_png, 16, "bilinear", "max")
     # the 8-bit PNGs are the npy heatmaps scaled by their max, to within rounding
     x_npy = prepare_heatmaps(raws["val_id"], 16, "bilinear", "max")
     assert x_png.shape == (40, 1, 16, 16)
     np.testing.assert_allclose(x_png.numpy(), x_npy.numpy(), atol=2 / 255)
     assert not torch.equal(x_png, x_npy)  # and they really were read from the PNGs
-    errors = reconstruction_errors(_model(best), x_png, 40, "cpu")
+    errors = reconstruction_errors(_model(best), torch.from_numpy(raw_png), PREP, 40, "cpu")
     assert best["threshold"] == pytest.approx(ood_threshold(errors, 0.95), rel=1e-6)
     assert best["val_loss"] == pytest.approx(errors.mean(), rel=1e-6)
     # the CAE records which files it learned, by digest, in place of a classifier

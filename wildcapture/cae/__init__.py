@@ -7,6 +7,7 @@ from wildcapture.cae.engine import (
 )
 from wildcapture.cae.heatmap_data import (
     NORMS,
+    HeatmapPrep,
     RESIZE_MODES,
     iterate_batches,
     load_heatmaps,
@@ -16,6 +17,7 @@ from wildcapture.cae.model import ConvAutoencoder
 
 __all__ = [
     "ConvAutoencoder",
+    "HeatmapPrep",
     "NORMS",
     "RESIZE_MODES",
     "iterate_batches",

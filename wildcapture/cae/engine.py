@@ -10,13 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from wildcapture.cae.heatmap_data import iterate_batches
+from wildcapture.cae.heatmap_data import HeatmapPrep, iterate_batches
 from wildcapture.errors import NonFiniteLossError
 
 
 def train_one_epoch(
     model: nn.Module,
-    x_train: torch.Tensor,
+    heatmaps: torch.Tensor,
+    prep: HeatmapPrep,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
     generator: Optional[torch.Generator],
@@ -24,18 +25,20 @@ def train_one_epoch(
     progress: bool = True,
     epoch: Optional[int] = None,
 ) -> float:
-    """Train one pass over shuffled x_train (N, 1, S, S) with the MSE reconstruction loss.
+    """Train one pass over the shuffled raw heatmaps (N, h, w) with the MSE reconstruction loss.
 
+    Each batch is moved to `device` (a no-op when heatmaps already live there) and prepared there by
+    `prep` into the CAE's input (B, 1, S, S); shuffling is one `torch.randperm(N, generator=generator)`.
     Returns the epoch's mean training MSE per pixel (batch losses weighted by batch size).
     Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step.
     """
     model.train()
     total, seen = 0.0, 0
-    n_steps = math.ceil(x_train.shape[0] / batch_size)
-    batches = iterate_batches(x_train, batch_size, shuffle=True, generator=generator)
+    n_steps = math.ceil(heatmaps.shape[0] / batch_size)
+    batches = iterate_batches(heatmaps, batch_size, shuffle=True, generator=generator)
     desc = "train" if epoch is None else f"train epoch {epoch}"
     for step, (_, batch) in enumerate(tqdm(batches, total=n_steps, desc=desc, disable=not progress, leave=False)):
-        batch = batch.to(device, non_blocking=True)
+        batch = prep(batch.to(device, non_blocking=True))
         loss = F.mse_loss(model(batch), batch)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -51,36 +54,42 @@ def train_one_epoch(
     return total / seen
 
 
-def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (batch, reconstruction) on `device` for x in order, in eval mode without grad."""
+def _outputs(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
+             device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (prepared batch, reconstruction), both (B, 1, S, S) on `device`, for the raw heatmaps (N, h, w)
+    in order, in eval mode without grad."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for _, batch in iterate_batches(x, batch_size, shuffle=False):
-                batch = batch.to(device)
+            for _, batch in iterate_batches(heatmaps, batch_size, shuffle=False):
+                batch = prep(batch.to(device))
                 yield batch, model(batch)
     finally:
         model.train(was_training)
 
 
-def reconstruction_errors(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> np.ndarray:
+def reconstruction_errors(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
+                          device: torch.device | str) -> np.ndarray:
     """Return each image's mean squared reconstruction error, shape (N,) float64.
 
-    x: (N, 1, S, S). The error of image i is mean over its pixels of (model(x)_i - x_i)^2,
-    so it does not depend on batch_size (up to the convolution's float rounding).
+    heatmaps: raw (N, h, w), prepared per batch on `device` by `prep` into x (B, 1, S, S). The error of
+    image i is mean over its pixels of (model(x)_i - x_i)^2, so it does not depend on batch_size (up to
+    the convolution's float rounding).
     """
     errors = [
         ((recon.double() - batch.double()) ** 2).mean(dim=(1, 2, 3)).cpu()
-        for batch, recon in _outputs(model, x, batch_size, device)
+        for batch, recon in _outputs(model, heatmaps, prep, batch_size, device)
     ]
     return torch.cat(errors).numpy() if errors else np.zeros(0, dtype=np.float64)
 
 
-def reconstruct(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
-    """Return the reconstructions of x (N, 1, S, S) as a float32 CPU tensor of the same shape."""
-    outs = [recon.float().cpu() for _, recon in _outputs(model, x, batch_size, device)]
-    return torch.cat(outs) if outs else torch.empty_like(x, device="cpu")
+def reconstruct(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
+                device: torch.device | str) -> torch.Tensor:
+    """Return the reconstructions of the raw heatmaps (N, h, w), prepared per batch by `prep`:
+    float32 (N, 1, S, S) on the CPU."""
+    outs = [recon.float().cpu() for _, recon in _outputs(model, heatmaps, prep, batch_size, device)]
+    return torch.cat(outs) if outs else torch.empty(0, 1, prep.size, prep.size)
 
 
 def ood_threshold(val_errors: np.ndarray, accept_fraction: float = 0.95) -> float:

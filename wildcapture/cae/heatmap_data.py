@@ -1,11 +1,14 @@
-"""Heatmaps for the CAE: load them, resize and normalise them once, batch them in memory.
+"""Heatmaps for the CAE: load them, batch them in memory, resize and normalise them per batch.
 
-The data is small (N x 14 x 14 for a ViT-B/16), so every prepared heatmap lives in one
-tensor; an epoch is a `torch.randperm` plus `index_select`, with no DataLoader and no
-per-image Python work.
+The raw heatmaps are small (N x 14 x 14 float32 for a ViT-B/16: 784 bytes each), so they live
+in one tensor at their native size; an epoch is a `torch.randperm` plus `index_select`, with no
+DataLoader and no per-image Python work, and each batch is resized to the CAE's input and
+normalised (`HeatmapPrep`) on the device it is on. Prepared up front, 128 x 128 maps would take
+64 KiB each.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -17,7 +20,7 @@ from wildcapture.heatmaps.export import read_heatmap_pngs
 
 RESIZE_MODES = ("bilinear", "nearest")
 NORMS = ("max", "minmax", "none")
-_PREP_CHUNK = 4096  # images per F.interpolate call: bounds peak memory for large N
+_PREP_CHUNK = 4096  # images per HeatmapPrep call in prepare_heatmaps: bounds its temporaries
 
 
 def load_heatmaps(source: str | Path) -> np.ndarray:
@@ -61,38 +64,65 @@ def _load_csv(path: Path) -> np.ndarray:
     return np.ascontiguousarray(heatmaps, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class HeatmapPrep:
+    """How raw heatmaps become the CAE's input: resize to size x size, then normalise each map.
+
+    size: the CAE's input side S (pixels). resize: "bilinear" (align_corners=False) or "nearest"
+    (pixel-centre aligned, torch's "nearest-exact"; equal to repeating cells for integer factors).
+    norm: "max" divides each map by its maximum (the paper); "minmax" maps each to [0, 1]; "none"
+    leaves values. Maps whose max (resp. max - min) is 0 become zeros.
+    """
+
+    size: int
+    resize: str = "bilinear"
+    norm: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {self.resize!r}; valid: {', '.join(RESIZE_MODES)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return batch (B, h, w) prepared: float32 (B, 1, size, size) on batch's device.
+
+        Each map is prepared on its own, so the result does not depend on which maps share a batch.
+        """
+        if batch.dim() != 3:
+            raise ValueError(f"heatmaps must have shape (N, h, w), got {tuple(batch.shape)}")
+        x = batch.to(torch.float32).unsqueeze(1)
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            if self.resize == "bilinear":
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            else:
+                x = F.interpolate(x, size=(self.size, self.size), mode="nearest-exact")
+        return _normalise(x, self.norm)
+
+
 def prepare_heatmaps(
     heatmaps: torch.Tensor | np.ndarray, size: int, mode: str = "bilinear", norm: str = "max"
 ) -> torch.Tensor:
-    """Resize heatmaps to size x size and normalise each one.
+    """Return every heatmap (N, h, w) prepared by `HeatmapPrep(size, mode, norm)`: float32 (N, 1, size, size)
+    on the CPU, N * size * size * 4 bytes.
 
-    heatmaps: (N, h, w). mode: "bilinear" (align_corners=False) or "nearest" (pixel-centre
-    aligned, torch's "nearest-exact"; equal to repeating cells for integer factors).
-    norm: "max" divides each map by its maximum (the paper); "minmax" maps each to
-    [0, 1]; "none" leaves values. Maps whose max (resp. max - min) is 0 become zeros.
-    Returns a float32 tensor (N, 1, size, size) on the CPU.
+    For callers that need the whole prepared tensor (the reconstruction gallery); training and scoring
+    prepare batch by batch instead.
     """
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {mode!r}; valid: {', '.join(RESIZE_MODES)}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
+    prep = HeatmapPrep(size, mode, norm)
     heatmaps = torch.as_tensor(heatmaps)
     if heatmaps.dim() != 3:
         raise ValueError(f"heatmaps must have shape (N, h, w), got {tuple(heatmaps.shape)}")
     heatmaps = heatmaps.detach().to("cpu", torch.float32)
     out = torch.empty(heatmaps.shape[0], 1, size, size, dtype=torch.float32)
     for start in range(0, heatmaps.shape[0], _PREP_CHUNK):
-        chunk = heatmaps[start:start + _PREP_CHUNK].unsqueeze(1)
-        if tuple(chunk.shape[-2:]) != (size, size):
-            if mode == "bilinear":
-                chunk = F.interpolate(chunk, size=(size, size), mode="bilinear", align_corners=False)
-            else:
-                chunk = F.interpolate(chunk, size=(size, size), mode="nearest-exact")
-        out[start:start + chunk.shape[0]] = _normalise(chunk, norm)
+        chunk = prep(heatmaps[start:start + _PREP_CHUNK])
+        out[start:start + chunk.shape[0]] = chunk
     return out
 
 
 def _normalise(x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Return x (B, 1, S, S) normalised per map by `norm` (see `HeatmapPrep`), same shape."""
     if norm == "none":
         return x
     hi = x.amax(dim=(-2, -1), keepdim=True)

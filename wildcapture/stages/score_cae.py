@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from wildcapture.cae import reconstruct
 from wildcapture.cae.checkpoint import load_cae
@@ -82,7 +83,7 @@ def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], met
         bench = None  # images moved since stage 2: the gallery shows heatmaps only
     maps = np.stack([raw[result["split"][i]][result["rows"][i]] for i in picks])
     x = detector.prepare(maps)
-    recons = reconstruct(detector.model, x, len(picks), "cpu")[:, 0].numpy()
+    recons = reconstruct(detector.model, torch.from_numpy(maps), detector.prep, len(picks), "cpu")[:, 0].numpy()
     rows = []
     for rank, i in enumerate(picks):
         split, row = result["split"][i], result["rows"][i]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from wildcapture.cae import ConvAutoencoder, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae import ConvAutoencoder, HeatmapPrep, ood_threshold, reconstruction_errors
 from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.cae.engine import train_one_epoch
 from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
@@ -55,8 +55,10 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     train_cfg, cae_cfg = cfg["train"], cfg["cae"]
     meta = stage2_meta(cfg, TRAIN_SPLITS)
     provenance = heatmap_provenance(meta) if meta is not None else external_provenance(cfg, TRAIN_SPLITS)
-    x_train, x_val = (prepare_heatmaps(load_split_heatmaps(cfg, split, meta), cae_cfg["input_size"],
-                                       cae_cfg["resize"], cae_cfg["norm"]).to(device) for split in TRAIN_SPLITS)
+    prep = HeatmapPrep(cae_cfg["input_size"], cae_cfg["resize"], cae_cfg["norm"])
+    # raw (N, h, w) heatmaps on the device, prepared batch by batch: N * h * w * 4 bytes, not N * S * S * 4
+    train_maps, val_maps = (torch.from_numpy(load_split_heatmaps(cfg, split, meta)).to(device)
+                            for split in TRAIN_SPLITS)
     model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     training = TrainingRun(out, STAGE)
@@ -69,9 +71,9 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
         start_epoch, best_loss, stale = state["epoch"] + 1, state["best_val_loss"], state["stale_epochs"]
     write_yaml(training.path("config.yaml"), cfg)
     ckpt_meta = {"format": CAE_FORMAT, "model_args": model.constructor_args(),
-                 "prep": {"resize": cae_cfg["resize"], "norm": cae_cfg["norm"]}, "heatmaps": provenance, "config": cfg}
-    print(f"stage 3: CAE {cae_cfg['input_size']}x{cae_cfg['input_size']} on {len(x_train)} train_id / "
-          f"{len(x_val)} val_id heatmaps, device {device}; writing to {out}", flush=True)
+                 "prep": {"resize": prep.resize, "norm": prep.norm}, "heatmaps": provenance, "config": cfg}
+    print(f"stage 3: CAE {cae_cfg['input_size']}x{cae_cfg['input_size']} on {len(train_maps)} train_id / "
+          f"{len(val_maps)} val_id heatmaps, device {device}; writing to {out}", flush=True)
 
     record: dict[str, Any] = {"best_val_loss": best_loss}
     patience = train_cfg["early_stopping"]
@@ -80,9 +82,9 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     for epoch in epochs:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(epoch_seed(cfg["seed"], epoch))
-        train_loss = train_one_epoch(model, x_train, optimizer, train_cfg["batch_size"], generator, device,
+        train_loss = train_one_epoch(model, train_maps, prep, optimizer, train_cfg["batch_size"], generator, device,
                                      epoch=epoch)
-        val_errors = reconstruction_errors(model, x_val, train_cfg["eval_batch_size"], device)
+        val_errors = reconstruction_errors(model, val_maps, prep, train_cfg["eval_batch_size"], device)
         val_loss = float(val_errors.mean())
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}
         if val_loss < best_loss:
