@@ -26,6 +26,7 @@ from .errors import DatasetError
 from .images import FileImages, box_source
 from .splits import Benchmark, ImageSplit, split_id_pool
 
+MAX_LISTED = 50  # unreadable annotated images named in the error
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
 PAPER_ID_SPECIES = ["Domestic Cattle", "Eurasian Badger", "European Hare", "Grey Wolf", "Red Deer", "Red Fox",
@@ -48,7 +49,7 @@ def list_images(class_dir: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
 
 
-def _class_items(folder: Path, class_folder: str, annotations: Annotations, used: set[str]
+def _class_items(folder: Path, class_folder: str, annotations: Annotations, used: set[str], unreadable: list[str]
                  ) -> list[list[str]]:
     """Sources of one class, grouped per image: [[source, ...] per image kept]. Adds the annotation keys
     hit to ``used``."""
@@ -58,14 +59,18 @@ def _class_items(folder: Path, class_folder: str, annotations: Annotations, used
     groups = []
     for path in images:
         key = normalize_relpath(path.relative_to(folder).as_posix())
-        boxes = annotations.crop_boxes(key, path)
+        try:
+            boxes = annotations.crop_boxes(key, path)
+        except DatasetError as err:  # a MegaDetector box needs the image's size: collect every bad file
+            unreadable.append(str(err))
+            continue
         if boxes is None:
             groups.append([str(path)])
             continue
         used.add(key)
         if boxes:
             groups.append([box_source(path, box) for box in boxes])
-    if not groups:
+    if not groups and not unreadable:
         raise DatasetError(f"annotation file {annotations.path} leaves out every image of class folder "
                            f"{folder / class_folder}, e.g. {key}: {annotations.skipped[key]}")
     return groups
@@ -114,8 +119,14 @@ def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[s
     annotations = (read_annotation_file(resolve_path(cfg["annotations"]), folder) if cfg["annotations"]
                    else Annotations())
     used: set[str] = set()
-    id_groups = [_class_items(folder, f, annotations, used) for f in id_folders]
-    ood_groups = [_class_items(folder, f, annotations, used) for f in ood_folders]
+    unreadable: list[str] = []
+    id_groups = [_class_items(folder, f, annotations, used, unreadable) for f in id_folders]
+    ood_groups = [_class_items(folder, f, annotations, used, unreadable) for f in ood_folders]
+    if unreadable:
+        listed = "\n  ".join(unreadable[:MAX_LISTED]) + (f"\n  ... and {len(unreadable) - MAX_LISTED} more"
+                                                        if len(unreadable) > MAX_LISTED else "")
+        raise DatasetError(f"{len(unreadable)} annotated image(s) cannot be read, so their boxes cannot be cropped; "
+                           f"replace or delete them (and their entries in {annotations.path}):\n  {listed}")
     _check_annotations_used(folder, annotations, used)
     _report_skipped(annotations, used)
 
