@@ -110,10 +110,7 @@ def prepare_heatmaps(
     prepare batch by batch instead.
     """
     prep = HeatmapPrep(size, mode, norm)
-    heatmaps = torch.as_tensor(heatmaps)
-    if heatmaps.dim() != 3:
-        raise ValueError(f"heatmaps must have shape (N, h, w), got {tuple(heatmaps.shape)}")
-    heatmaps = heatmaps.detach().to("cpu", torch.float32)
+    heatmaps = torch.as_tensor(heatmaps).detach().to("cpu", torch.float32)
     out = torch.empty(heatmaps.shape[0], 1, size, size, dtype=torch.float32)
     for start in range(0, heatmaps.shape[0], _PREP_CHUNK):
         chunk = prep(heatmaps[start:start + _PREP_CHUNK])
