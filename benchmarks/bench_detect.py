@@ -32,7 +32,7 @@ from wildcapture.data.fast_decode import load_rgb_at_least
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.paths import REPO_ROOT
 from wildcapture.provenance import classifier_identity
-from wildcapture.storage import save_checkpoint
+from wildcapture.storage import save_checkpoint, sha256_file
 from wildcapture.vit import build_vit, model_args_from_config
 
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -53,8 +53,9 @@ def make_detector(folder: Path, kind: str, cae_size: int) -> Path:
     vit_path = folder / f"{kind}_vit.pth"
     save_checkpoint({"model": model.state_dict(), "model_args": model_args, "class_names": names,
                      "input_spec": spec, "format": "wildcapture-vit-1"}, vit_path)
+    digest = sha256_file(vit_path)
     cae = ConvAutoencoder(cae_size, 512)
-    provenance = {"run_id": "bench", "classifier": classifier_identity(vit_path, model_args, names),
+    provenance = {"run_id": "bench", "classifier": classifier_identity(vit_path, digest, model_args, names),
                   "input_spec": spec, "heatmap": {"kind": "cls_last", "block": -1},
                   "data": data_identity({"name": "imagefolder"}), "heatmap_files": {}}
     cae_path = folder / f"{kind}_cae.pth"

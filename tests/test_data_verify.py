@@ -156,3 +156,17 @@ def test_imagefolder_benchmark(tmp_path):
     (tmp_path / "birds" / "1.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG header and nothing else
     assert find_unreadable(build_benchmark(cfg), progress=False) == [
         BadImage("test_ood", str(tmp_path / "birds" / "1.jpg"), "not an image file PIL can identify")]
+
+
+def test_a_damaged_exif_block_is_a_reported_failure_like_in_the_loader():
+    from wildcapture.data import load_rgb
+    from wildcapture.data.fast_decode import load_rgb_at_least
+    from wildcapture.data.verify import probe_image
+    from wildcapture.errors import DatasetError
+    from wildcapture.paths import REPO_ROOT
+
+    path = REPO_ROOT / "tests" / "fixtures" / "bad_exif.jpg"  # PIL raises struct.error applying its EXIF
+    for load in (lambda: load_rgb(path), lambda: load_rgb_at_least(path, None, 16)):
+        with pytest.raises(DatasetError, match=f"cannot read image {path}"):
+            load()
+    assert isinstance(probe_image(str(path)), str)  # the pre-training check reports it too

@@ -3,6 +3,7 @@ the JSON keeps every image, bad files are failure rows, and a resumed or 2-proce
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from wildcapture.data import build_transforms, load_rgb
 from wildcapture.detection import engine
 from wildcapture.detection.report import COLUMNS
 from wildcapture.detection.run import DetectOptions, detect
-from wildcapture.errors import CheckpointError, DatasetError
+from wildcapture.errors import CheckpointError, ConfigError, DatasetError
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.megadetector import pixel_box
 from wildcapture.paths import REPO_ROOT, resolve_path
@@ -130,18 +131,19 @@ def test_a_folder_with_bad_files_scores_the_rest_and_lists_each_failure(tmp_path
     (folder / "truncated.jpg").write_bytes((folder / "whole.jpg").read_bytes()[:300])
     (folder / "zero.jpg").write_bytes(b"")
     (folder / "text.jpg").write_text("not an image")
+    shutil.copy(REPO_ROOT / "tests" / "fixtures" / "bad_exif.jpg", folder)  # its EXIF block makes PIL raise struct.error
     out = tmp_path / "detections.csv"
-    summary = detect(folder, tiny_cae / "cae" / "best.pth", out, CPU)
+    summary = detect(folder, tiny_cae / "cae" / "best.pth", out, DetectOptions(batch_size=2, device="cpu", workers=2))
     rows = {r["image"]: r for r in _rows(out)}
-    assert sorted(rows) == ["good0.png", "good1.png", "good2.png", "text.jpg", "truncated.jpg", "whole.jpg", "zero.jpg"]
-    for bad in ("text.jpg", "truncated.jpg", "zero.jpg"):
-        assert str(folder / bad) in rows[bad]["failure"] and rows[bad]["ood_score"] == ""
+    bad = ["bad_exif.jpg", "text.jpg", "truncated.jpg", "zero.jpg"]
+    assert sorted(rows) == sorted(bad + ["good0.png", "good1.png", "good2.png", "whole.jpg"])
+    for name in bad:
+        assert str(folder / name) in rows[name]["failure"] and rows[name]["ood_score"] == ""
     assert all(rows[g]["failure"] == "" and float(rows[g]["ood_score"]) > 0 for g in ("good0.png", "whole.jpg"))
-    assert (summary.scored, summary.failed, summary.empty) == (4, 3, 0)
+    assert (summary.scored, summary.failed, summary.empty) == (4, 4, 0)
     written = json.loads(out.with_suffix(".json").read_text())
     assert [i["file"] for i in written["images"]] == sorted(rows)
-    bad_entries = {i["file"]: i for i in written["images"] if i.get("failure")}
-    assert sorted(bad_entries) == ["text.jpg", "truncated.jpg", "zero.jpg"]
+    assert sorted(i["file"] for i in written["images"] if i.get("failure")) == bad
 
 
 def test_bad_inputs_and_checkpoints_are_named(tiny_cae, tmp_path):
@@ -156,7 +158,12 @@ def test_bad_inputs_and_checkpoints_are_named(tiny_cae, tmp_path):
     torch.save(load_cae(cae_path)[0].state_dict(), tmp_path / "bare.pt")
     with pytest.raises(CheckpointError, match="names no classifier"):
         detect(tmp_path / "empty", tmp_path / "bare.pt", tmp_path / "out.csv", CPU)
-    assert not (tmp_path / "out.csv").exists()
+    with pytest.raises(CheckpointError, match="stores no OOD threshold.*best.pth.*--threshold"):
+        detect(tmp_path / "empty", tiny_cae / "cae" / "last.pth", tmp_path / "out.csv", CPU)
+    (tmp_path / "md.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ConfigError, match="over the input"):  # X.csv's JSON twin would be the input
+        detect(tmp_path / "md.json", cae_path, tmp_path / "md.csv", CPU)
+    assert not (tmp_path / "out.csv").exists() and json.loads((tmp_path / "md.json").read_text()) == {"images": []}
 
 
 def _folder_of(tmp_path: Path, n: int) -> Path:

@@ -99,6 +99,30 @@ def test_a_heatmap_variant_never_replaces_an_experiment_silently(experiment):
     assert "kind: rollout" in (root / "heatmaps" / "heatmaps_meta.yaml").read_text()
 
 
+def test_stage_2_refuses_a_stage_1_folder_without_its_completion_marker(experiment, monkeypatch):
+    root = experiment
+    monkeypatch.setattr(wildcapture.paths, "REPO_ROOT", root)
+    (root / "weights" / "x").mkdir(parents=True)
+    shutil.copytree(root / "vit", root / "weights" / "x" / "vit")
+    cfg = stage2_config(Path("unused"), root / "x", "checkpoint=null", "exp=x")
+    (root / "weights" / "x" / "vit" / "train_classifier.complete.yaml").unlink()  # a commit cut short
+    with pytest.raises(IncompleteOutputError, match="train_classifier.complete.yaml.*rerun stage 1"):
+        evaluate_classifier.run(cfg)
+    shutil.copy(root / "vit" / "train_classifier.complete.yaml", root / "weights" / "x" / "vit")
+    (root / "weights" / "x" / "vit" / "best.pth").write_bytes((root / "vit" / "last.pth").read_bytes())
+    with pytest.raises(IncompleteOutputError, match="not the file the completed run .* wrote"):
+        evaluate_classifier.run(cfg)
+
+
+def test_one_folder_for_heatmaps_and_results_and_no_gallery(experiment):
+    root = experiment
+    evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root, f"heatmaps_dir={root / 'both'}",
+                                          f"results_dir={root / 'both'}", "gallery_size=0"))
+    score_cae.run(_stage34(root, f"heatmaps_dir={root / 'both'}", f"results_dir={root / 'both'}",
+                           f"test.baseline_scores={root / 'both' / 'baseline_scores.csv'}", "test.gallery_size=0"))
+    assert (root / "both" / "score_cae.complete.yaml").is_file() and not (root / "both" / "heatmap_gallery.png").exists()
+
+
 def test_baseline_scores_of_another_stage_2_run_are_refused(experiment):
     root = experiment
     evaluate_classifier.run(stage2_config(root / "vit" / "best.pth", root / "again"))
@@ -127,9 +151,11 @@ def test_resume_refuses_a_changed_model_or_optimisation(tmp_path, tiny_heatmaps)
         train_classifier.run(stage1_config(tmp_path / "vit", "train.epochs=2", "train.resume=true"))
     cfg = cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1")
     train_cae.run(cfg)
-    with pytest.raises(ConfigError, match=r"cae.input_size=32 differs .*cae.input_size=16"):
-        train_cae.run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=2", "train.resume=true",
-                                 "cae.input_size=32"))
+    for changed, before in (("cae.input_size=32", "cae.input_size=16"), ("train.accept_fraction=0.9",
+                                                                          "train.accept_fraction=0.95")):
+        with pytest.raises(ConfigError, match=rf"{changed} differs .*{before}"):
+            train_cae.run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=2", "train.resume=true",
+                                     changed))
 
 
 def test_a_second_run_on_the_same_folder_stops_at_once(tmp_path):
@@ -159,8 +185,8 @@ def test_a_moved_repository_keeps_its_experiments_usable(tmp_path, monkeypatch, 
     """Stages 2-3 run in a repository at one path; after moving it, stage 4 and detect.py still work, and a
     changed classifier file is refused."""
     first = tmp_path / "first"
-    (first / "weights" / "x" / "vit").mkdir(parents=True)
-    shutil.copy(tiny_vit_checkpoint, first / "weights" / "x" / "vit" / "best.pth")
+    (first / "weights" / "x").mkdir(parents=True)
+    shutil.copytree(tiny_vit_checkpoint.parent, first / "weights" / "x" / "vit")  # with its completion marker
     monkeypatch.setattr(wildcapture.paths, "REPO_ROOT", first)
     evaluate_classifier.run(stage2_config(Path("weights/x/vit/best.pth"), Path("."), "exp=x", "heatmaps_dir=null",
                                           "results_dir=null", "checkpoint=null"))

@@ -109,8 +109,12 @@ def test_stale_temporary_files_are_removed(tmp_path):
     for path in stale:
         path.write_bytes(b"half")
     (tmp_path / "best.pth").write_bytes(b"whole")
+    other = tmp_path / ".detections.csv.incomplete"  # another run's folder, under its own lock
+    other.mkdir()
+    (other / ".lock").write_text("")
+    (other / ".rows.csv.x1.tmp").write_bytes(b"in flight")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["best.pth"]
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [".lock", ".rows.csv.x1.tmp", "best.pth"]
 
 
 @pytest.mark.parametrize("key, value, message", [

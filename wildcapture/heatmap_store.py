@@ -58,8 +58,9 @@ class SplitIndex:
 
 
 def heatmaps_staging(heatmaps_dir: Path) -> Staging:
-    """The staging area of a stage-2 run writing `heatmaps_dir`."""
-    return Staging(heatmaps_dir, "evaluate_classifier", HEATMAPS_META)
+    """The staging area of a stage-2 run writing `heatmaps_dir` (named apart from the results' one, so the
+    two folders may be the same)."""
+    return Staging(heatmaps_dir, "heatmaps", HEATMAPS_META)
 
 
 def results_staging(results_dir: Path) -> Staging:

@@ -38,10 +38,10 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from wildcapture.errors import DatasetError
-from wildcapture.storage import write_text
+from wildcapture.storage import atomic_write
 
 TYPICAL_THRESHOLD = 0.2  # MegaDetector v5's typical_detection_threshold
 FORMAT_MAJOR = "1"
@@ -290,60 +290,88 @@ def _classifications(class_probs: Sequence[float]) -> list[list[Any]]:
     return [[str(c), round(float(class_probs[c]), CLASSIFICATION_DECIMALS)] for c in order]
 
 
-def _result_fields(batch: MDBatch, results: Iterable[DetectionResult], n_classes: int
-                   ) -> dict[tuple[int, int], dict[str, Any]]:
-    """Return {(image index, detection index): the fields to add to that detection}; ValueError for a
-    result that names no detection of the batch, has the wrong number of classes, a non-finite score,
-    or repeats a detection."""
-    fields: dict[tuple[int, int], dict[str, Any]] = {}
+def _result_fields(batch: MDBatch, image: int, results: Sequence[DetectionResult], n_classes: int
+                   ) -> dict[int, dict[str, Any]]:
+    """Return {detection index: the fields to add to that detection} of image ``image``; ValueError for a
+    result that names no detection of the image, has the wrong number of classes, a non-finite score, or
+    repeats a detection."""
+    fields: dict[int, dict[str, Any]] = {}
     for r in results:
-        ok_image = 0 <= r.image < len(batch.images) and batch.images[r.image].failure is None
-        if not ok_image or not 0 <= r.detection < len(batch.raw_images[r.image]["detections"]):
+        ok_image = batch.images[image].failure is None
+        if not ok_image or not 0 <= r.detection < len(batch.raw_images[image]["detections"]):
             raise ValueError(f"result {r.image, r.detection} names no detection of {batch.source}")
-        where = f"result for {batch.images[r.image].file}, detection {r.detection}"
+        where = f"result for {batch.images[image].file}, detection {r.detection}"
         if len(r.class_probs) != n_classes or not math.isfinite(r.ood_score):
             raise ValueError(f"{where}: needs {n_classes} class probabilities and a finite ood_score, "
                              f"got {len(r.class_probs)} and {r.ood_score}")
-        if (r.image, r.detection) in fields:
+        if r.detection in fields:
             raise ValueError(f"{where} given twice")
-        fields[r.image, r.detection] = {"classifications": _classifications(r.class_probs),
-                                        "ood_score": float(r.ood_score), "ood_flag": bool(r.ood_flag)}
+        fields[r.detection] = {"classifications": _classifications(r.class_probs),
+                               "ood_score": float(r.ood_score), "ood_flag": bool(r.ood_flag)}
     return fields
+
+
+def _results_per_image(batch: MDBatch, results: Iterable[DetectionResult]) -> Iterator[list[DetectionResult]]:
+    """Yield, for each image of ``batch`` in order, its results; ``results`` must come in image order
+    (ValueError otherwise, or for an image index outside the batch)."""
+    stream = iter(results)
+    pending = next(stream, None)
+    for i in range(len(batch.images)):
+        mine = []
+        while pending is not None and pending.image == i:
+            mine.append(pending)
+            pending = next(stream, None)
+        if pending is not None and pending.image < i:
+            raise ValueError(f"results must come in image order; got image {pending.image} after image {i}")
+        yield mine
+    if pending is not None:
+        raise ValueError(f"result {pending.image, pending.detection} names no image of {batch.source}")
 
 
 def _without(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in keys}
 
 
-def _output_image(i: int, batch: MDBatch, fields: dict[tuple[int, int], dict[str, Any]],
-                  failures: Mapping[int, str]) -> dict[str, Any]:
+def _output_image(i: int, batch: MDBatch, fields: dict[int, dict[str, Any]], failures: Mapping[int, str]
+                  ) -> dict[str, Any]:
     """The output entry of image ``i``: MegaDetector's entry with our fields (see the module docstring)."""
     raw = batch.raw_images[i]
     if batch.images[i].failure is not None:
         return raw
     if i in failures:
         return {**raw, "failure": failures[i], "detections": None}
-    detections = [{**_without(det, CLASSIFIER_DETECTION_KEYS), **fields.get((i, j), {})}
+    detections = [{**_without(det, CLASSIFIER_DETECTION_KEYS), **fields.get(j, {})}
                   for j, det in enumerate(raw["detections"])]
     return {**raw, "detections": detections}
 
 
 def write_md_json(path: Path, batch: MDBatch, results: Iterable[DetectionResult], class_names: Sequence[str],
                   extra_info: Mapping[str, Any], failures: Mapping[int, str] | None = None) -> None:
-    """Write ``batch`` with ``results`` to ``path`` (atomically) as a MegaDetector 1.x file.
+    """Write ``batch`` with ``results`` to ``path`` (atomically) as a MegaDetector 1.x file, one image per line.
 
-    ``class_names``: the classifier's classes; class id ``str(i)`` names ``class_names[i]``.
-    ``extra_info``: merged into ``info`` (e.g. ``classifier``, ``classification_completion_time``,
-    ``classifier_metadata``); ``format_version`` stays the input's (default `DEFAULT_FORMAT_VERSION`).
-    ``failures``: {image index: reason} of images the detector could not read; they become failure
-    entries. Raises ValueError for a result that does not fit the batch (see `_result_fields`).
+    ``results`` must come in image order; they are consumed as the images are written, so memory does not
+    grow with their number. ``class_names``: the classifier's classes; class id ``str(i)`` names
+    ``class_names[i]``. ``extra_info``: merged into ``info`` (e.g. ``classifier``,
+    ``classification_completion_time``, ``classifier_metadata``); ``format_version`` stays the input's
+    (default `DEFAULT_FORMAT_VERSION`). ``failures``: {image index: reason} of images the detector could
+    not read; they become failure entries. Raises ValueError for a result that does not fit the batch.
     """
-    fields = _result_fields(batch, results, len(class_names))
-    failures = failures or {}
+    failures = {} if failures is None else failures  # filled as `results` are consumed: keep the object
     info = {**_without(batch.info, CLASSIFIER_INFO_KEYS), **extra_info,
             "format_version": batch.info.get("format_version", DEFAULT_FORMAT_VERSION)}
-    document = {"info": info, "detection_categories": batch.detection_categories,
-                "classification_categories": {str(c): name for c, name in enumerate(class_names)},
-                **_without(batch.document, ("info", "detection_categories", *CLASSIFIER_TOP_KEYS, "images")),
-                "images": [_output_image(i, batch, fields, failures) for i in range(len(batch.images))]}
-    write_text(path, json.dumps(document, indent=1, allow_nan=False) + "\n")
+    head = {"info": info, "detection_categories": batch.detection_categories,
+            "classification_categories": {str(c): name for c, name in enumerate(class_names)},
+            **_without(batch.document, ("info", "detection_categories", *CLASSIFIER_TOP_KEYS, "images"))}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write("{\n")
+            for key, value in head.items():
+                handle.write(f" {json.dumps(key)}: {json.dumps(value, allow_nan=False)},\n")
+            handle.write(' "images": [')
+            for i, mine in enumerate(_results_per_image(batch, results)):
+                entry = _output_image(i, batch, _result_fields(batch, i, mine, len(class_names)), failures)
+                handle.write(("\n  " if i == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
+            handle.write("\n ]\n}\n")
+
+    atomic_write(path, write)

@@ -140,3 +140,16 @@ def verify_file(marker: dict[str, Any], folder: Path, name: str, what: str = "")
         raise IncompleteOutputError(f"{path} has changed since the run that wrote it completed (its SHA-256 differs "
                                     f"from the completion marker's){rerun}")
     return path
+
+
+def check_completed_file(path: Path, marker_name: str, digest: str, required: bool, what: str) -> None:
+    """Check that `path`, whose bytes have SHA-256 `digest`, is the file the completion marker `marker_name`
+    beside it lists. Without that marker: IncompleteOutputError when `required` (the folder is a stage's
+    own output, so it must be complete), else nothing to check (weights from elsewhere)."""
+    marker_path = Path(path).parent / marker_name
+    if not marker_path.is_file() and not required:
+        return
+    marker = read_marker(marker_path, (), what)
+    if marker["files"].get(Path(path).name) != digest:
+        raise IncompleteOutputError(f"{path} is not the file the completed run in {marker_path.parent} wrote "
+                                    f"(its SHA-256 differs from {marker_name}'s); rerun {what}")

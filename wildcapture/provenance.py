@@ -12,7 +12,7 @@ from typing import Any
 
 from wildcapture.errors import ConfigError, ProvenanceError
 from wildcapture.paths import portable_path, resolve_path
-from wildcapture.storage import sha256_file
+from wildcapture.storage import load_checkpoint_with_digest
 
 # (label in messages, path into the meta)
 HEATMAP_IDENTITY = (
@@ -23,10 +23,11 @@ HEATMAP_IDENTITY = (
 )
 
 
-def classifier_identity(path: Path, model_args: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
-    """Return {"path" (repository-relative when inside it), "sha256", "model_args", "class_names"}."""
-    return {"path": portable_path(path), "sha256": sha256_file(path), "model_args": model_args,
-            "class_names": list(class_names)}
+def classifier_identity(path: Path, sha256: str, model_args: dict[str, Any], class_names: list[str]
+                        ) -> dict[str, Any]:
+    """Return {"path" (repository-relative when inside it), "sha256" (of the bytes loaded), "model_args",
+    "class_names"}."""
+    return {"path": portable_path(path), "sha256": sha256, "model_args": model_args, "class_names": list(class_names)}
 
 
 def heatmap_provenance(meta: dict[str, Any]) -> dict[str, Any]:
@@ -55,18 +56,19 @@ def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expect
                                   f"{_get(expected, ('classifier', 'path'))}); {fix}")
 
 
-def locate_classifier(identity: dict[str, Any], what: str) -> Path:
-    """Return the classifier file that `identity` (see `classifier_identity`) names, resolved against the
-    repository root, after checking its SHA-256. Raises ProvenanceError if it is missing or changed."""
+def locate_classifier(identity: dict[str, Any], what: str) -> Any:
+    """Return the loaded classifier checkpoint that `identity` (see `classifier_identity`) names, resolved
+    against the repository root, after checking the SHA-256 of the bytes loaded. Raises ProvenanceError if
+    it is missing or changed."""
     path = resolve_path(identity["path"])
     if not path.is_file():
         raise ProvenanceError(f"{what} was made with classifier {identity['path']}, which is not there ({path}); "
                               "put that file back, or retrain stages 2-3 with the classifier you have")
-    digest = sha256_file(path)
+    obj, digest = load_checkpoint_with_digest(path)
     if digest != identity["sha256"]:
         raise ProvenanceError(f"classifier {path} has changed since {what} was made (SHA-256 {digest[:12]}... "
                               f"vs {identity['sha256'][:12]}...): rerun stages 2 and 3 for this classifier")
-    return path
+    return obj
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any], free_keys: set[str], source: Path) -> None:

@@ -56,7 +56,7 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         handle.flush()
-        remove_stale_temporaries(folder)
+        remove_stale_temporaries(folder, LOCK_NAME)
         try:
             yield path
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -92,13 +93,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
+def remove_stale_temporaries(folder: Path, foreign_marker: str = ".lock") -> list[Path]:
     """Delete the `.<name>.<random>.tmp` files that killed atomic writes left under `folder`
-    (recursively); returns the removed paths. Call it only while holding the folder's run lock."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    (recursively); returns the removed paths. Call it only while holding the folder's run lock.
+
+    A sub-folder holding a file named `foreign_marker` (another run's lock) is another run's: skipped.
+    """
+    stale = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not os.path.exists(os.path.join(root, d, foreign_marker))]
+        stale += [Path(root) / f for f in files if f.startswith(".") and f.endswith(TMP_SUFFIX)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -106,11 +110,18 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> Any:
     """Return the object stored at `path`, loaded with `weights_only=True` onto the CPU."""
+    return load_checkpoint_with_digest(path)[0]
+
+
+def load_checkpoint_with_digest(path: Path) -> tuple[Any, str]:
+    """Return (the object stored at `path`, loaded with `weights_only=True` onto the CPU, the hex SHA-256 of
+    the very bytes it was loaded from): no window in which the file could change between the two."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
     except Exception as err:  # pickle and zip errors come in many types
         raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt, or not a torch file): "
                               f"{type(err).__name__}: {err}") from err

@@ -14,9 +14,12 @@ import torch
 
 from wildcapture.cae.model import ConvAutoencoder
 from wildcapture.errors import CheckpointError, WeightsMismatchError
-from wildcapture.storage import load_checkpoint
+from wildcapture.outputs import check_completed_file
+from wildcapture.storage import load_checkpoint_with_digest
 
 CAE_FORMAT = "wildcapture-cae-2"
+STAGE3_MARKER = "train_cae.complete.yaml"
+PAPER_CAE = "AutoEncoder/AutoEncoder_Weights/AutoEncoderW.pt of github.com/lcultrera/WildCapture"
 
 
 def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
@@ -25,18 +28,22 @@ def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int
     return {"input_size": int(bottleneck.shape[-1]) * 16, "zdim": int(bottleneck.shape[0])}
 
 
-def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None) -> tuple[ConvAutoencoder, dict[str, Any]]:
+def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete: bool = False
+             ) -> tuple[ConvAutoencoder, dict[str, Any]]:
     """Return the CAE stored at `path` (eval mode, CPU) and the checkpoint's metadata (everything but the
     weights, plus `path`; {"path"} alone for a bare state dict).
 
     With `cae_cfg` (the config's `cae.*`), raises WeightsMismatchError naming the key if the checkpoint
     was made with another input size, zdim, resize or norm. A checkpoint of an older format is a
-    CheckpointError that says to rerun stage 3.
+    CheckpointError that says to rerun stage 3. The file must be the one stage 3's completion marker
+    beside it lists (when there is one; always with `require_complete`).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CAE checkpoint not found: {path}; run stage 3 (AutoEncoder/train.py) first")
-    obj = load_checkpoint(path)
+        raise FileNotFoundError(f"CAE checkpoint not found: {path}; run stage 3 (AutoEncoder/train.py), or for the "
+                                f"paper's CAE download {PAPER_CAE} and set test.checkpoint to it")
+    obj, digest = load_checkpoint_with_digest(path)
+    check_completed_file(path, STAGE3_MARKER, digest, require_complete, "stage 3 (AutoEncoder/train.py)")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds no CAE state dict")
     ours = "model_args" in obj

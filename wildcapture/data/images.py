@@ -64,11 +64,15 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
     DatasetError naming ``path``.
     """
     try:
-        with Image.open(path) as image, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield image
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}. Replace or delete this file.") from exc
+            with Image.open(path) as image:
+                yield image
+    except DatasetError:
+        raise
+    except Exception as exc:  # a damaged file can make PIL raise nearly anything (struct.error in bad EXIF, ...)
+        raise DatasetError(f"cannot read image {path}: {exc or type(exc).__name__}. Replace or delete this file."
+                           ) from exc
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:

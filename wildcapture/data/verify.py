@@ -14,7 +14,7 @@ from functools import partial
 from multiprocessing import Pool
 from typing import NamedTuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .errors import DatasetError
@@ -57,6 +57,7 @@ def probe_image(path: str) -> tuple[int, int] | str:
                 if image.format == "JPEG":
                     image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
+                ImageOps.exif_transpose(image)  # as load_rgb does: a damaged EXIF block can fail here
                 return size
     except FileNotFoundError:
         return "file not found"

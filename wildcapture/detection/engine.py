@@ -36,7 +36,7 @@ from wildcapture.provenance import locate_classifier
 from wildcapture.run_lock import LOCK_NAME
 from wildcapture.runtime import DistState, shard_indices
 from wildcapture.storage import sha256_file
-from wildcapture.vit import build_vit, load_weights
+from wildcapture.vit import build_vit, load_state
 
 @dataclass
 class Detector:
@@ -64,9 +64,11 @@ def load_detector(cae_path: Path, batch_size: int, device: torch.device, thresho
     if "classifier" not in source:
         raise CheckpointError(f"{cae_path} names no classifier (not trained by AutoEncoder/train.py on stage 2's "
                               "heatmaps), so detect.py cannot rebuild the pipeline")
-    classifier_path = locate_classifier(source["classifier"], f"CAE {cae_path}")
+    if threshold is None and "threshold" not in ckpt:
+        raise CheckpointError(f"{cae_path} stores no OOD threshold (stage 3 keeps it in best.pth): use best.pth, "
+                              "or give --threshold")
     classifier = build_vit(source["classifier"]["model_args"])
-    load_weights(classifier, classifier_path)
+    load_state(classifier, locate_classifier(source["classifier"], f"CAE {cae_path}"), f"classifier of {cae_path}")
     fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"]).encode()).hexdigest()
     return Detector(classifier.eval().to(device), CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"],
                                                                batch_size, device),
@@ -77,7 +79,7 @@ def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], 
                  device: torch.device) -> list[dict[str, Any]]:
     """Classify and score one batch of decoded images (item `indices`); returns their rows."""
     heat = detector.provenance["heatmap"]
-    with torch.inference_mode(), autocast_context(device, True):
+    with torch.inference_mode(), autocast_context(device, heat.get("amp", True)):
         logits, _, heatmaps = forward_with_heatmaps(detector.classifier, images.to(device, non_blocking=True),
                                                     heat["kind"], heat["block"])
     probs = logits.float().softmax(1).cpu().numpy().astype(np.float64)

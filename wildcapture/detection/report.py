@@ -78,19 +78,23 @@ def write_csv_report(parts: Sequence[Path], out_csv: Path, threshold: float) -> 
 def write_json_report(batch: MDBatch, items: Sequence[Item], parts: Sequence[Path], out_json: Path,
                       detector: "Detector", cae: str) -> None:
     """Write the MegaDetector-format JSON of the run (every input image; see `megadetector.write_md_json`):
-    scored detections get classifications, ood_score and ood_flag; unreadable images become failures."""
-    results, failures = [], {}
-    for row in merged_rows(parts):
-        item = items[int(row["item"])]
-        if not row["failure"]:
-            results.append(DetectionResult(item.image_index, item.detection, json.loads(row["classifications"]),
-                                           float(row["ood_score"]), row["ood_flag"] == "True"))
-        elif not item.skip:  # our failure to read the file (MegaDetector's own and empty images pass through)
-            failures[item.image_index] = row["failure"]
+    scored detections get classifications, ood_score and ood_flag; unreadable images become failures.
+    The merged rows are streamed into it: memory holds one image's rows (and the failed images' reasons)."""
+    failures: dict[int, str] = {}
+
+    def results() -> Iterator[DetectionResult]:
+        for row in merged_rows(parts):
+            item = items[int(row["item"])]
+            if not row["failure"]:
+                yield DetectionResult(item.image_index, item.detection, json.loads(row["classifications"]),
+                                      float(row["ood_score"]), row["ood_flag"] == "True")
+            elif not item.skip:  # our failure to read the file (MegaDetector's own and empty images pass through)
+                failures[item.image_index] = row["failure"]
+
     info = {"classifier": "WildCapture ViT + attention-heatmap autoencoder (OOD flag)",
             "classification_completion_time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "classifier_metadata": {"cae_checkpoint": cae, "classifier": detector.provenance["classifier"]["path"],
                                     "classifier_sha256": detector.provenance["classifier"]["sha256"],
                                     "heatmap": detector.provenance["heatmap"], "ood_threshold": detector.threshold,
                                     "ood_score": "CAE reconstruction error; higher = more OOD"}}
-    write_md_json(out_json, batch, results, detector.class_names, info, failures)
+    write_md_json(out_json, batch, results(), detector.class_names, info, failures)

@@ -7,6 +7,7 @@ and the MegaDetector-format JSON beside it, then removes the work folder.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from wildcapture.detection.engine import job_fingerprint, load_detector, prepare
 from wildcapture.detection.items import batch_items, load_batch
 from wildcapture.detection.report import Summary, write_csv_report, write_json_report
 from wildcapture.errors import ConfigError
-from wildcapture.run_lock import hold_lock
+from wildcapture.run_lock import LOCK_NAME, hold_lock
 from wildcapture.runtime import cleanup_distributed, init_distributed
 from wildcapture.storage import write_text
 
@@ -48,11 +49,14 @@ class DetectOptions:
                 raise ConfigError(message)
 
 
-def check_writable(out_csv: Path) -> None:
-    """Create `out_csv`'s folder and write a probe file there, so a read-only or full disk stops the run
-    before any work (the OSError names the path)."""
+def check_outputs(source: Path, out_csv: Path) -> None:
+    """Refuse outputs that would replace the input; create `out_csv`'s folder and write a probe file there,
+    so a read-only or full disk stops the run before any work (the OSError names the path)."""
+    for out in (out_csv, out_csv.with_suffix(".json")):
+        if out.resolve() == source.resolve():
+            raise ConfigError(f"--out {out_csv} would write {out} over the input {source}: choose another --out")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    probe = out_csv.parent / f".{out_csv.name}.probe"
+    probe = out_csv.parent / f".{out_csv.name}.{os.getpid()}.probe"  # one per process under torchrun
     write_text(probe, "ok")
     probe.unlink()
 
@@ -64,7 +68,7 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
     Running the same command again continues an interrupted run (`options.overwrite` starts afresh).
     """
     options.check()
-    check_writable(out_csv)
+    check_outputs(source, out_csv)
     state, device = init_distributed(options.device)
     work = out_csv.parent / f".{out_csv.name}.incomplete"
     try:
@@ -86,7 +90,10 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
             parts = [work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
             summary = write_csv_report(parts, out_csv, detector.threshold)
             write_json_report(batch, items, parts, out_csv.with_suffix(".json"), detector, str(cae_path))
-        shutil.rmtree(work)  # after the lock is released: the job is done
+            for path in work.iterdir():  # the job is done: everything but the lock goes while we hold it
+                if path.name != LOCK_NAME:
+                    path.unlink()
+        shutil.rmtree(work, ignore_errors=True)
         return summary
     finally:
         cleanup_distributed()

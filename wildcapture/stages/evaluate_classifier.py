@@ -35,14 +35,15 @@ from wildcapture.heatmap_store import (SplitArrays, SplitIndex, heatmaps_staging
                                        write_baseline_scores, write_split)
 from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatmap_gallery
 from wildcapture.ood import fit_baselines, score_all
-from wildcapture.outputs import Staging
+from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity
 from wildcapture.run_lock import hold_locks
 from wildcapture.runtime import DistState, cleanup_distributed, init_distributed, pick_device, seed_everything
-from wildcapture.storage import load_checkpoint, write_yaml
+from wildcapture.storage import load_checkpoint_with_digest, write_yaml
 from wildcapture.vit import build_vit, load_state, model_args_from_config
 
+STAGE1_MARKER = "train_classifier.complete.yaml"
 PAPER_CLASSIFIER_URL = "https://drive.google.com/file/d/1sLRQfSZ03ByHjpkOIYxQSIsslHlm-Pvn/view"
 # What a complete stage-2 output must share with a new run that replaces it (label, keys into the meta).
 VARIANT_KEYS = (("heatmap.kind", ("heatmap", "kind")), ("heatmap.block", ("heatmap", "block")),
@@ -81,7 +82,9 @@ def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, 
     path = classifier_checkpoint(cfg)
     if not path.is_file():
         raise _missing_classifier(cfg, path)
-    obj = load_checkpoint(path)
+    obj, digest = load_checkpoint_with_digest(path)
+    check_completed_file(path, STAGE1_MARKER, digest, required=not cfg["checkpoint"],
+                         what="stage 1 (Train_Vit_Classifier/train.py)")
     ours = isinstance(obj, dict) and "model_args" in obj
     from_checkpoint = ours and cfg["data_from_checkpoint"]
     asked = data_identity(cfg["data"])
@@ -98,7 +101,7 @@ def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, 
     load_state(model, obj, f"weights file {path}")
     spec = obj["input_spec"] if from_checkpoint else input_spec(model, data_cfg)
     attach_transforms(bench, data_cfg, spec, augment_train=False)
-    return model, bench, {"classifier": classifier_identity(path, model_args, bench.id_class_names),
+    return model, bench, {"classifier": classifier_identity(path, digest, model_args, bench.id_class_names),
                           "input_spec": spec, "data": data_identity(data_cfg)}
 
 
@@ -156,7 +159,7 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
     if not -depth <= heat_cfg["block"] < depth:
         raise ConfigError(f"heatmap.block={heat_cfg['block']} is out of range for a classifier with {depth} blocks; "
                           f"valid values are {-depth}..{depth - 1}")
-    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"]}}
+    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "amp": cfg["amp"]}}
     if state.is_main:
         check_variant(out_heat, provenance, cfg["overwrite"])
     empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
@@ -207,7 +210,8 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
                               device=str(device))
     scores = {s: score_all(detectors, outputs[s]) for s in ("test_id", "test_ood")}
     write_baseline_scores(result_stage.path("baseline_scores.csv"), index, scores)
-    _gallery(bench, outputs, cfg["gallery_size"], cfg["seed"], result_stage.path("heatmap_gallery.png"))
+    if cfg["gallery_size"]:
+        _gallery(bench, outputs, cfg["gallery_size"], cfg["seed"], result_stage.path("heatmap_gallery.png"))
 
     run_id = uuid.uuid4().hex
     result_stage.commit({"run_id": run_id, "exp": cfg["exp"]})

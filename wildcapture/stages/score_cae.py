@@ -75,6 +75,8 @@ def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], met
              result: dict[str, Any], path: Path) -> None:
     """Plot the `test.gallery_size` most and least OOD test images."""
     n, errors = cfg["test"]["gallery_size"], result["errors"]
+    if n == 0:
+        return
     order = np.argsort(errors, kind="stable")
     picks = [*order[::-1][:n], *order[:n]]
     try:
@@ -104,7 +106,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
-    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"])
+    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
     meta = stage2_meta(cfg, TEST_SPLITS)
     _check_provenance(ckpt, meta, cfg)
     detector = CAEDetector(model, ckpt.get("prep", cfg["cae"])["resize"], ckpt.get("prep", cfg["cae"])["norm"],

@@ -34,7 +34,7 @@ TRAIN_SPLITS = ("train_id", "val_id")
 # Keys a resumed run may change: they do not change the model, its data or its optimisation
 # (the heatmaps themselves are compared by provenance).
 FREE_ON_RESUME = {"exp", "output_dir", "results_dir", "heatmaps_dir", "inputs", "device", "test", "train.resume",
-                  "train.epochs", "train.eval_batch_size", "train.early_stopping", "train.accept_fraction"}
+                  "train.epochs", "train.eval_batch_size", "train.early_stopping"}
 
 
 def run(cfg: Config) -> dict[str, Any]:
