@@ -44,6 +44,8 @@ class Staging:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.filename is None:  # e.g. a plot library's write: name the folder
+                raise OSError(exc.errno, exc.strerror or str(exc), str(self.final_dir)) from exc
 
     def reset(self) -> "Staging":
         """Empty the staging folder (a killed run's leftovers go); returns self."""
