@@ -20,11 +20,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
+from wildcapture.classifier.data_setup import make_loader
 from wildcapture.classifier.engine import autocast_context
 from wildcapture.data import build_transforms
 from wildcapture.detection.dataset import DetectionImages
@@ -125,8 +126,7 @@ def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: Di
     mine = shard_indices(len(items), batch_size, state)
     progress = ShardProgress(work, state.rank, fingerprint, checkpoint_every)
     done = progress.resume()
-    loader = DataLoader(Subset(dataset, mine[done:]), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = make_loader(Subset(dataset, mine[done:]), batch_size, None, workers, device)
     bar = tqdm(total=len(mine), initial=done, desc=f"detect (process {state.rank})" if state.enabled else "detect",
                unit="item", disable=not state.is_main)
     for images, indices, failures in loader:
