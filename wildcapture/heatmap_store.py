@@ -1,6 +1,6 @@
 """Stage 2's on-disk format, written and read only here: the stage 2 -> 3/4 and detect hand-off.
 
-    <heatmaps_dir>/heatmaps_meta.yaml     completion marker + provenance (see `write_meta` for its keys)
+    <heatmaps_dir>/heatmaps_meta.yaml     completion marker + provenance (META_KEYS; written by stage 2 last)
     <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32, row-major patch grid
     <heatmaps_dir>/<split>/logits.npy     (N, num_classes) float32
     <heatmaps_dir>/<split>/features.npy   (N, D) float32 pre-logits
