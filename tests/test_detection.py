@@ -163,6 +163,8 @@ def test_bad_inputs_and_checkpoints_are_named(tiny_cae, tmp_path):
     (tmp_path / "md.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ConfigError, match="over the input"):  # X.csv's JSON twin would be the input
         detect(tmp_path / "md.json", cae_path, tmp_path / "md.csv", CPU)
+    with pytest.raises(ConfigError, match="give a .csv path"):  # the JSON twin would replace the CSV
+        detect(tmp_path / "md.json", cae_path, tmp_path / "out.json", CPU)
     assert not (tmp_path / "out.csv").exists() and json.loads((tmp_path / "md.json").read_text()) == {"images": []}
 
 
@@ -197,7 +199,7 @@ def test_an_interrupted_run_continues_to_the_same_outputs(tmp_path, tiny_cae, mo
     detect(folder, cae_path, tmp_path / "cut" / "d.csv", options)
 
     assert (tmp_path / "cut" / "d.csv").read_bytes() == (tmp_path / "whole" / "d.csv").read_bytes()
-    assert not (tmp_path / "cut" / ".d.csv.incomplete").exists()
+    assert [p.name for p in (tmp_path / "cut" / ".d.csv.incomplete").iterdir()] == [".lock"]  # the lock stays
     with pytest.raises(Exception, match="another job"):  # a checkpoint of other settings is not continued
         monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)
         calls.clear()

@@ -147,3 +147,32 @@ def test_resume_check_names_the_changed_key_and_both_values(tmp_path):
     with pytest.raises(ConfigError, match=r"train.lr=0.001 differs .*train.lr=0.002 in .*last.pth.*train.resume=false"):
         check_resume_config(saved, {"device": "cpu", "train": {"lr": 0.001, "epochs": 5, "resume": True}},
                             {"train.resume"}, tmp_path / "last.pth")
+
+
+def test_completed_file_check_covers_listed_files_only_unless_required(tmp_path):
+    from wildcapture.outputs import check_completed_file
+
+    _commit(tmp_path, {"best.pth": "weights"}, stage="train_cae")
+    marker, digest = "train_cae.complete.yaml", sha256_file(tmp_path / "best.pth")
+    check_completed_file(tmp_path / "best.pth", marker, digest, True, "stage 3")
+    (tmp_path / "mine.pth").write_text("the user's own")
+    check_completed_file(tmp_path / "mine.pth", marker, "any", False, "stage 3")  # not ours: nothing to check
+    with pytest.raises(IncompleteOutputError, match="not the file the completed run"):
+        check_completed_file(tmp_path / "best.pth", marker, "another digest", False, "stage 3")
+    with pytest.raises(IncompleteOutputError, match="rerun stage 3"):
+        check_completed_file(tmp_path / "mine.pth", marker, "any", True, "stage 3")
+
+
+def test_open_image_turns_damaged_files_into_dataset_errors_but_not_bugs(tmp_path):
+    from wildcapture.data.images import open_image
+    from wildcapture.errors import DatasetError
+
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="a.png"):
+        with open_image(tmp_path / "a.png"):
+            pass
+    from PIL import Image
+    Image.new("RGB", (4, 4)).save(tmp_path / "b.png")
+    with pytest.raises(TypeError):  # an error of the caller's code stays what it is
+        with open_image(tmp_path / "b.png"):
+            raise TypeError("a bug")

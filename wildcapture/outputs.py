@@ -146,12 +146,16 @@ def verify_file(marker: dict[str, Any], folder: Path, name: str, what: str = "")
 
 def check_completed_file(path: Path, marker_name: str, digest: str, required: bool, what: str) -> None:
     """Check that `path`, whose bytes have SHA-256 `digest`, is the file the completion marker `marker_name`
-    beside it lists. Without that marker: IncompleteOutputError when `required` (the folder is a stage's
-    own output, so it must be complete), else nothing to check (weights from elsewhere)."""
+    beside it lists. Without that marker, or a file it does not list: IncompleteOutputError when
+    `required` (the folder is a stage's own output, so it must be complete), else nothing to check
+    (weights from elsewhere)."""
     marker_path = Path(path).parent / marker_name
     if not marker_path.is_file() and not required:
         return
     marker = read_marker(marker_path, (), what)
-    if marker["files"].get(Path(path).name) != digest:
+    listed = marker["files"].get(Path(path).name)
+    if listed is None and not required:
+        return  # a file of the user's own beside a stage's outputs
+    if listed != digest:
         raise IncompleteOutputError(f"{path} is not the file the completed run in {marker_path.parent} wrote "
                                     f"(its SHA-256 differs from {marker_name}'s); rerun {what}")

@@ -12,6 +12,7 @@ Loaders are plain classes (not closures) so datasets pickle into DataLoader work
 from __future__ import annotations
 
 import re
+import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,8 @@ from .errors import DatasetError
 
 _BOX_RE = re.compile(r"^(?P<path>.*)#box=(?P<box>-?\d+,-?\d+,-?\d+,-?\d+)$")
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+# What PIL raises on a damaged file (struct.error: a corrupt EXIF block); a bug or MemoryError stays itself.
+DAMAGED_FILE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def box_source(path: str | Path, box: tuple[int, int, int, int]) -> str:
@@ -68,9 +71,7 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
                 yield image
-    except DatasetError:
-        raise
-    except Exception as exc:  # a damaged file can make PIL raise nearly anything (struct.error in bad EXIF, ...)
+    except DAMAGED_FILE_ERRORS as exc:
         raise DatasetError(f"cannot read image {path}: {exc or type(exc).__name__}. Replace or delete this file."
                            ) from exc
 

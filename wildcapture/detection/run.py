@@ -1,14 +1,13 @@
 """`detect.py`'s job: score a folder or a MegaDetector batch output with a trained detector, resumably.
 
 Work files live in `<out folder>/.<out name>.incomplete/` (one rows file and checkpoint per process,
-see `progress`); when every process is done, the first merges them into the CSV (`report.COLUMNS`)
-and the MegaDetector-format JSON beside it, then removes the work folder.
+see `progress`, and the run lock); when every process is done, the first merges them into the CSV
+(`report.COLUMNS`) and the MegaDetector-format JSON beside it, then removes them (the lock stays).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,8 @@ class DetectOptions:
 def check_outputs(source: Path, out_csv: Path) -> None:
     """Refuse outputs that would replace the input; create `out_csv`'s folder and write a probe file there,
     so a read-only or full disk stops the run before any work (the OSError names the path)."""
+    if out_csv.suffix.lower() == ".json":
+        raise ConfigError(f"--out {out_csv} names the CSV, and its JSON twin would replace it: give a .csv path")
     for out in (out_csv, out_csv.with_suffix(".json")):
         if out.resolve() == source.resolve():
             raise ConfigError(f"--out {out_csv} would write {out} over the input {source}: choose another --out")
@@ -90,10 +91,9 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
             parts = [work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
             summary = write_csv_report(parts, out_csv, detector.threshold)
             write_json_report(batch, items, parts, out_csv.with_suffix(".json"), detector, str(cae_path))
-            for path in work.iterdir():  # the job is done: everything but the lock goes while we hold it
-                if path.name != LOCK_NAME:
+            for path in work.iterdir():  # the job is done; the lock file stays, so a run started meanwhile
+                if path.name != LOCK_NAME:  # keeps the lock it waits for
                     path.unlink()
-        shutil.rmtree(work, ignore_errors=True)
         return summary
     finally:
         cleanup_distributed()
