@@ -116,11 +116,6 @@ def read_array(heatmaps_dir: Path, meta: dict[str, Any], split: str, name: str) 
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def read_split(heatmaps_dir: Path, meta: dict[str, Any], split: str) -> SplitArrays:
-    """Return every array of `split` (see `read_array`)."""
-    return SplitArrays(**{name: read_array(heatmaps_dir, meta, split, name) for name in ARRAYS})
-
-
 def read_index(heatmaps_dir: Path, meta: dict[str, Any], split: str) -> SplitIndex:
     """Return the split's `index.csv` (checked against the meta)."""
     path = verify_file(meta, heatmaps_dir, f"{split}/index.csv", RERUN)

@@ -38,7 +38,8 @@ def heatmap_provenance(meta: dict[str, Any]) -> dict[str, Any]:
             "heatmap": meta["heatmap"], "data": meta["data"], "heatmap_files": heatmap_files}
 
 
-def _get(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
+def lookup(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    """Return meta[k0][k1]... for `keys`, or None where a level is missing."""
     for key in keys:
         meta = meta.get(key) if isinstance(meta, dict) else None
     return meta
@@ -49,11 +50,11 @@ def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expect
     """Raise ProvenanceError naming the first of HEATMAP_IDENTITY that differs between the provenance
     `expected` (e.g. the CAE's) and `actual` (the heatmaps offered), with both values and `fix`."""
     for label, keys in HEATMAP_IDENTITY:
-        want, got = _get(expected, keys), _get(actual, keys)
+        want, got = lookup(expected, keys), lookup(actual, keys)
         if want != got:
             raise ProvenanceError(f"{actual_what} differ from {expected_what} in {label}: {got!r} vs {want!r} "
-                                  f"(classifier {_get(actual, ('classifier', 'path'))} vs "
-                                  f"{_get(expected, ('classifier', 'path'))}); {fix}")
+                                  f"(classifier {lookup(actual, ('classifier', 'path'))} vs "
+                                  f"{lookup(expected, ('classifier', 'path'))}); {fix}")
 
 
 def locate_classifier(identity: dict[str, Any], what: str) -> Any:

@@ -37,7 +37,7 @@ from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatma
 from wildcapture.ood import fit_baselines, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
-from wildcapture.provenance import classifier_identity
+from wildcapture.provenance import classifier_identity, lookup
 from wildcapture.run_lock import hold_locks
 from wildcapture.runtime import DistState, cleanup_distributed, init_distributed, pick_device, seed_everything
 from wildcapture.storage import load_checkpoint_with_digest, write_yaml
@@ -105,12 +105,6 @@ def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, 
                           "input_spec": spec, "data": data_identity(data_cfg)}
 
 
-def _lookup(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        meta = meta.get(key) if isinstance(meta, dict) else None
-    return meta
-
-
 def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
     """Refuse (ProvenanceError naming both values) to replace the complete stage-2 output in `out_heat`
     with heatmaps of other settings, classifier file, preprocessing or data, unless `overwrite`."""
@@ -119,7 +113,7 @@ def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
     except IncompleteOutputError:
         return  # nothing complete to protect
     for label, keys in VARIANT_KEYS:
-        before, after = _lookup(old, keys), _lookup(new, keys)
+        before, after = lookup(old, keys), lookup(new, keys)
         if before != after and not overwrite:
             raise ProvenanceError(
                 f"{out_heat} holds heatmaps with {label} {before!r}; this run would replace them with {after!r}. "
