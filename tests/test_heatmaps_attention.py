@@ -5,7 +5,8 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from wildcapture.heatmaps import HEATMAP_KINDS, forward_with_heatmaps
+from wildcapture.heatmaps import HEATMAP_KINDS, forward_with_heatmaps, heatmap_channels
+from wildcapture.heatmaps.channels import as_channels
 
 
 def _vit(seed: int = 0, **kw) -> VisionTransformer:
@@ -69,6 +70,42 @@ def test_cls_last_matches_manual_attention(variant, block):
     prefix = a[:, :, 0, :npt].mean(1).sum(-1)
     torch.testing.assert_close(hm.sum((1, 2)), 1 - prefix, atol=1e-5, rtol=0)
     assert (hm >= 0).all() and (hm.sum((1, 2)) <= 1 + 1e-6).all()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("block", [0, -1])
+def test_cls_heads_matches_manual_attention_per_head(variant, block):
+    model = _vit(**VARIANTS[variant])
+    h, w = model.patch_embed.img_size
+    x = torch.randn(3, 3, h, w)
+    with torch.no_grad():
+        _, _, hm = forward_with_heatmaps(model, x, kind="cls_heads", block=block)
+        _, _, mean_map = forward_with_heatmaps(model, x, kind="cls_last", block=block)
+        a = _manual_attn(model, x, block % len(model.blocks))
+    npt, heads = model.num_prefix_tokens, model.blocks[0].attn.num_heads
+    gh, gw = model.patch_embed.grid_size
+    assert hm.shape == (3, heads, gh, gw) == (3, heatmap_channels("cls_heads", len(model.blocks), heads), gh, gw)
+    for head in range(heads):
+        torch.testing.assert_close(hm[:, head], a[:, head, 0, npt:].reshape(3, gh, gw), atol=1e-5, rtol=0)
+        torch.testing.assert_close(hm[:, head].sum((1, 2)), 1 - a[:, head, 0, :npt].sum(-1), atol=1e-5, rtol=0)
+    assert not torch.allclose(hm[:, 0], hm[:, 1], atol=1e-3)  # heads differ: nothing was averaged
+    torch.testing.assert_close(hm.mean(1), mean_map, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["cls", "cls+4reg", "cls+2reg_no_embed_class"])
+def test_cls_all_matches_manual_attention_per_block_and_head(variant):
+    model = _vit(depth=3, **VARIANTS[variant])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        _, _, hm = forward_with_heatmaps(model, x, kind="cls_all")
+        manual = [_manual_attn(model, x, b) for b in range(3)]
+    npt, heads = model.num_prefix_tokens, model.blocks[0].attn.num_heads
+    assert hm.shape == (2, 3 * heads, 4, 4) and hm.dtype == torch.float32
+    for b in range(3):
+        for head in range(heads):
+            torch.testing.assert_close(hm[:, b * heads + head], manual[b][:, head, 0, npt:].reshape(2, 4, 4),
+                                       atol=1e-5, rtol=0)
+    assert not torch.allclose(hm[:, :heads], hm[:, heads:2 * heads], atol=1e-3)  # blocks differ
 
 
 def test_default_is_last_block_and_timm_factory_model():
@@ -144,6 +181,7 @@ def test_patch_rc_lands_in_cell_rc(img_size, reg):
     for kind in HEATMAP_KINDS:
         with torch.no_grad():
             _, _, hm = forward_with_heatmaps(model, x, kind=kind)
+        hm = as_channels(hm).mean(1)  # one block, one head: every kind's channels are the same map
         assert hm.shape == (len(cells), gh, gw)
         for i, (r, c) in enumerate(cells):
             flat = int(hm[i].argmax())

@@ -1,9 +1,9 @@
 """CLS-attention heatmaps from a timm VisionTransformer, in the same pass as logits and features.
 
 Heatmap convention (the project's design): post-softmax attention of the CLS query to the patch
-tokens, averaged over heads, reshaped row-major to the patch grid, so cell (0, 0) is the
-top-left patch. Prefix tokens (class, register, distillation) are sliced off with the
-model's own ``num_prefix_tokens``.
+tokens, reshaped row-major to the patch grid, so cell (0, 0) is the top-left patch; averaged over
+heads (``cls_last``), or kept per head (``cls_heads``) and per block and head (``cls_all``). Prefix
+tokens (class, register, distillation) are sliced off with the model's own ``num_prefix_tokens``.
 
 The attention matrix is read with a forward hook on ``block.attn.attn_drop``: in timm's
 unfused ``Attention.forward`` (timm 1.0.x) its input is ``softmax(q @ k^T * scale)`` of shape
@@ -18,7 +18,14 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-HEATMAP_KINDS = ("cls_last", "rollout")
+HEATMAP_KINDS = ("cls_last", "rollout", "cls_heads", "cls_all")
+MULTI_CHANNEL_KINDS = ("cls_heads", "cls_all")
+
+
+def heatmap_channels(kind: str, depth: int, heads: int) -> int:
+    """Return the channel count C of `kind`'s heatmaps for a ViT of `depth` blocks and `heads` heads
+    (1 for the single-map kinds, stored without a channel axis)."""
+    return {"cls_heads": heads, "cls_all": depth * heads}.get(kind, 1)
 
 
 def _check_model(model: nn.Module) -> None:
@@ -91,17 +98,20 @@ def forward_with_heatmaps(
         model: a timm ``VisionTransformer`` (with a class token). Usually in eval mode.
         images: (N, 3, H, W) batch, already normalised for the model.
         kind: ``"cls_last"``: CLS-to-patch attention of block ``block``, head mean;
+            ``"cls_heads"``: the same per head; ``"cls_all"``: the same per head of every block;
             ``"rollout"``: attention rollout (Abnar & Zuidema 2020) through all blocks,
             i.e. the product of row-normalised (head-mean attention + identity), later blocks
             on the left; the heatmap is the CLS row's patch entries.
-        block: which block for ``cls_last`` (negative indices count from the end).
-            Ignored by ``rollout``.
+        block: which block for ``cls_last`` and ``cls_heads`` (negative indices count from the end).
+            Ignored by ``rollout`` and ``cls_all``.
 
     Returns:
         ``(logits, features, heatmaps)``: logits (N, num_classes) equal to ``model(images)``;
-        features (N, D) equal to ``model.forward_head(tokens, pre_logits=True)``; heatmaps
-        (N, grid_h, grid_w) float32, detached, non-negative, each summing to at most 1
-        (``cls_last``: 1 minus the attention the CLS token pays to the prefix tokens).
+        features (N, D) equal to ``model.forward_head(tokens, pre_logits=True)``; heatmaps float32,
+        detached, non-negative: (N, grid_h, grid_w) for ``cls_last`` and ``rollout``, (N, heads, grid_h,
+        grid_w) for ``cls_heads``, (N, depth * heads, grid_h, grid_w) for ``cls_all`` (channel
+        ``block * heads + head``). Each map sums to at most 1 (1 minus the attention the CLS query pays
+        to the prefix tokens).
     """
     if kind not in HEATMAP_KINDS:
         raise ValueError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}.")
@@ -111,12 +121,12 @@ def forward_with_heatmaps(
     blocks = list(model.blocks)
     npt = int(model.num_prefix_tokens)
     gh, gw = _grid(model, images)
-    if kind == "cls_last":
-        b = _resolve_block(block, len(blocks))
-        attns = [blocks[b].attn]
+    if kind in ("cls_last", "cls_heads"):
+        attns = [blocks[_resolve_block(block, len(blocks))].attn]
     else:
         attns = [blk.attn for blk in blocks]
-
+    position = {a.attn_drop: i for i, a in enumerate(attns)}
+    rows: list[Tensor | None] = [None] * len(attns)  # CLS rows (N, heads, T) per hooked block
     state: dict[str, Tensor] = {}
 
     def check_tokens(t: int) -> None:
@@ -125,10 +135,10 @@ def forward_with_heatmaps(
                 f"attention has {t} tokens but {npt} prefix + {gh}x{gw} patches were expected "
                 f"(patch dropout active? call model.eval()).")
 
-    def cls_hook(_m: nn.Module, inputs: tuple, _out: Tensor) -> None:
+    def cls_hook(module: nn.Module, inputs: tuple, _out: Tensor) -> None:
         a = inputs[0].detach()  # (N, heads, T, T) post-softmax
         check_tokens(a.shape[-1])
-        state["row"] = a[:, :, 0, :].float().mean(1)  # (N, T)
+        rows[position[module]] = a[:, :, 0, :].float()
 
     def rollout_hook(_m: nn.Module, inputs: tuple, _out: Tensor) -> None:
         a = inputs[0].detach()
@@ -139,13 +149,17 @@ def forward_with_heatmaps(
         prev = state.get("rollout")
         state["rollout"] = a if prev is None else torch.bmm(a, prev)
 
-    hook = cls_hook if kind == "cls_last" else rollout_hook
+    hook = rollout_hook if kind == "rollout" else cls_hook
     with _unfused(attns), _hooks([a.attn_drop for a in attns], hook):
         tokens = model.forward_features(images)
     features = model.forward_head(tokens, pre_logits=True)
     with torch.autocast(device_type=features.device.type, enabled=False):  # fp32 logits under mixed precision
         logits = model.head(features.float())
 
-    row = state["row"] if kind == "cls_last" else state["rollout"][:, 0, :]
-    heatmaps = row[:, npt:].reshape(row.shape[0], gh, gw).contiguous()
-    return logits, features, heatmaps
+    n = images.shape[0]
+    if kind == "rollout":
+        return logits, features, state["rollout"][:, 0, npt:].reshape(n, gh, gw).contiguous()
+    cls_rows = torch.cat(rows, dim=1)[:, :, npt:]  # (N, blocks * heads, patches), block-major
+    if kind == "cls_last":
+        return logits, features, cls_rows.mean(1).reshape(n, gh, gw).contiguous()
+    return logits, features, cls_rows.reshape(n, cls_rows.shape[1], gh, gw).contiguous()
