@@ -1,6 +1,7 @@
 """detect.py on real camera-trap frames: images/s against a plain full decode, the decode share, peak memory.
 
     python benchmarks/bench_detect.py ../shared/wildcapture_samples/frames [--n 200] [--memory 300 3000]
+    python benchmarks/bench_detect.py FRAMES --device cuda --workers 12 --batch-size 128 --skip-digits --memory
 
 The frames are hard-linked N times into a temporary folder. The detectors are randomly initialised
 (speed and memory do not depend on the weights) and written in the project's checkpoint formats:
@@ -118,20 +119,27 @@ def main() -> None:
     parser.add_argument("--cae-size", type=int, default=128)
     parser.add_argument("--memory", type=int, nargs="*", default=[300, 3000], help="image counts of the memory runs")
     parser.add_argument("--skip-vitb", action="store_true")
+    parser.add_argument("--skip-digits", action="store_true")
+    parser.add_argument("--device", default="cpu", help="detect's device: cpu, cuda, ... (the plain decode runs on the CPU)")
+    parser.add_argument("--workers", type=int, default=0, help="detect's decoding processes (--workers)")
+    parser.add_argument("--batch-size", type=int, default=64, help="detect's --batch-size")
     args = parser.parse_args()
+    options = DetectOptions(device=args.device, overwrite=True, workers=args.workers, batch_size=args.batch_size)
     print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = link_frames(args.frames, tmp / "images", args.n)
-        for kind in ("digits", *(() if args.skip_vitb else ("vitb",))):
+        kinds = (*(() if args.skip_digits else ("digits",)), *(() if args.skip_vitb else ("vitb",)))
+        for kind in kinds:
             cae = make_detector(tmp, kind, 32 if kind == "digits" else 128)
             size = [16, 16] if kind == "digits" else [224, 224]
             plain = seconds(lambda: plain_decode(paths, size))
             decode = seconds(lambda: fast_decode(paths, size))
-            run = seconds(lambda: detect(tmp / "images", cae, tmp / f"{kind}.csv",
-                                         DetectOptions(device="cpu", overwrite=True)))
+            if args.device != "cpu":  # warm-up: CUDA context, kernels and the allocator, outside the timing
+                detect(tmp / "images", cae, tmp / f"{kind}.csv", options)
+            run = seconds(lambda: detect(tmp / "images", cae, tmp / f"{kind}.csv", options))
             n = len(paths)
-            print(f"{kind}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "
+            print(f"{kind} on {args.device}, {args.workers} decoding workers, batch {args.batch_size}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "
                   f"detect {n / run[0]:.1f} img/s ({1000 * run[1] / n:.1f} CPU ms/img): detect is "
                   f"{plain[0] / run[0]:.2f}x the plain decode's speed; its decode alone {n / decode[0]:.1f} img/s = "
                   f"{decode[0] / run[0]:.0%} of detect's time", flush=True)

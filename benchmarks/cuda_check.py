@@ -1,0 +1,125 @@
+"""The CUDA paths of stages 1-4 on a GPU machine: mixed precision, pinned memory, finite results.
+
+    python benchmarks/cuda_check.py                  # on a CUDA machine
+    python benchmarks/cuda_check.py --device cpu     # a dry run of the script's own logic
+
+Runs the digits pipeline in-process (experiment `--exp`, a few epochs) with `amp: true`, recording the
+output dtype of every Linear and Conv2d call: stages 1 and 2 must run the ViT in bf16 (fp16 where the GPU
+has no bf16) and stage 3 the CAE; stage 1 then runs again with bf16 reported unsupported, to take the
+fp16 + GradScaler path. It also checks that stage 1/2 and detect.py's loader (`make_loader`) gives pinned
+batches on CUDA and that every stage's numbers are finite. One line per check; exit status 1 if any failed.
+torchrun/NCCL and the images/s figures are separate commands (see `benchmarks/cuda_check.sh`).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Iterator
+from unittest import mock
+
+import torch
+from torch.utils.data import TensorDataset
+
+from wildcapture.classifier.data_setup import make_loader
+from wildcapture.pipeline import STAGES, stage_configs
+
+FAILED: list[str] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    """Print one PASS/FAIL line; remember failures for the exit status."""
+    print(f"{'PASS' if ok else 'FAIL'}  {name}{': ' + detail if detail else ''}", flush=True)
+    if not ok:
+        FAILED.append(name)
+
+
+@contextmanager
+def dtypes_seen() -> Iterator[Counter]:
+    """Count (module type, output dtype) of every Linear/Conv2d/ConvTranspose2d forward call meanwhile."""
+    seen: Counter = Counter()
+
+    def hook(module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and torch.is_tensor(output):
+            seen[(type(module).__name__, str(output.dtype).replace("torch.", ""))] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def run_stage(index: int, cfg: dict[str, Any]) -> tuple[Any, Counter, float]:
+    """Run stage `index` (0-3) of the pipeline on `cfg`; returns (its result, dtypes seen, seconds)."""
+    module = importlib.import_module(STAGES[index][2])
+    started = time.perf_counter()
+    with dtypes_seen() as seen:
+        result = module.run(cfg)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, seen, time.perf_counter() - started
+
+
+def share(seen: Counter, module: str, dtype: str) -> float:
+    """The fraction of `module` calls whose output had `dtype`."""
+    total = sum(n for (m, _), n in seen.items() if m == module)
+    return seen[(module, dtype)] / total if total else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--exp", default="cuda-check")
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        print(f"device {props.name}, {props.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, "
+              f"bf16 {torch.cuda.is_bf16_supported()}", flush=True)
+    half = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "float32"
+
+    loader = make_loader(TensorDataset(torch.zeros(8, 3, 4, 4)), 4, None, 2, torch.device(args.device))
+    (batch,) = next(iter(loader))
+    check("make_loader pins memory on CUDA (stages 1-2, detect.py)", batch.is_pinned() == cuda,
+          f"pin_memory={loader.pin_memory}, batch pinned={batch.is_pinned()}")
+
+    common = [f"device={args.device}", f"exp={args.exp}", f"train.epochs={args.epochs}", "amp=true",
+              "train.amp=true"]
+    configs = stage_configs("digits", extra=common)
+    results = []
+    for index, cfg in enumerate(configs):
+        result, seen, seconds = run_stage(index, cfg)
+        results.append(result)
+        print(f"stage {STAGES[index][0]}: {seconds:.1f} s; outputs by dtype {dict(seen)}", flush=True)
+        module = "Linear" if index < 2 else "Conv2d"
+        if index < 3:
+            check(f"stage {index + 1} runs its {module} layers in {half} under amp",
+                  share(seen, module, half) > 0.5, f"{share(seen, module, half):.0%} of {module} calls")
+    check("stage 1 val accuracy is finite", math.isfinite(results[0]["val_acc"]), f"{results[0]['val_acc']:.4f}")
+    check("stage 2 test accuracy is finite", math.isfinite(results[1]["accuracy"]), f"{results[1]['accuracy']:.4f}")
+    check("stage 3 best val loss is finite", math.isfinite(results[2]["best_val_loss"]),
+          f"{results[2]['best_val_loss']:.4g}")
+    aurocs = {row["detector"]: row["auroc"] for row in results[3]["rows"]}
+    check("stage 4 AUROCs are finite", all(math.isfinite(v) for v in aurocs.values()),
+          ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
+
+    if cuda:
+        fp16 = stage_configs("digits", extra=[*common, f"exp={args.exp}-fp16"])[0]
+        with mock.patch("torch.cuda.is_bf16_supported", return_value=False):
+            result, seen, seconds = run_stage(0, fp16)
+        check("stage 1 with fp16 + GradScaler (bf16 reported unsupported)",
+              share(seen, "Linear", "float16") > 0.5 and math.isfinite(result["val_acc"]),
+              f"{share(seen, 'Linear', 'float16'):.0%} of Linear calls in float16, val_acc {result['val_acc']:.4f}, "
+              f"{seconds:.1f} s")
+    print(f"{len(FAILED)} check(s) failed: {', '.join(FAILED)}" if FAILED else "all checks passed", flush=True)
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

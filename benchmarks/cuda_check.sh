@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every CUDA check in one run, for a GPU machine, from the repository root (dependencies installed):
+#   bash benchmarks/cuda_check.sh FRAMES_FOLDER
+# 1. stages 1-4 with mixed precision (bf16, then fp16 + GradScaler) and pinned memory (cuda_check.py);
+# 2. stages 1 and 2 under torchrun with NCCL (NCCL_DEBUG=INFO shows the communicator);
+# 3. stage 2's images/s at 224 px with a randomly initialised vit_base_patch16_224, every heatmap kind;
+# 4. detect.py's images/s on camera-trap frames with the same ViT-B and the paper's 128x128 CAE.
+set -uo pipefail
+frames=${1:?usage: bash benchmarks/cuda_check.sh FRAMES_FOLDER}
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+status=0
+step() { echo "=== $* ==="; "$@" || { echo "=== FAILED (exit $?): $* ==="; status=1; }; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
+step python benchmarks/cuda_check.py
+NCCL_DEBUG=INFO step torchrun --standalone --nproc_per_node=1 Train_Vit_Classifier/train.py exp=cuda-ddp device=cuda train.epochs=2
+NCCL_DEBUG=INFO step torchrun --standalone --nproc_per_node=1 Test_Classifier/test_classifier.py exp=cuda-ddp device=cuda
+step python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --amp --n 2048 --batch-size 256 --repeats 3
+step python benchmarks/bench_detect.py "$frames" --n 2000 --device cuda --workers 12 --batch-size 128 --skip-digits --memory
+exit $status
