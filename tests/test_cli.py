@@ -15,6 +15,7 @@ from wildcapture.config import load_config
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.paths import REPO_ROOT
 from wildcapture.pipeline import stage_configs
+from wildcapture.study.variants import VARIANTS
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
 STAGE_SCRIPTS = ["Train_Vit_Classifier/train.py", "Test_Classifier/test_classifier.py", "AutoEncoder/train.py",
@@ -37,7 +38,7 @@ def _run_script(*args: str) -> subprocess.CompletedProcess:
 
 def test_light_modules_do_not_import_torch():
     code = ("import sys, wildcapture.cli, wildcapture.config, wildcapture.errors, wildcapture.paths, "
-            "wildcapture.pipeline; assert 'torch' not in sys.modules, 'torch was imported'")
+            "wildcapture.pipeline, wildcapture.study.variants; assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
@@ -54,7 +55,7 @@ def test_stage_help_lists_presets_and_a_valid_example_without_importing_torch(sc
     load_config(config_dir, None, [example])  # the stage's own config has the key (ConfigError if not)
 
 
-@pytest.mark.parametrize("script", ["reproduce.py", "detect.py"])
+@pytest.mark.parametrize("script", ["reproduce.py", "detect.py", "benchmarks/seeds.py"])
 def test_runner_help_without_importing_torch(script):
     result = _run_script(script, "--help")
     assert result.returncode == 0, result.stderr
@@ -72,6 +73,13 @@ def test_reproduce_unknown_key_gets_the_stage_scripts_hint():
     result = _run_script("reproduce.py", "train.epoch=3")
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert "unknown config key 'train.epoch'" in result.stderr and "Did you mean 'train.epochs'?" in result.stderr
+
+
+def test_seeds_unknown_variant_is_one_line_exit_2_without_importing_torch():
+    result = _run_script("benchmarks/seeds.py", "--seeds", "2", "--variants", VARIANTS[0].name, "cls_lst")
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    names = ", ".join(v.name for v in VARIANTS)
+    assert result.stderr == f"error: unknown variant 'cls_lst'; choose from {names}\n"
 
 
 def test_reproduce_unknown_key_lists_the_keys_of_its_section():

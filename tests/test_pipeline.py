@@ -9,7 +9,7 @@ import torch
 
 import wildcapture.paths
 from wildcapture.config import ConfigError
-from wildcapture.pipeline import run_pipeline, stage_configs
+from wildcapture.pipeline import check_stage_configs, run_pipeline, stage_configs
 
 
 def _rows(path):
@@ -47,6 +47,21 @@ def test_stage_configs_load_the_benchmark_presets_and_apply_extra_keys_where_the
     # a key that no stage has is a typo, not something to drop silently
     with pytest.raises(ConfigError, match="trian.epochs"):
         stage_configs("digits", extra=["trian.epochs=3"])
+
+
+def test_per_stage_items_go_to_their_stage_only():
+    cfgs = stage_configs("digits", extra=["train.epochs=3"], per_stage=((), (), ("train.epochs=5",), ()))
+    assert [cfgs[i]["train"]["epochs"] for i in (0, 2, 3)] == [3, 5, 3]
+    with pytest.raises(ConfigError, match="unknown config key 'heatmap'"):
+        stage_configs("digits", per_stage=(("heatmap.kind=rollout",), (), (), ()))  # stage 1 has no such key
+
+
+def test_stage_values_are_checked_before_any_stage_runs():
+    with pytest.raises(ConfigError, match="cae.input_size must be a positive multiple of 16, got 20"):
+        check_stage_configs(stage_configs("digits", extra=["cae.input_size=20"]))
+    with pytest.raises(ConfigError, match="heatmap.kind"):
+        check_stage_configs(stage_configs("digits", extra=["heatmap.kind=cls_first"]))
+    check_stage_configs(stage_configs("digits"))
 
 
 @pytest.mark.e2e

@@ -3,6 +3,7 @@ an independent computation, the OOD table with the baselines of stage 2, and bad
 import csv
 import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from wildcapture.data import DatasetError
 from wildcapture.ood import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
 from wildcapture.cae.checkpoint import load_cae
-from wildcapture.stages.score_cae import run
+from wildcapture.errors import IncompleteOutputError
+from wildcapture.stages.score_cae import read_recon_errors, run
 from wildcapture.vit import WeightsMismatchError
 
 from stage_helpers import cae_config
@@ -91,6 +93,24 @@ def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmap
     assert [int(r["rows"]) for r in twin] == result["rows"]
     assert [float(r["errors"]) for r in twin] == list(result["errors"])
     assert [r["flagged_ood"] == "True" for r in twin] == list(result["flagged_ood"])
+
+
+def test_read_recon_errors_returns_the_pickle_and_refuses_a_changed_one(stage4, tmp_path):
+    with open(stage4 / "recon_errors.pkl", "rb") as handle:
+        written = pickle.load(handle)
+    read = read_recon_errors(stage4 / "recon_errors.pkl")
+    assert read.keys() == written.keys() and read["ids"] == written["ids"]
+    np.testing.assert_array_equal(read["errors"], written["errors"])
+    copy = tmp_path / "results"
+    shutil.copytree(stage4, copy)
+    written["errors"] = written["errors"] * 2
+    with open(copy / "recon_errors.pkl", "wb") as handle:
+        pickle.dump(written, handle)
+    with pytest.raises(IncompleteOutputError, match="has changed since the run that wrote it completed"):
+        read_recon_errors(copy / "recon_errors.pkl")
+    (copy / "score_cae.complete.yaml").unlink()
+    with pytest.raises(IncompleteOutputError, match="holds no complete output"):
+        read_recon_errors(copy / "recon_errors.pkl")
 
 
 def test_ood_table_has_cae_and_the_stage_2_baselines(stage4, tiny_heatmaps):

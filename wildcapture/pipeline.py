@@ -23,23 +23,27 @@ STAGES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()) -> list[Config]:
+def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = (),
+                  per_stage: Sequence[Sequence[str]] = ((), (), (), ())) -> list[Config]:
     """Return the four stage configs: the benchmark's preset (the defaults for digits), the smoke
     overrides and experiment name `<benchmark>-smoke` when `smoke`, then `extra` key=value items
-    that apply to every stage that has the key (ConfigError for a key that no stage has)."""
+    that apply to every stage that has the key (ConfigError for a key that no stage has), then
+    `per_stage[i]`: items for stage i alone (ConfigError for a key that stage lacks)."""
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{benchmark}'; choose one of {', '.join(BENCHMARKS)}")
     preset = None if benchmark == "digits" else f"{benchmark}.yaml"
     keys = [parse_override(item)[0] for item in extra]  # ConfigError for an item without '='
     configs, used, valid = [], set(), {}
-    for _, folder, _, smoke_overrides in STAGES:
+    if len(per_stage) != len(STAGES):
+        raise ValueError(f"per_stage needs one list of items per stage ({len(STAGES)}), got {len(per_stage)}")
+    for (_, folder, _, smoke_overrides), own in zip(STAGES, per_stage):
         config_dir = REPO_ROOT / folder / "config"
         defaults = load_config(config_dir, preset)
         valid.update(dict.fromkeys(_flat_keys(defaults)))
         mine = [(item, key) for item, key in zip(extra, keys) if _has_key(defaults, key)]
         used.update(key for _, key in mine)
         overrides = [*(smoke_overrides + (f"exp={defaults['exp']}-smoke",) if smoke else ()),
-                     *(item for item, _ in mine)]
+                     *(item for item, _ in mine), *own]
         configs.append(load_config(config_dir, preset, overrides))
     unknown = [key for key in keys if key not in used]
     if unknown:
@@ -68,12 +72,29 @@ def _has_key(cfg: Config, dotted: str) -> bool:
     return True
 
 
+def check_stage_configs(configs: Sequence[Config]) -> None:
+    """Run each stage's own `check_config` on its config (the four of `stage_configs`, in order), so a value
+    a later stage cannot use is a ConfigError before an earlier stage writes a file."""
+    for (_, _, module, _), cfg in zip(STAGES, configs):
+        importlib.import_module(module).check_config(cfg)
+
+
+def run_stage(index: int, cfg: Config, label: str = "") -> tuple[Any, float]:
+    """Run stage `index` (0-3, the order of STAGES) on `cfg` in this process, after printing its name and
+    `label`; returns (the stage's `run(cfg)` result, wall-clock seconds rounded to 0.1)."""
+    name, _, module, _ = STAGES[index]
+    print(f"=== stage {name}{f' ({label})' if label else ''} ===", flush=True)
+    started = time.perf_counter()
+    result = importlib.import_module(module).run(cfg)
+    return result, round(time.perf_counter() - started, 1)
+
+
 def run_pipeline(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()) -> dict[str, Any]:
     """Run stages 1-4; returns stage 4's result ({"rows", "markdown"}) plus per-stage `seconds`."""
     seconds, result = {}, {}
-    for (name, _, module, _), cfg in zip(STAGES, stage_configs(benchmark, smoke, extra)):
-        print(f"=== stage {name} ({benchmark}{', smoke' if smoke else ''}) ===", flush=True)
-        started = time.perf_counter()
-        result = importlib.import_module(module).run(cfg)
-        seconds[name] = round(time.perf_counter() - started, 1)
+    label = f"{benchmark}{', smoke' if smoke else ''}"
+    configs = stage_configs(benchmark, smoke, extra)
+    check_stage_configs(configs)
+    for index, ((name, _, _, _), cfg) in enumerate(zip(STAGES, configs)):
+        result, seconds[name] = run_stage(index, cfg, label)
     return {**result, "seconds": seconds}

@@ -33,8 +33,9 @@ from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.heatmap_store import SplitIndex, read_baseline_scores
+from wildcapture.errors import IncompleteOutputError
 from wildcapture.ood import ood_rows, plot_roc_curves, plot_score_histograms, to_markdown, write_table
-from wildcapture.outputs import Staging
+from wildcapture.outputs import Staging, read_marker, verify_file
 from wildcapture.paths import baseline_scores_path, cae_checkpoint, heatmaps_dir, portable_path, results_dir
 from wildcapture.provenance import check_same_heatmaps, heatmap_provenance
 from wildcapture.run_lock import hold_lock
@@ -44,6 +45,8 @@ from wildcapture.storage import atomic_write, write_csv, write_yaml
 STAGE = "score_cae"
 TEST_SPLITS = ("test_id", "test_ood")
 RECON_COLUMNS = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
+MARKER = f"{STAGE}.complete.yaml"
+RERUN = "stage 4 (AutoEncoder/test_autoencoder.py)"
 
 
 def write_recon_errors(result: dict[str, Any], out: Path) -> None:
@@ -56,6 +59,20 @@ def write_recon_errors(result: dict[str, Any], out: Path) -> None:
     write_csv(out / "recon_errors.csv", RECON_COLUMNS,
               ([repr(float(result[c][i])) if c == "errors" else result[c][i] for c in RECON_COLUMNS]
                for i in range(len(result["errors"]))))
+
+
+def read_recon_errors(path: Path) -> dict[str, Any]:
+    """Return the dict `write_recon_errors` wrote to `path` (a `recon_errors.pkl`: RECON_COLUMNS, one entry
+    per test image, plus `threshold` and `checkpoint`), after checking that the completion marker beside it
+    lists the file with this SHA-256; IncompleteOutputError naming the file otherwise."""
+    path = Path(path)
+    verify_file(read_marker(path.parent / MARKER, (), RERUN), path.parent, path.name, RERUN)
+    with open(path, "rb") as handle:
+        result = pickle.load(handle)
+    missing = [c for c in RECON_COLUMNS if c not in result]
+    if missing:
+        raise IncompleteOutputError(f"{path} lacks {', '.join(missing)}; rerun {RERUN}")
+    return result
 
 
 def _check_provenance(ckpt: dict[str, Any], meta: dict[str, Any] | None, cfg: Config) -> None:
@@ -147,7 +164,7 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
     caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors['test_id'])} ID images) vs test_ood "
                f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps")
 
-    with Staging(out, STAGE, f"{STAGE}.complete.yaml") as staging:
+    with Staging(out, STAGE, MARKER) as staging:
         write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
         plot_roc_curves(scores, staging.path("roc_curves.png"))
         plot_score_histograms(scores, staging.path("score_histograms.png"))

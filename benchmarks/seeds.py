@@ -1,0 +1,54 @@
+"""Results over stage-1 seeds: the whole pipeline for N seeds and each heatmap/CAE variant, summarised.
+
+    python benchmarks/seeds.py --seeds 5                                  # digits, the default variants
+    python benchmarks/seeds.py --seeds 3 --variants cls_last rollout --bootstrap 2000
+    python benchmarks/seeds.py --seeds 5 exp=digits-79 "data.id_classes=[7,9]"   # another split
+
+Seeds 0..N-1 seed stage 1 (and each CAE); the data split (data.seed) stays the same, so every run scores
+the same test images. key=value items apply to every stage that has the key, as in reproduce.py. Writes
+<out>/summary.json and <out>/summary.md (default out: results/<exp>/seeds; the runs go to <out>/runs/,
+layout in wildcapture/study/seed_runs.py) and redoes every run when run again. Prints the table and the
+time of each stage run. Variants: wildcapture/study/variants.py.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+from wildcapture.cli import exit_on_user_error
+from wildcapture.pipeline import BENCHMARKS
+from wildcapture.study.variants import DEFAULT_VARIANTS, VARIANTS, pick_variants
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Parse `argv` (default: the command line), run the study, print the table and timings; returns
+    `run_study`'s result."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5, help="number of stage-1 seeds (0..N-1)")
+    parser.add_argument("--benchmark", default="digits", choices=BENCHMARKS)
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), metavar="NAME",
+                        help=f"heatmap/CAE variants, from: {', '.join(v.name for v in VARIANTS)}")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="study folder (default results/<exp>/seeds)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    with exit_on_user_error():
+        picked = pick_variants(args.variants)
+        from wildcapture.study.seed_runs import run_study  # imports torch: after the arguments are checked
+
+        result = run_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out, args.bootstrap,
+                           args.bootstrap_seed)
+    print(result["markdown"])
+    for t in result["timings"]:
+        print(f"seed {t['seed']}, {t['step']}: {t['seconds']:.1f} s")
+    print(f"total {sum(t['seconds'] for t in result['timings']):.0f} s; wrote {result['paths']['md']} and "
+          f"{result['paths']['json']}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The seed study (`benchmarks/seeds.py`): its per-run configs and folders, and one tiny run producing the summary."""
+import json
+import runpy
+
+import numpy as np
+import pytest
+import yaml
+
+import wildcapture.study.variants as variants
+from wildcapture.config import ConfigError
+from wildcapture.ood.seeds_summary import COLUMNS
+from wildcapture.paths import REPO_ROOT
+from wildcapture.pipeline import check_stage_configs
+from wildcapture.study.seed_runs import StudyLayout, default_root, run_configs
+from wildcapture.study.variants import Variant, pick_variants
+
+# the study's variants in these tests (VARIANTS itself is the lead's list to edit)
+CLS_LAST, ROLLOUT = Variant("cls_last", ("heatmap.kind=cls_last",)), Variant("rollout", ("heatmap.kind=rollout",))
+TINY = ["device=cpu", "data.limit_per_split=40", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=16",
+        "model.img_size=8", "model.patch_size=2", "model.embed_dim=16", "model.depth=2", "model.num_heads=2",
+        "batch_size=16", "gallery_size=0", "baselines.knn_k=5", "cae.input_size=16", "test.batch_size=16",
+        "test.gallery_size=0"]
+
+
+def test_run_configs_place_each_run_in_its_folders(tmp_path):
+    layout = StudyLayout(tmp_path)
+    rollout = ROLLOUT
+    vit_cfg, test_cfg, cae_cfg, score_cfg = run_configs("digits", ["data.id_classes=[1,2]", "device=cpu"], layout, 3,
+                                                        rollout)
+    seed_dir = tmp_path / "runs" / "seed3"
+    assert [c["seed"] for c in (vit_cfg, test_cfg, cae_cfg, score_cfg)] == [3, 3, 3, 3]
+    assert vit_cfg["output_dir"] == str(seed_dir / "vit") and vit_cfg["data"]["id_classes"] == [1, 2]
+    assert test_cfg["checkpoint"] == str(seed_dir / "vit" / "best.pth") and test_cfg["overwrite"] is True
+    assert test_cfg["heatmap"]["kind"] == "rollout" and test_cfg["data"]["id_classes"] == [1, 2]
+    assert test_cfg["heatmaps_dir"] == cae_cfg["heatmaps_dir"] == str(seed_dir / "heatmaps" / "rollout")
+    assert test_cfg["results_dir"] == str(seed_dir / "stage2" / "rollout")
+    assert cae_cfg == score_cfg and cae_cfg["output_dir"] == str(seed_dir / "cae" / "rollout")
+    assert cae_cfg["results_dir"] == str(seed_dir / "ood" / "rollout")
+    assert cae_cfg["test"]["baseline_scores"] == str(seed_dir / "stage2" / "rollout" / "baseline_scores.csv")
+    assert {c["device"] for c in (vit_cfg, test_cfg, cae_cfg)} == {"cpu"}
+
+    for item in ("seed=4", "output_dir=x", "heatmap.kind=cls_last", "test.baseline_scores=x.csv"):
+        with pytest.raises(ConfigError, match=f"sets {item.split('=')[0]} for each run"):
+            run_configs("digits", [item], layout, 0, rollout)
+    with pytest.raises(ConfigError, match="trian.epochs"):
+        run_configs("digits", ["trian.epochs=2"], layout, 0, rollout)
+    assert default_root("digits", []) == REPO_ROOT / "results" / "digits" / "seeds"
+    assert default_root("digits", ["exp=split2"]) == REPO_ROOT / "results" / "split2" / "seeds"
+
+
+def test_variants_are_picked_by_name(monkeypatch):
+    paper = Variant("cls_last/paper", ("heatmap.kind=cls_last",), ("cae.zdim=64",))
+    clash = Variant("other", ("heatmap.block=cls_last",))  # another setting, the same folder name
+    monkeypatch.setattr(variants, "VARIANTS", (CLS_LAST, ROLLOUT, paper, clash))
+    assert pick_variants(["rollout", "cls_last"]) == [ROLLOUT, CLS_LAST]
+    with pytest.raises(ConfigError, match="unknown variant 'cls_lst'; choose from cls_last, rollout, cls_last/paper"):
+        pick_variants(["cls_lst"])
+    with pytest.raises(ConfigError, match="distinct"):
+        pick_variants(["rollout", "rollout"])
+    assert paper.folder == "cls_last-paper" and paper.heatmap_folder == "cls_last"
+    assert [v.heatmap_folder for v in pick_variants(["cls_last", "cls_last/paper"])] == ["cls_last", "cls_last"]
+    with pytest.raises(ConfigError, match="would share the stage-2 folder 'cls_last'"):
+        pick_variants(["cls_last", "other"])
+
+
+def test_every_listed_variant_gives_valid_stage_configs(tmp_path):
+    assert set(variants.DEFAULT_VARIANTS) <= {v.name for v in variants.VARIANTS}
+    for v in pick_variants([v.name for v in variants.VARIANTS]):
+        # ConfigError for a key no stage has, or a value a stage cannot use (an unknown heatmap kind)
+        check_stage_configs(run_configs("digits", [], StudyLayout(tmp_path), 0, v))
+
+
+@pytest.mark.e2e
+def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(variants, "VARIANTS", (CLS_LAST, ROLLOUT))
+    script = runpy.run_path(str(REPO_ROOT / "benchmarks" / "seeds.py"))
+    script["main"](["--seeds", "2", "--variants", "cls_last", "rollout", "--bootstrap", "200",
+                    "--out", str(tmp_path), *TINY])
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| Detector | Family | AUROC mean |" in printed and markdown.strip() in printed
+    assert "seed 1, stage 4 scores rollout:" in printed
+
+    rows = {r["detector"]: r for r in summary["rows"]}
+    assert summary["columns"] == list(COLUMNS) and all(list(r) == list(COLUMNS) for r in summary["rows"])
+    assert set(rows) == {"cae[cls_last]", "cae[rollout]", "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
+    assert {d: r["family"] for d, r in rows.items() if r["family"] != "feature"} == \
+        {"cae[cls_last]": "attention", "cae[rollout]": "attention"}
+    assert {r["n_seeds"] for r in rows.values()} == {2}
+    assert [r["auroc_mean"] for r in summary["rows"]] == sorted((r["auroc_mean"] for r in rows.values()), reverse=True)
+    study = summary["study"]
+    assert study["seeds"] == [0, 1] and (study["n_id"], study["n_ood"]) == (40, 40)
+    assert [v["name"] for v in study["variants"]] == ["cls_last", "rollout"]
+    # stage 1 once per seed, stage 2 once per heatmap kind, stages 3-4 once per variant
+    assert [t["step"] for t in study["timings"] if t["seed"] == 0] == [
+        "stage 1 classifier", "stage 2 heatmaps cls_last", "stage 3 CAE cls_last", "stage 4 scores cls_last",
+        "stage 2 heatmaps rollout", "stage 3 CAE rollout", "stage 4 scores rollout"]
+
+    # the means and spreads are those of the per-run OOD tables (features: the first variant's tables)
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        assert yaml.safe_load((runs / f"seed{seed}" / "vit" / "config.yaml").read_text())["seed"] == seed
+        assert yaml.safe_load((runs / f"seed{seed}" / "cae" / "rollout" / "config.yaml").read_text())["seed"] == seed
+    tables = {(s, v): {r["detector"]: r for r in json.loads((runs / f"seed{s}" / "ood" / v / "ood_table.json")
+                                                             .read_text())["rows"]}
+              for s in (0, 1) for v in ("cls_last", "rollout")}
+    for name, row in rows.items():
+        variant, detector = (name[4:-1], "cae") if name.startswith("cae[") else ("cls_last", name)
+        for metric in ("auroc", "fpr95"):
+            values = [tables[s, variant][detector][metric] for s in (0, 1)]
+            assert row[f"{metric}_mean"] == pytest.approx(np.mean(values), abs=1e-12), (name, metric)
+            assert row[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12), (name, metric)
+    assert tables[0, "cls_last"]["cae"]["auroc"] != tables[1, "cls_last"]["cae"]["auroc"]  # the seeds differ
+    reference = study["reference"]
+    assert rows[reference]["auroc_mean"] == max(r["auroc_mean"] for r in rows.values() if r["family"] == "feature")
+    assert (rows[reference]["delta_auroc"], rows[reference]["delta_auroc_ci_low"]) == (0.0, 0.0)
+    for row in rows.values():
+        assert row["delta_auroc_ci_low"] <= row["delta_auroc_ci_high"]
+        assert row["delta_auroc"] == pytest.approx(row["auroc_mean"] - rows[reference]["auroc_mean"], abs=1e-12)

@@ -1,0 +1,175 @@
+"""Results over several stage-1 seeds: mean and spread of each detector's metrics, and a paired bootstrap
+interval of its AUROC difference to the best feature-based detector.
+
+Every seed scores the same test images (the data split has its own seed, `data.seed`), so the
+differences are paired across detectors and across seeds: one set of resamples of the test_id and
+test_ood images (`bootstrap.resample_counts`) serves every detector and every seed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from wildcapture.storage import write_text
+
+from .bootstrap import resample_counts, resampled_auroc
+from .metrics import auroc, fpr_at_tpr
+from .table import CONVENTION
+
+FAMILIES = ("attention", "feature", "fusion")
+COLUMNS = ("detector", "family", "auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std", "n_seeds",
+           "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high")
+CI_PERCENTILES = (2.5, 97.5)
+
+
+def family(detector: str) -> str:
+    """Return the family of a detector name: `attention` for the CAE (`cae`, `cae[<variant>]`), `fusion`
+    for a CAE combined with another score (`cae+<partner>`, `cae+<partner>[<variant>]`), `feature` for
+    the rest (stage 2's post-hoc detectors on logits and features: msp, maxlogit, energy, ...)."""
+    base = detector.split("[", 1)[0]
+    if base == "cae":
+        return "attention"
+    return "fusion" if base.startswith("cae+") else "feature"
+
+
+@dataclass
+class DetectorRun:
+    """One detector on one seed: its metrics (fractions in [0, 1]) and, when known, its per-image scores
+    (test_id (n_id,), test_ood (n_ood,)), higher = more OOD; only detectors with scores get an interval."""
+
+    auroc: float
+    fpr95: float
+    scores: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def detector_run(id_scores: np.ndarray, ood_scores: np.ndarray) -> DetectorRun:
+    """Return the DetectorRun of per-image scores, its metrics computed by `wildcapture.ood.metrics`."""
+    scores = (np.asarray(id_scores, dtype=np.float64), np.asarray(ood_scores, dtype=np.float64))
+    return DetectorRun(auroc(*scores), fpr_at_tpr(*scores, 0.95), scores)
+
+
+@dataclass
+class Summary:
+    """The rows (COLUMNS, sorted by auroc_mean, best first), the detector the deltas are taken against
+    (None without feature detectors) and the test set sizes (0 when no detector has per-image scores)."""
+
+    rows: list[dict[str, Any]]
+    reference: str | None
+    n_id: int
+    n_ood: int
+
+
+def _spread(values: np.ndarray) -> float:
+    """Sample standard deviation (ddof=1); NaN for a single value, whose spread is undefined."""
+    return float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
+
+
+def summarise(runs: Mapping[int, Mapping[str, DetectorRun]], resamples: int = 1000, seed: int = 0) -> Summary:
+    """Return the Summary of `runs` ({stage-1 seed: {detector: DetectorRun}}, every detector on every seed).
+
+    auroc_std/fpr95_std are sample standard deviations over seeds (NaN for one seed). The reference is
+    the feature detector with the highest mean AUROC. `delta_auroc` is the mean over seeds of
+    AUROC(detector) - AUROC(reference); its interval holds the 2.5th and 97.5th percentiles of that mean
+    over `resamples` paired resamples (test_id and test_ood resampled separately, drawn by
+    np.random.default_rng(`seed`)); NaN for a detector without per-image scores.
+    """
+    seeds = sorted(runs)
+    if not seeds:
+        raise ValueError("summarise needs the runs of at least one seed")
+    names = list(runs[seeds[0]])
+    for s in seeds:
+        if set(runs[s]) != set(names):
+            raise ValueError(f"seed {s} has detectors {sorted(runs[s])}, seed {seeds[0]} has {sorted(names)}")
+    metric = {(d, m): np.array([getattr(runs[s][d], m) for s in seeds]) for d in names for m in ("auroc", "fpr95")}
+    with_scores = [d for d in names if all(runs[s][d].scores is not None for s in seeds)]
+    features = [d for d in with_scores if family(d) == "feature"]
+    reference = max(features, key=lambda d: metric[d, "auroc"].mean()) if features else None
+    deltas = _paired_deltas(runs, seeds, with_scores, reference, resamples, seed) if reference else {}
+    rows = [{"detector": d, "family": family(d),
+             "auroc_mean": float(metric[d, "auroc"].mean()), "auroc_std": _spread(metric[d, "auroc"]),
+             "fpr95_mean": float(metric[d, "fpr95"].mean()), "fpr95_std": _spread(metric[d, "fpr95"]),
+             "n_seeds": len(seeds), **dict(zip(COLUMNS[-3:], deltas.get(d, (float("nan"),) * 3)))}
+            for d in names]
+    rows.sort(key=lambda r: -r["auroc_mean"])
+    sizes = [x.size for x in runs[seeds[0]][reference].scores] if reference else [0, 0]
+    return Summary(rows, reference, *sizes)
+
+
+def _paired_deltas(runs: Mapping[int, Mapping[str, DetectorRun]], seeds: Sequence[int], names: Sequence[str],
+                   reference: str, resamples: int, seed: int) -> dict[str, tuple[float, float, float]]:
+    """Return {detector: (delta_auroc, ci_low, ci_high)} against `reference` for `names` (see `summarise`)."""
+    n_id, n_ood = (x.size for x in runs[seeds[0]][reference].scores)
+    for s in seeds:
+        for d in names:
+            sizes = tuple(x.size for x in runs[s][d].scores)
+            if sizes != (n_id, n_ood):
+                raise ValueError(f"detector {d} of seed {s} scores {sizes} test_id/test_ood images, "
+                                 f"{reference} of seed {seeds[0]} {(n_id, n_ood)}: not the same test set")
+    rng = np.random.default_rng(seed)
+    id_counts, ood_counts = resample_counts(n_id, resamples, rng), resample_counts(n_ood, resamples, rng)
+    reference_aurocs = {s: resampled_auroc(*runs[s][reference].scores, id_counts, ood_counts) for s in seeds}
+    deltas = {}
+    for d in names:
+        resampled = np.mean([resampled_auroc(*runs[s][d].scores, id_counts, ood_counts) - reference_aurocs[s]
+                             for s in seeds], axis=0)
+        point = float(np.mean([runs[s][d].auroc - runs[s][reference].auroc for s in seeds]))
+        low, high = np.percentile(resampled, CI_PERCENTILES)
+        deltas[d] = (point, float(low), float(high))
+    return deltas
+
+
+def caption(summary: Summary, seeds: Sequence[int], variants: Sequence[str], resamples: int) -> str:
+    """Return the caption of the summary table: what was run and what each column means."""
+    reference = summary.reference or "none (no feature detector)"
+    return (f"Stage-1 seeds {', '.join(map(str, seeds))} ({len(seeds)} runs of the whole pipeline, the same test "
+            f"images each: test_id {summary.n_id} ID, test_ood {summary.n_ood} OOD); heatmap/CAE variants "
+            f"{', '.join(variants)}. Mean and sample standard deviation (ddof=1) over seeds; feature detectors "
+            f"depend on the seed only. dAUROC = mean over seeds of AUROC(detector) - AUROC({reference}), the "
+            f"feature detector with the highest mean AUROC; [low, high] = 95% paired bootstrap interval "
+            f"({resamples} resamples of the test_id and test_ood images, the same for every detector and seed); "
+            "an interval above 0 means better than the reference beyond test-set sampling noise; n/a = no "
+            "per-image scores.")
+
+
+def _cell(value: float, digits: int = 4) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
+def to_markdown(rows: Sequence[Mapping[str, Any]], text: str) -> str:
+    """Return the Markdown table of summary `rows` preceded by `text` (the caption) and the metric convention."""
+    lines = [text, "", CONVENTION, "",
+             "| Detector | Family | AUROC mean | AUROC std | FPR@95TPR mean | FPR@95TPR std | Seeds | dAUROC "
+             "| 95% CI |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        interval = ("n/a" if r["delta_auroc_ci_low"] != r["delta_auroc_ci_low"]
+                    else f"[{r['delta_auroc_ci_low']:+.4f}, {r['delta_auroc_ci_high']:+.4f}]")
+        delta = "n/a" if r["delta_auroc"] != r["delta_auroc"] else f"{r['delta_auroc']:+.4f}"
+        lines.append(f"| {r['detector']} | {r['family']} | {_cell(r['auroc_mean'])} | {_cell(r['auroc_std'])} | "
+                     f"{_cell(r['fpr95_mean'])} | {_cell(r['fpr95_std'])} | {r['n_seeds']} | {delta} | {interval} |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: Any) -> Any:
+    """`value` with every NaN float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def write_summary(out: Path, study: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], text: str) -> dict[str, Path]:
+    """Write `out/summary.json` ({"study", "caption", "convention", "columns", "rows"}; NaN as null) and
+    `out/summary.md`, each atomically; returns {"json", "md"} -> path."""
+    paths = {"json": Path(out) / "summary.json", "md": Path(out) / "summary.md"}
+    payload = {"study": dict(study), "caption": text, "convention": CONVENTION, "columns": list(COLUMNS),
+               "rows": [{c: r[c] for c in COLUMNS} for r in rows]}
+    write_text(paths["json"], json.dumps(_json_ready(payload), indent=2) + "\n")
+    write_text(paths["md"], to_markdown(rows, text))
+    return paths

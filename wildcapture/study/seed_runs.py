@@ -1,0 +1,175 @@
+"""Run the whole pipeline for several stage-1 seeds and heatmap/CAE variants, then summarise over seeds.
+
+Layout under the study folder ROOT (default `results/<exp>/seeds`):
+
+    ROOT/summary.json, ROOT/summary.md        the summary (`wildcapture.ood.seeds_summary`)
+    ROOT/runs/seed<S>/vit/                    stage 1 (seed=S)
+    ROOT/runs/seed<S>/heatmaps/<heatmap>/     stage 2 heatmaps, once per heatmap setting (Variant.heatmap_folder)
+    ROOT/runs/seed<S>/stage2/<heatmap>/       stage 2 results: baseline_scores.csv, classifier report
+    ROOT/runs/seed<S>/cae/<variant>/          stage 3 (CAE seed = S), once per variant (Variant.folder)
+    ROOT/runs/seed<S>/ood/<variant>/          stage 4: ood_table.json, recon_errors.pkl
+
+Every run is redone when the study is run again (stage 2 with overwrite=true): the folders belong to the study.
+Stage 1 runs once per seed, stage 2 once per (seed, heatmap setting), stages 3 and 4 once per (seed, variant),
+all in this process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from wildcapture.config import Config, parse_override
+from wildcapture.errors import ConfigError, DatasetError
+from wildcapture.heatmap_store import read_baseline_scores, read_meta
+from wildcapture.ood import read_table
+from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run, family,
+                                           summarise, to_markdown, write_summary)
+from wildcapture.paths import portable_path, resolve_path
+from wildcapture.pipeline import check_stage_configs, run_stage, stage_configs
+from wildcapture.stages.score_cae import read_recon_errors
+
+from .variants import Variant
+
+
+@dataclass(frozen=True)
+class StudyLayout:
+    """The folders of one study: each method returns the folder of the layout in the module docstring."""
+
+    root: Path
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.root / "runs" / f"seed{seed}"
+
+    def vit(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "vit"
+
+    def heatmaps(self, seed: int, variant: Variant) -> Path:
+        return self.seed_dir(seed) / "heatmaps" / variant.heatmap_folder
+
+    def stage2_results(self, seed: int, variant: Variant) -> Path:
+        return self.seed_dir(seed) / "stage2" / variant.heatmap_folder
+
+    def cae(self, seed: int, variant: Variant) -> Path:
+        return self.seed_dir(seed) / "cae" / variant.folder
+
+    def scores(self, seed: int, variant: Variant) -> Path:
+        return self.seed_dir(seed) / "ood" / variant.folder
+
+
+def default_root(benchmark: str, extra: Sequence[str]) -> Path:
+    """The study folder when none is given: `results/<exp>/seeds`, exp being the stage configs' (after `extra`)."""
+    return resolve_path(f"results/{stage_configs(benchmark, extra=extra)[0]['exp']}/seeds")
+
+
+def _per_stage(layout: StudyLayout, seed: int, variant: Variant) -> tuple[tuple[str, ...], ...]:
+    """The items of each stage that place the run's files in `layout` and apply the variant."""
+    heat, stage2 = layout.heatmaps(seed, variant), layout.stage2_results(seed, variant)
+    cae = (f"heatmaps_dir={heat}", f"output_dir={layout.cae(seed, variant)}",
+           f"results_dir={layout.scores(seed, variant)}", f"test.baseline_scores={stage2 / 'baseline_scores.csv'}",
+           "test.checkpoint=null", *variant.cae)
+    return ((f"output_dir={layout.vit(seed)}",),
+            (f"checkpoint={layout.vit(seed) / 'best.pth'}", f"heatmaps_dir={heat}", f"results_dir={stage2}",
+             "overwrite=true", *variant.heatmap),
+            cae, cae)
+
+
+def run_configs(benchmark: str, extra: Sequence[str], layout: StudyLayout, seed: int, variant: Variant) -> list[Config]:
+    """Return the four stage configs of one (seed, variant) run: `extra` items in every stage that has the key,
+    `seed=<seed>` (stage 1's, and the CAE's), then the run's own paths and the variant's items.
+
+    ConfigError when `extra` sets a key the study sets per run (seed, paths, overwrite, the variant's keys).
+    """
+    per_stage = _per_stage(layout, seed, variant)
+    owned = {"seed", *(parse_override(item)[0] for items in per_stage for item in items)}
+    for item in extra:
+        key = parse_override(item)[0]
+        if key in owned:
+            raise ConfigError(f"{item}: the seed study sets {key} for each run itself (see "
+                              "wildcapture/study/seed_runs.py); use --out for the study folder, --variants for the "
+                              "heatmap/CAE settings")
+    return stage_configs(benchmark, False, [*extra, f"seed={seed}"], per_stage)
+
+
+def run_seed(configs: dict[str, list[Config]], variants: Sequence[Variant], seed: int) -> list[dict[str, Any]]:
+    """Run every stage of one seed (`configs`: variant name -> its four stage configs); returns the timings,
+    one {"seed", "step", "seconds"} per stage run."""
+    timings = []
+
+    def step(index: int, cfg: Config, what: str) -> None:
+        _, seconds = run_stage(index, cfg, f"seed {seed}, {what}")
+        timings.append({"seed": seed, "step": f"stage {index + 1} {what}", "seconds": seconds})
+
+    step(0, configs[variants[0].name][0], "classifier")
+    done: set[str] = set()
+    for v in variants:
+        if v.heatmap_folder not in done:
+            step(1, configs[v.name][1], f"heatmaps {v.heatmap_folder}")
+            done.add(v.heatmap_folder)
+        step(2, configs[v.name][2], f"CAE {v.name}")
+        step(3, configs[v.name][3], f"scores {v.name}")
+    return timings
+
+
+def collect_seed(layout: StudyLayout, seed: int,
+                 variants: Sequence[Variant]) -> tuple[dict[str, DetectorRun], list[str]]:
+    """Return ({detector: DetectorRun} of one seed, the test images' ids in score order).
+
+    Feature detectors come from the baseline scores of the first variant's stage-2 run, `cae[<variant>]`
+    from each variant's recon_errors.pkl, `cae+<partner>[<variant>]` (fusion) from its ood_table.json
+    (metrics only). DatasetError when the variants' test images differ.
+    """
+    first = variants[0]
+    meta = read_meta(layout.heatmaps(seed, first))
+    features = read_baseline_scores(layout.stage2_results(seed, first) / "baseline_scores.csv", meta)
+    runs = {name: detector_run(*scores) for name, scores in features.items()}
+    ids = None
+    for v in variants:
+        folder = layout.scores(seed, v)
+        recon = read_recon_errors(folder / "recon_errors.pkl")
+        if ids is None:
+            ids = list(recon["ids"])
+        elif list(recon["ids"]) != ids:
+            raise DatasetError(f"{folder} scores other test images than {layout.scores(seed, first)}: "
+                               "the runs of a study must share the data split")
+        split, errors = np.asarray(recon["split"]), np.asarray(recon["errors"], dtype=np.float64)
+        runs[f"cae[{v.name}]"] = detector_run(errors[split == "test_id"], errors[split == "test_ood"])
+        for row in read_table(folder / "ood_table.json"):
+            if family(row["detector"]) == "fusion":
+                runs[f"{row['detector']}[{v.name}]"] = DetectorRun(row["auroc"], row["fpr95"])
+    return runs, ids
+
+
+def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
+              root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0) -> dict[str, Any]:
+    """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}.
+
+    Every config is built and range-checked before the first stage runs. Returns {"summary": Summary,
+    "markdown": the table with its caption, "timings": [{"seed", "step", "seconds"}], "paths": the files}.
+    """
+    if resamples < 1:
+        raise ConfigError(f"--bootstrap must be >= 1, got {resamples}")
+    layout = StudyLayout(resolve_path(root) if root else default_root(benchmark, extra))
+    configs = {s: {v.name: run_configs(benchmark, extra, layout, s, v) for v in variants} for s in seeds}
+    for per_variant in configs.values():
+        for cfgs in per_variant.values():
+            check_stage_configs(cfgs)
+    timings, runs, test_ids = [], {}, None
+    for s in seeds:
+        timings += run_seed(configs[s], variants, s)
+        runs[s], ids = collect_seed(layout, s, variants)
+        if test_ids is not None and ids != test_ids:
+            raise DatasetError(f"seed {s} scores other test images than seed {seeds[0]}: the pairing over seeds "
+                               "needs one data split (data.seed) for every seed")
+        test_ids = ids
+    summary: Summary = summarise(runs, resamples, bootstrap_seed)
+    text = caption(summary, seeds, [v.name for v in variants], resamples)
+    study = {"benchmark": benchmark, "seeds": list(seeds), "overrides": list(extra),
+             "variants": [{"name": v.name, "heatmap": list(v.heatmap), "cae": list(v.cae)} for v in variants],
+             "bootstrap": {"resamples": resamples, "seed": bootstrap_seed, "percentiles": list(CI_PERCENTILES)},
+             "reference": summary.reference, "n_id": summary.n_id, "n_ood": summary.n_ood,
+             "runs": portable_path(layout.root / "runs"), "timings": timings}
+    paths = write_summary(layout.root, study, summary.rows, text)
+    return {"summary": summary, "markdown": to_markdown(summary.rows, text), "timings": timings, "paths": paths}
