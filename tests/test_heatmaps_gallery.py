@@ -59,3 +59,15 @@ def test_gallery_checks_counts(tmp_path):
     with pytest.raises(ValueError, match="channels"):
         plot_heatmap_gallery([img], np.zeros((1, 2, 2, 2)), [img], np.zeros((1, 3, 2, 2)), tmp_path / "g.png",
                              input_size=(8, 8))
+
+
+def test_stage2_gallery_channel_is_checked_against_the_heatmaps():
+    from wildcapture.errors import ConfigError
+    from wildcapture.stages.evaluate_classifier import check_gallery_channel
+
+    heads = np.zeros((2, 12, 4, 4), np.float32)
+    for channel in (None, 0, 11, -12):
+        check_gallery_channel({"gallery_channel": channel, "heatmap": {"kind": "cls_heads"}}, heads)
+    for channel, maps in ((12, heads), (-13, heads), (1, heads[:, 0])):
+        with pytest.raises(ConfigError, match=f"gallery_channel={channel} is out of range .* valid values are null"):
+            check_gallery_channel({"gallery_channel": channel, "heatmap": {"kind": "k"}}, maps)
