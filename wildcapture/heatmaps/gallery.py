@@ -50,7 +50,9 @@ def overlay_extent(width: int, height: int, input_size: Sequence[int]) -> tuple[
     return x0 - 0.5, x1 - 0.5, y1 - 0.5, y0 - 0.5
 
 
-def _channel_note(channels: int, channel: int | None) -> str:
+def channel_note(channels: int, channel: int | None) -> str:
+    """Return the line a panel title gets for a map of `channels` channels shown as `display_map(map,
+    channel)`: "" for one channel, else "\n(mean of C channels)" or "\n(channel k of C)"."""
     if channels == 1:
         return ""
     return f"\n(mean of {channels} channels)" if channel is None else f"\n(channel {channel} of {channels})"
@@ -112,7 +114,7 @@ def draw_heatmap_gallery(
             ax.set_xticks([])
             ax.set_yticks([])
     axes[0][0].set_title("image", fontsize=9)
-    axes[0][1].set_title("heatmap" + _channel_note(channels, channel), fontsize=9)
+    axes[0][1].set_title("heatmap" + channel_note(channels, channel), fontsize=9)
     axes[0][2].set_title("overlay on the model's crop", fontsize=9)
     fig.tight_layout()
     return fig
