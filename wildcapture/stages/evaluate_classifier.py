@@ -132,7 +132,7 @@ def check_gallery_channel(cfg: Config, heatmaps: np.ndarray) -> None:
                           f"(the channel mean) or {-count}..{count - 1}")
 
 
-def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], cfg: Config, input_size, path) -> None:
+def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], cfg: Config, input_size: list[int], path) -> None:
     """Plot `gallery_size` random test_id and test_ood images (seeded by `seed`) with their heatmaps."""
     rng = np.random.default_rng(cfg["seed"])
     picks = {s: rng.choice(len(bench.splits[s]), size=min(cfg["gallery_size"], len(bench.splits[s])), replace=False)
