@@ -75,3 +75,46 @@ def test_bad_input_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"\.\."):
         export_heatmap_pngs(maps, tmp_path, ["../a", "b"], [0, 1])
     assert not (tmp_path / "heatmaps.csv").exists()
+
+
+def test_single_channel_csv_and_pngs_are_the_papers_format(tmp_path):
+    maps = np.array([[[0.0, 0.5], [0.25, 1.0]], [[2.0, 0.0], [0.0, 0.0]]], np.float32)
+    csv_path = export_heatmap_pngs(maps, tmp_path, ["a", "b"], [3, "x,y"])
+    assert csv_path.read_bytes() == b'img,label\r\na.png,3\r\nb.png,"x,y"\r\n'
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), [[0, 128], [64, 255]])
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "b.png")), [[255, 0], [0, 0]])
+
+
+@pytest.mark.parametrize("channels", [1, 12])
+def test_multichannel_round_trip(tmp_path, channels):
+    rng = np.random.default_rng(channels)
+    maps = rng.random((3, channels, 4, 5)).astype(np.float32) * rng.uniform(0.1, 1.0, (3, channels, 1, 1))
+    maps[1] = 0.0
+    csv_path = export_heatmap_pngs(maps, tmp_path, ["a", "b", "c"], [0, 1, "wolf"])
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows == [["img", "label", "channels"]] + [[n, lab, str(channels)] for n, lab in
+                                                     (("a.png", "0"), ("b.png", "1"), ("c.png", "wolf"))]
+    png = np.asarray(Image.open(tmp_path / "a.png"))
+    assert png.shape == (channels * 4, 5)  # channels stacked top to bottom
+    np.testing.assert_array_equal(png[4 * (channels - 1):], np.rint(maps[0, -1] / maps[0].max() * 255))
+
+    back, labels = read_heatmap_pngs(csv_path)
+    assert back.shape == maps.shape and back.dtype == np.float32 and labels == [0, 1, "wolf"]
+    peak = maps.max(axis=(1, 2, 3), keepdims=True)  # one scale per image: channels keep their relative levels
+    expected = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+    np.testing.assert_allclose(back, expected, atol=0.5 / 255 + 1e-7)
+
+
+def test_bad_channels_column(tmp_path):
+    csv_path = export_heatmap_pngs(np.ones((1, 3, 2, 2)), tmp_path, ["a"], [0])
+    for bad in ("4", "0", "x"):  # the PNG is 6 rows high
+        csv_path.write_text(f"img,label,channels\na.png,0,{bad}\n")
+        with pytest.raises(ValueError, match="line 2.*channels must be a whole number"):
+            read_heatmap_pngs(csv_path)
+    csv_path.write_text("img,label,channels\na.png,0\n")
+    with pytest.raises(ValueError, match="expected 3 columns"):
+        read_heatmap_pngs(csv_path)
+    csv_path.write_text("img,label,extra\na.png,0,1\n")
+    with pytest.raises(ValueError, match="header"):
+        read_heatmap_pngs(csv_path)

@@ -17,6 +17,7 @@ from wildcapture.errors import IncompleteOutputError
 from wildcapture.heatmaps import export_heatmap_pngs
 from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run
+from wildcapture.training_run import epoch_summary
 
 from stage_helpers import cae_config
 
@@ -130,11 +131,15 @@ def test_heatmaps_stay_at_their_native_size_in_memory(tiny_heatmaps, tmp_path, m
                     for name in ("train_one_epoch", "reconstruction_errors")]
 
 
-def test_early_stopping_stops_when_val_loss_stalls(tiny_heatmaps, tmp_path):
+def test_early_stopping_stops_when_val_loss_stalls(tiny_heatmaps, tmp_path, capsys):
     # lr=1e-30: the Adam steps vanish in float32 rounding, so the val loss of epoch 0 is never beaten
     record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=20", "train.lr=1e-30",
                             "train.early_stopping=2"))
     log = _log(tmp_path / "cae")
+    printed = capsys.readouterr().out.splitlines()  # the short line per epoch, the full record in log.jsonl
+    assert [line for line in printed if line.startswith("epoch ")] == [
+        epoch_summary(r["epoch"], 20, {"train_loss": r["train_loss"], "val_loss": r["val_loss"],
+                                       "best": r["best_val_loss"]}, r["seconds"]) for r in log]
     assert [r["epoch"] for r in log] == [0, 1, 2] and record["epoch"] == 2
     assert len({r["val_loss"] for r in log}) == 1
     assert _load(tmp_path / "cae" / "best.pth")["epoch"] == 0

@@ -12,6 +12,7 @@ from wildcapture.storage import load_checkpoint
 from wildcapture.errors import NonFiniteLossError
 from wildcapture.cli import stage_main
 from wildcapture.paths import REPO_ROOT
+from wildcapture.training_run import epoch_summary
 
 from stage_helpers import TINY_VIT, stage1_config
 
@@ -23,10 +24,14 @@ def _log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-def test_outputs_hold_what_stage_2_needs(tmp_path):
+def test_outputs_hold_what_stage_2_needs(tmp_path, capsys):
     stage1.run(stage1_config(tmp_path, "train.epochs=2"))
     assert {p.name for p in tmp_path.iterdir()} >= {"best.pth", "last.pth", "config.yaml", "log.jsonl", "manifest.csv"}
     log = _log(tmp_path)
+    printed = capsys.readouterr().out.splitlines()  # the short line per epoch, the full record in log.jsonl
+    assert [line for line in printed if line.startswith("epoch ")] == [
+        epoch_summary(r["epoch"], 2, {"train_loss": r["train_loss"], "val_loss": r["val_loss"],
+                                      "val_acc": r["val_acc"], "best": r["best_val_acc"]}, r["seconds"]) for r in log]
     assert [r["epoch"] for r in log] == [0, 1]
     assert set(log[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
     best = load_checkpoint(tmp_path / "best.pth")

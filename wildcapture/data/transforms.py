@@ -22,6 +22,37 @@ _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": Interpolati
                    "box": InterpolationMode.BOX, "hamming": InterpolationMode.HAMMING}
 
 
+def cover_size(width: int, height: int, input_size: Sequence[int]) -> tuple[int, int]:
+    """Return (new_height, new_width) in pixels that the eval resize gives a width x height image for a
+    model input of ``input_size`` = (H, W): the aspect ratio kept, just covering H x W.
+
+    For H == W this is torchvision's Resize(H) (short side -> H, long side truncated to an int).
+    """
+    size_h, size_w = int(input_size[0]), int(input_size[1])
+    if size_h == size_w:
+        if width <= height:
+            return int(size_w * height / width), size_w
+        return size_h, int(size_h * width / height)
+    scale = max(size_h / height, size_w / width)
+    # int() truncation as torchvision's Resize(int) does; max() keeps full cover despite rounding
+    return max(size_h, int(height * scale)), max(size_w, int(width * scale))
+
+
+def centre_crop_box(width: int, height: int, input_size: Sequence[int]) -> tuple[float, float, float, float]:
+    """Return the part of a width x height image that the eval transform keeps for a model input of
+    ``input_size`` = (H, W), as (x0, y0, x1, y1) in the original image's pixel-edge coordinates
+    (pixel column i spans i..i+1; the box is x0 <= x < x1, y0 <= y < y1; floats, since the resize
+    rarely maps the crop to whole original pixels).
+
+    The crop offsets are torchvision CenterCrop's, ``int(round((resized - crop) / 2))``.
+    """
+    new_h, new_w = cover_size(width, height, input_size)
+    size_h, size_w = int(input_size[0]), int(input_size[1])
+    top, left = int(round((new_h - size_h) / 2.0)), int(round((new_w - size_w) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return left * sx, top * sy, (left + size_w) * sx, (top + size_h) * sy
+
+
 class ResizeToCover:
     """Scale a PIL image, keeping its aspect ratio, to the smallest size covering ``size`` = (H, W)."""
 
@@ -30,10 +61,7 @@ class ResizeToCover:
         self.interpolation = interpolation
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        height, width = self.size
-        scale = max(height / image.height, width / image.width)
-        # int() truncation as torchvision's Resize(int) does; max() keeps full cover despite rounding
-        new = (max(height, int(image.height * scale)), max(width, int(image.width * scale)))
+        new = cover_size(image.width, image.height, self.size)
         return TF.resize(image, list(new), interpolation=self.interpolation, antialias=True)
 
     def __repr__(self) -> str:

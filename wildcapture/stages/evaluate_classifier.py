@@ -34,6 +34,7 @@ from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceErr
 from wildcapture.heatmap_store import (SplitArrays, SplitIndex, heatmaps_staging, read_meta, results_staging,
                                        write_baseline_scores, write_split)
 from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatmap_gallery
+from wildcapture.heatmaps.channels import channel_count
 from wildcapture.ood import fit_baselines, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
@@ -55,6 +56,7 @@ def check_config(cfg: Config) -> None:
     check_positive_ints(cfg, "batch_size", "baselines.knn_k")
     check_number(cfg, "num_workers", minimum=0, integer=True)
     check_number(cfg, "gallery_size", minimum=0, integer=True)
+    check_number(cfg, "gallery_channel", integer=True, optional=True)
     check_number(cfg, "baselines.vim_dim", minimum=0, integer=True, optional=True)
     check_number(cfg, "heatmap.block", integer=True)
     check_choice(cfg, "heatmap.kind", HEATMAP_KINDS)
@@ -121,14 +123,25 @@ def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
                 "checkpoint=weights/<exp>/vit/best.pth to reuse a classifier), or set overwrite=true")
 
 
-def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], n: int, seed: int, path) -> None:
-    rng = np.random.default_rng(seed)
-    picks = {s: rng.choice(len(bench.splits[s]), size=min(n, len(bench.splits[s])), replace=False)
+def check_gallery_channel(cfg: Config, heatmaps: np.ndarray) -> None:
+    """Raise ConfigError unless `gallery_channel` is null or a channel of heatmaps (N, h, w) / (N, C, h, w)."""
+    channel, count = cfg["gallery_channel"], channel_count(heatmaps)
+    if channel is not None and not -count <= channel < count:
+        raise ConfigError(f"config key gallery_channel={channel} is out of range for heatmap.kind="
+                          f"{cfg['heatmap']['kind']} with {count} channel(s); valid values are null "
+                          f"(the channel mean) or {-count}..{count - 1}")
+
+
+def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], cfg: Config, input_size: list[int], path) -> None:
+    """Plot `gallery_size` random test_id and test_ood images (seeded by `seed`) with their heatmaps."""
+    rng = np.random.default_rng(cfg["seed"])
+    picks = {s: rng.choice(len(bench.splits[s]), size=min(cfg["gallery_size"], len(bench.splits[s])), replace=False)
              for s in ("test_id", "test_ood")}
     images = {s: [bench.splits[s].load_image(int(i)) for i in idx] for s, idx in picks.items()}
     titles = [bench.splits[s].class_names[int(i)] for s in ("test_id", "test_ood") for i in picks[s]]
     plot_heatmap_gallery(images["test_id"], outputs["test_id"].heatmaps[picks["test_id"]], images["test_ood"],
-                         outputs["test_ood"].heatmaps[picks["test_ood"]], path, titles)
+                         outputs["test_ood"].heatmaps[picks["test_ood"]], path, titles, input_size=input_size,
+                         channel=cfg["gallery_channel"])
 
 
 def run(cfg: Config) -> dict[str, Any] | None:
@@ -173,6 +186,7 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
                                          heat_cfg["block"], device, state, cfg["amp"], desc=name) for name in SPLITS}
     if not state.is_main:
         return None
+    check_gallery_channel(cfg, outputs["test_id"].heatmaps)
     with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
         return _write_outputs(cfg, device, model, bench, provenance, outputs, heat_stage, result_stage)
 
@@ -205,7 +219,7 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
     scores = {s: score_all(detectors, outputs[s]) for s in ("test_id", "test_ood")}
     write_baseline_scores(result_stage.path("baseline_scores.csv"), index, scores)
     if cfg["gallery_size"]:
-        _gallery(bench, outputs, cfg["gallery_size"], cfg["seed"], result_stage.path("heatmap_gallery.png"))
+        _gallery(bench, outputs, cfg, provenance["input_spec"]["input_size"], result_stage.path("heatmap_gallery.png"))
 
     run_id = uuid.uuid4().hex
     result_stage.commit({"run_id": run_id, "exp": cfg["exp"]})

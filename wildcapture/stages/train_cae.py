@@ -27,7 +27,7 @@ from wildcapture.provenance import heatmap_provenance
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import epoch_seed, pick_device, seed_everything
 from wildcapture.storage import write_yaml
-from wildcapture.training_run import TrainingRun
+from wildcapture.training_run import TrainingRun, epoch_summary
 
 STAGE = "train_cae"
 TRAIN_SPLITS = ("train_id", "val_id")
@@ -95,8 +95,9 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
         else:
             stale += 1
         record.update(best_val_loss=best_loss, seconds=round(time.perf_counter() - started, 3))
-        epochs.set_postfix(val_loss=f"{val_loss:.4g}", best=f"{best_loss:.4g}")
-        training.log(record)  # before last.pth: a resume drops the log lines of epochs after last.pth
+        summary = epoch_summary(epoch, train_cfg["epochs"], {"train_loss": train_loss, "val_loss": val_loss,
+                                                             "best": best_loss}, record["seconds"])
+        training.log(record, summary)  # before last.pth: a resume drops the log lines of epochs after last.pth
         training.save("last.pth", {**ckpt_meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                    "epoch": epoch, "best_val_loss": best_loss, "stale_epochs": stale})
         if patience and stale >= patience:

@@ -29,7 +29,7 @@ from wildcapture.paths import classifier_dir, resolve_path
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import cleanup_distributed, epoch_seed, init_distributed, pick_device, seed_everything
 from wildcapture.storage import write_yaml
-from wildcapture.training_run import TrainingRun
+from wildcapture.training_run import TrainingRun, epoch_summary
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
 
 STAGE = "train_classifier"
@@ -175,8 +175,9 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
             best_acc = record["val_acc"]
             training.save("best.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": best_acc})
         record["best_val_acc"] = best_acc
-        epochs.set_postfix(val_acc=f"{record['val_acc']:.4f}", best=f"{best_acc:.4f}")
-        training.log(record)  # before last.pth: a resume drops the log lines of epochs after last.pth
+        shown = {k: record[k] for k in ("train_loss", "val_loss", "val_acc")}
+        summary = epoch_summary(epoch, train_cfg["epochs"], {**shown, "best": best_acc}, record["seconds"])
+        training.log(record, summary)  # before last.pth: a resume drops the log lines of epochs after last.pth
         training.save("last.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
                                    "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
