@@ -61,13 +61,16 @@ def test_gallery_checks_counts(tmp_path):
                              input_size=(8, 8))
 
 
-def test_stage2_gallery_channel_is_checked_against_the_heatmaps():
+def test_stage2_gallery_channel_is_checked_against_the_kind_before_inference():
+    from timm.models.vision_transformer import VisionTransformer
+
     from wildcapture.errors import ConfigError
     from wildcapture.stages.evaluate_classifier import check_gallery_channel
 
-    heads = np.zeros((2, 12, 4, 4), np.float32)
-    for channel in (None, 0, 11, -12):
-        check_gallery_channel({"gallery_channel": channel, "heatmap": {"kind": "cls_heads"}}, heads)
-    for channel, maps in ((12, heads), (-13, heads), (1, heads[:, 0])):
-        with pytest.raises(ConfigError, match=f"gallery_channel={channel} is out of range .* valid values are null"):
-            check_gallery_channel({"gallery_channel": channel, "heatmap": {"kind": "k"}}, maps)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=24, depth=2, num_heads=3, num_classes=2)
+    for kind, count in (("cls_heads", 3), ("cls_all", 6), ("cls_last", 1)):
+        for channel in (None, 0, count - 1, -count):
+            check_gallery_channel({"gallery_channel": channel, "heatmap": {"kind": kind}}, model)
+        for channel in (count, -count - 1):
+            with pytest.raises(ConfigError, match=f"gallery_channel={channel} is out of range .* {count} channel"):
+                check_gallery_channel({"gallery_channel": channel, "heatmap": {"kind": kind}}, model)

@@ -33,8 +33,7 @@ from wildcapture.data import (DATA_DEFAULTS, SPLITS, Benchmark, DatasetError, bu
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import (SplitArrays, SplitIndex, heatmaps_staging, read_meta, results_staging,
                                        write_baseline_scores, write_split)
-from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, plot_heatmap_gallery
-from wildcapture.heatmaps.channels import channel_count
+from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, heatmap_channels, plot_heatmap_gallery
 from wildcapture.ood import fit_baselines, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
@@ -123,9 +122,11 @@ def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
                 "checkpoint=weights/<exp>/vit/best.pth to reuse a classifier), or set overwrite=true")
 
 
-def check_gallery_channel(cfg: Config, heatmaps: np.ndarray) -> None:
-    """Raise ConfigError unless `gallery_channel` is null or a channel of heatmaps (N, h, w) / (N, C, h, w)."""
-    channel, count = cfg["gallery_channel"], channel_count(heatmaps)
+def check_gallery_channel(cfg: Config, model: torch.nn.Module) -> None:
+    """Raise ConfigError unless `gallery_channel` is null or a channel of the heatmaps `model` gives for
+    `heatmap.kind` (checked before inference)."""
+    channel = cfg["gallery_channel"]
+    count = heatmap_channels(cfg["heatmap"]["kind"], len(model.blocks), model.blocks[0].attn.num_heads)
     if channel is not None and not -count <= channel < count:
         raise ConfigError(f"config key gallery_channel={channel} is out of range for heatmap.kind="
                           f"{cfg['heatmap']['kind']} with {count} channel(s); valid values are null "
@@ -166,6 +167,7 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
     if not -depth <= heat_cfg["block"] < depth:
         raise ConfigError(f"heatmap.block={heat_cfg['block']} is out of range for a classifier with {depth} blocks; "
                           f"valid values are {-depth}..{depth - 1}")
+    check_gallery_channel(cfg, model)
     provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "amp": cfg["amp"]}}
     if state.is_main:
         check_variant(out_heat, provenance, cfg["overwrite"])
@@ -186,7 +188,6 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
                                          heat_cfg["block"], device, state, cfg["amp"], desc=name) for name in SPLITS}
     if not state.is_main:
         return None
-    check_gallery_channel(cfg, outputs["test_id"].heatmaps)
     with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
         return _write_outputs(cfg, device, model, bench, provenance, outputs, heat_stage, result_stage)
 
