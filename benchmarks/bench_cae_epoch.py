@@ -1,14 +1,15 @@
 """Time one CAE training epoch through the real data path against the bare model compute.
 
-real : raw (N, grid, grid) heatmaps on the device -> train_one_epoch (shuffled batches, each
-       resized + normalised on the device by HeatmapPrep, then Adam steps), as stage 3 runs it
+real : raw (N, [C,] grid, grid) heatmaps on the device -> train_one_epoch (shuffled batches, each
+       resized (paper CAE) + normalised on the device by HeatmapPrep, then Adam steps), as stage 3 runs it
 model: the same number and sizes of forward + backward + Adam steps on a pre-made
-       (N, 1, size, size) tensor, in order: no preparation, no shuffling.
+       (N, C, S, S) tensor, in order: no preparation, no shuffling (S = size, or grid for --arch small).
 Prints the median of --repeats for each and real/model (target <= 1.15), plus the data
 path alone (shuffled batches + HeatmapPrep, no model), which is robust to a busy CPU, and
 the bytes of heatmaps stage 3 keeps resident (raw) against preparing them all up front.
 
     python benchmarks/bench_cae_epoch.py --n 2000 --grid 14 --size 128 --batch-size 64
+    python benchmarks/bench_cae_epoch.py --arch small --n 2000 --grid 14 --channels 12 --batch-size 64
 """
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from wildcapture.cae import ConvAutoencoder, HeatmapPrep, iterate_batches, prepare_heatmaps, train_one_epoch
+from wildcapture.cae import ARCHS, HeatmapPrep, iterate_batches, prepare_heatmaps, train_one_epoch
+from wildcapture.cae.architectures import CAEModel, cae_from_config, heatmap_prep
 
 
-def _fresh(size: int, zdim: int, device: str) -> tuple[ConvAutoencoder, torch.optim.Optimizer]:
+def _fresh(args: argparse.Namespace) -> tuple[CAEModel, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = ConvAutoencoder(size, zdim).to(device)
+    cae_cfg = {"arch": args.arch, "input_size": args.size, "zdim": args.zdim, "small_width": args.small_width,
+               "small_zdim": args.small_zdim}
+    model = cae_from_config(cae_cfg, (args.channels, args.grid, args.grid)).to(args.device)
     return model, torch.optim.Adam(model.parameters(), lr=1e-4)
 
 
@@ -35,7 +39,7 @@ def _sync(device: str) -> None:
 
 def time_real(raw: torch.Tensor, prep: HeatmapPrep, args: argparse.Namespace) -> float:
     """Seconds for moving the raw heatmaps to the device + one shuffled train_one_epoch."""
-    model, optimizer = _fresh(args.size, args.zdim, args.device)
+    model, optimizer = _fresh(args)
     generator = torch.Generator().manual_seed(0)
     _sync(args.device)
     start = time.perf_counter()
@@ -47,7 +51,7 @@ def time_real(raw: torch.Tensor, prep: HeatmapPrep, args: argparse.Namespace) ->
 
 def time_model(x: torch.Tensor, args: argparse.Namespace) -> float:
     """Seconds for the same steps on a pre-made tensor, in order."""
-    model, optimizer = _fresh(args.size, args.zdim, args.device)
+    model, optimizer = _fresh(args)
     model.train()
     _sync(args.device)
     start = time.perf_counter()
@@ -76,16 +80,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="number of heatmaps")
     parser.add_argument("--grid", type=int, default=14, help="heatmap side (14 for ViT-B/16 at 224)")
-    parser.add_argument("--size", type=int, default=128, help="CAE input side")
-    parser.add_argument("--zdim", type=int, default=512)
+    parser.add_argument("--arch", choices=ARCHS, default="paper", help="CAE architecture (cae.arch)")
+    parser.add_argument("--channels", type=int, default=1, help="heatmap channels (1: cls_last; heads or "
+                        "blocks*heads for cls_heads/cls_all)")
+    parser.add_argument("--size", type=int, default=128, help="paper CAE input side (the small one takes the grid)")
+    parser.add_argument("--zdim", type=int, default=512, help="paper CAE code size")
+    parser.add_argument("--small-width", type=int, default=32, help="small CAE conv channels")
+    parser.add_argument("--small-zdim", type=int, default=8, help="small CAE bottleneck units")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    raw = torch.rand(args.n, args.grid, args.grid, generator=torch.Generator().manual_seed(0))
-    prep = HeatmapPrep(args.size, "bilinear", "max")
-    premade = prepare_heatmaps(raw, args.size).to(args.device)
+    shape = (args.n, args.grid, args.grid) if args.channels == 1 else (args.n, args.channels, args.grid, args.grid)
+    raw = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    model, _ = _fresh(args)
+    prep = heatmap_prep(model, "bilinear", "max")
+    premade = prepare_heatmaps(raw, prep.size).to(args.device)
     time_model(premade[: args.batch_size * 2], args)  # warm-up (allocator, kernels)
 
     real, bare = [], []
@@ -97,14 +108,16 @@ def main() -> None:
             bare.append(time_model(premade, args))
     real_s, bare_s = statistics.median(real), statistics.median(bare)
     data_s = statistics.median(time_data_path(raw, prep, args) for _ in range(args.repeats))
-    print(f"device={args.device} threads={torch.get_num_threads()} n={args.n} grid={args.grid} "
-          f"size={args.size} batch={args.batch_size} repeats={args.repeats}")
+    print(f"device={args.device} threads={torch.get_num_threads()} arch={args.arch} "
+          f"parameters={sum(p.numel() for p in model.parameters()):,} n={args.n} channels={args.channels} "
+          f"grid={args.grid} input={'x'.join(map(str, model.input_shape))} batch={args.batch_size} "
+          f"repeats={args.repeats}")
     print(f"real epoch (raw heatmaps, per-batch prep):       {real_s:.3f} s  {args.n / real_s:.0f} img/s")
     print(f"model compute only (pre-made tensor):            {bare_s:.3f} s  {args.n / bare_s:.0f} img/s")
     print(f"data path alone (shuffled batches + prep):       {data_s:.3f} s  "
           f"({100 * data_s / bare_s:.2f}% of model compute)")
-    print(f"resident heatmaps: {raw.nbytes:,} bytes raw (N*h*w*4) vs {premade.nbytes:,} bytes "
-          f"prepared up front (N*S*S*4)")
+    print(f"resident heatmaps: {raw.nbytes:,} bytes raw (N*C*h*w*4) vs {premade.nbytes:,} bytes "
+          f"prepared up front (N*C*S*S*4)")
     print(f"ratio real/model: {real_s / bare_s:.3f} (target <= 1.15)")
 
 

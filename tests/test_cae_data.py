@@ -148,3 +148,62 @@ def test_csv_with_unreadable_png_names_it(tmp_path):
     csv_path.write_text("img,label\nbad.png,0\n")
     with pytest.raises(ValueError, match="bad.png"):
         load_heatmaps(csv_path)
+
+
+def test_multichannel_maps_are_normalised_per_image_and_channel_by_hand():
+    # image 0: channel 0 has max 4 (min 1), channel 1 max 0.5 (min -0.5); image 1: channel 0 constant 2, channel 1 zero
+    heatmaps = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [-0.5, 0.25]]],
+                             [[[2.0, 2.0], [2.0, 2.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+    maxed = prepare_heatmaps(heatmaps, None, norm="max")
+    expected = torch.tensor([[[[0.25, 0.5], [0.75, 1.0]], [[1.0, 0.0], [-1.0, 0.5]]],
+                             [[[1.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+    assert maxed.shape == (2, 2, 2, 2)
+    torch.testing.assert_close(maxed, expected, rtol=0, atol=0)
+    minmax = prepare_heatmaps(heatmaps, None, norm="minmax")
+    expected = torch.tensor([[[[0.0, 1 / 3], [2 / 3, 1.0]], [[1.0, 0.5], [0.0, 0.75]]],
+                             [[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+    torch.testing.assert_close(minmax, expected)
+    assert torch.equal(prepare_heatmaps(heatmaps, None, norm="none"), heatmaps)
+
+
+@pytest.mark.parametrize("mode, norm", [("bilinear", "max"), ("nearest", "minmax")])
+def test_each_channel_is_prepared_like_a_single_map(mode, norm):
+    heatmaps = torch.rand(5, 4, 7, 7, generator=torch.Generator().manual_seed(0)) * torch.arange(1, 5).view(1, 4, 1, 1)
+    out = HeatmapPrep(32, mode, norm)(heatmaps)
+    assert out.shape == (5, 4, 32, 32)
+    for c in range(4):
+        assert torch.equal(out[:, c], prepare_heatmaps(heatmaps[:, c], 32, mode, norm)[:, 0])
+
+
+def test_one_channel_input_is_prepared_bit_identically_with_or_without_the_channel_axis():
+    heatmaps = torch.rand(6, 14, 14, generator=torch.Generator().manual_seed(0))
+    for prep in (HeatmapPrep(32, "bilinear", "max"), HeatmapPrep(16, "nearest", "minmax"), HeatmapPrep(None)):
+        assert torch.equal(prep(heatmaps), prep(heatmaps[:, None]))
+    # and the same as the former preparation: unsqueeze, F.interpolate, divide by the max
+    x = F.interpolate(heatmaps.unsqueeze(1), size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.equal(HeatmapPrep(32)(heatmaps), torch.where(x.amax((2, 3), True) > 0, x / x.amax((2, 3), True), 0.0))
+
+
+def test_size_none_or_the_native_grid_keeps_the_grid():
+    heatmaps = torch.rand(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    native = HeatmapPrep(None, "bilinear", "none")
+    assert torch.equal(native(heatmaps), heatmaps)
+    assert native.output_shape(heatmaps.shape) == (2, 5, 7)
+    assert HeatmapPrep(32).output_shape(heatmaps.shape) == (2, 32, 32)
+    assert HeatmapPrep(32).output_shape((3, 5, 7)) == (1, 32, 32)
+    square = torch.rand(3, 7, 7, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(HeatmapPrep(7, "bilinear", "none")(square), square[:, None])
+    assert prepare_heatmaps(heatmaps[:0], None).shape == (0, 2, 5, 7)
+    with pytest.raises(ValueError, match=r"\(N, C, h, w\)"):
+        native(torch.rand(1, 1, 1, 4, 4))
+
+
+def test_npy_of_a_multichannel_kind_round_trips_and_5d_is_rejected(tmp_path):
+    heatmaps = np.random.default_rng(0).random((6, 3, 4, 4)).astype(np.float64)
+    np.save(tmp_path / "heads.npy", heatmaps)
+    loaded = load_heatmaps(tmp_path / "heads.npy")
+    assert loaded.dtype == np.float32 and loaded.shape == (6, 3, 4, 4)
+    np.testing.assert_array_equal(loaded, heatmaps.astype(np.float32))
+    np.save(tmp_path / "five.npy", np.zeros((2, 1, 3, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"five\.npy.*\(N, C, h, w\)"):
+        load_heatmaps(tmp_path / "five.npy")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from wildcapture.cae import (
     ConvAutoencoder,
     HeatmapPrep,
+    SmallAutoencoder,
     ood_threshold,
     prepare_heatmaps,
     reconstruct,
@@ -74,6 +75,37 @@ def test_train_one_epoch_stops_on_non_finite_loss():
     with pytest.raises(RuntimeError, match=r"non-finite loss .* epoch 3, step"):
         train_one_epoch(model, maps, unnormalised, optimizer, 2, torch.Generator().manual_seed(0), "cpu",
                         progress=False, epoch=3)
+
+
+def test_multichannel_errors_are_the_mean_over_channels_and_pixels():
+    maps = torch.rand(7, 3, 6, 6, generator=torch.Generator().manual_seed(0)) + 0.1
+    torch.manual_seed(0)
+    for model, prep in ((ConvAutoencoder(16, 8, in_channels=3).eval(), PREP),
+                        (SmallAutoencoder(3, (6, 6)).eval(), HeatmapPrep(None, "bilinear", "max"))):
+        errors = reconstruction_errors(model, maps, prep, 3, "cpu")
+        recon = reconstruct(model, maps, prep, 3, "cpu")
+        side = 16 if prep.size else 6
+        assert recon.shape == (7, 3, side, side)
+        expected = []
+        for i in range(7):  # one image at a time, every channel normalised by its own max
+            x = prepare_heatmaps(maps[i:i + 1], prep.size)
+            assert torch.equal(x[0, 1], prepare_heatmaps(maps[i:i + 1, 1], prep.size)[0, 0])
+            with torch.no_grad():
+                expected.append(sum(((model(x) - x)[0, c] ** 2).mean().item() for c in range(3)) / 3)
+        np.testing.assert_allclose(errors, expected, rtol=1e-5)
+        assert reconstruct(model, maps[:0], prep, 3, "cpu").shape == (0, 3, side, side)
+
+
+def test_train_one_epoch_trains_the_small_cae_on_multichannel_maps():
+    torch.manual_seed(1)
+    model = SmallAutoencoder(4, (5, 5))
+    maps, prep = torch.rand(24, 4, 5, 5, generator=torch.Generator().manual_seed(0)), HeatmapPrep(None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    before = reconstruction_errors(model, maps, prep, 8, "cpu").mean()
+    gen = torch.Generator().manual_seed(0)
+    losses = [train_one_epoch(model, maps, prep, optimizer, 8, gen, "cpu", progress=False) for _ in range(10)]
+    assert losses[-1] < losses[0] / 2
+    assert reconstruction_errors(model, maps, prep, 8, "cpu").mean() < before / 2
 
 
 def _reference_prepare(maps, size, resize, norm):

@@ -1,4 +1,4 @@
-"""ConvAutoencoder: the paper's exact architecture, and input-size checks."""
+"""ConvAutoencoder: the paper's exact architecture, its multi-channel variant, and input-size checks."""
 import json
 from pathlib import Path
 
@@ -13,7 +13,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "paper_cae_state_dict.json"
 def test_parameter_count_matches_paper():
     model = ConvAutoencoder(128, 512)
     assert sum(p.numel() for p in model.parameters()) == 2_736_513
-    assert model.constructor_args() == {"input_size": 128, "zdim": 512}
+    assert model.constructor_args() == {"input_size": 128, "zdim": 512, "in_channels": 1}
 
 
 def test_strict_load_of_paper_shaped_state_dict():
@@ -58,3 +58,36 @@ def test_128_state_dict_does_not_load_into_64_model():
     state = ConvAutoencoder(128, 512).state_dict()
     with pytest.raises(RuntimeError, match="size mismatch"):
         ConvAutoencoder(64, 512).load_state_dict(state)
+
+
+@pytest.mark.parametrize("channels", [3, 12])
+def test_channels_change_only_the_first_conv_and_the_last_transposed_conv(channels):
+    reference = json.loads(FIXTURE.read_text())["state_dict"]
+    model = ConvAutoencoder(128, 512, in_channels=channels)
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    changed = {k for k in reference if shapes[k] != reference[k]}
+    assert shapes.keys() == reference.keys()
+    assert changed == {"encoder.0.weight", "decoder.15.weight", "decoder.15.bias"}
+    assert shapes["encoder.0.weight"] == [32, channels, 4, 4]
+    assert shapes["decoder.15.weight"] == [32, channels, 4, 4] and shapes["decoder.15.bias"] == [channels]
+    # 32*4*4 weights per extra input channel, as many per extra output channel, plus one bias each
+    extra = (channels - 1) * (2 * 32 * 4 * 4 + 1)
+    assert sum(p.numel() for p in model.parameters()) == 2_736_513 + extra
+
+
+def test_multichannel_output_shape_gradients_and_rebuild():
+    model = ConvAutoencoder(16, zdim=8, in_channels=3)
+    x = torch.rand(2, 3, 16, 16)
+    out = model(x)
+    assert out.shape == x.shape
+    torch.nn.functional.mse_loss(out, x).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert model.constructor_args() == {"input_size": 16, "zdim": 8, "in_channels": 3}
+    clone = ConvAutoencoder(**model.constructor_args())
+    clone.load_state_dict(model.state_dict())
+    model.eval(), clone.eval()
+    assert torch.equal(model(x), clone(x))
+    with pytest.raises(ValueError, match=r"\(N, 3, 16, 16\).*\(2, 1, 16, 16\)"):
+        model(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="in_channels"):
+        ConvAutoencoder(16, 8, in_channels=0)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wildcapture.cae import ConvAutoencoder
+from wildcapture.cae import ConvAutoencoder, build_cae
 from wildcapture.data import DatasetError
 from wildcapture.ood import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
@@ -76,7 +76,7 @@ def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmap
     assert result["errors"].dtype == np.float64 and np.all(result["errors"] > 0)
 
     # errors = mean over pixels of (model(x) - x)^2, x prepared here from the raw heatmaps, one image at a time
-    model = ConvAutoencoder(**best["model_args"]).eval()
+    model = build_cae(**best["model_args"]).eval()
     model.load_state_dict(best["model"])
     expected = []
     for s in SPLITS:
@@ -176,7 +176,7 @@ def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_
     state = ConvAutoencoder(16, 512).state_dict()
     torch.save(state, tmp_path / "bare16.pt")
     model, ckpt = load_cae(tmp_path / "bare16.pt", _config(tiny_heatmaps, tiny_cae, tmp_path)["cae"])
-    assert model.constructor_args() == {"input_size": 16, "zdim": 512}
+    assert model.constructor_args() == {"input_size": 16, "zdim": 512, "in_channels": 1}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert "threshold" not in ckpt and ckpt["path"] == str(tmp_path / "bare16.pt")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from wildcapture.cae import ConvAutoencoder, HeatmapPrep, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae import HeatmapPrep, build_cae, ood_threshold, prepare_heatmaps, reconstruction_errors
 from wildcapture.cae.inputs import load_split_heatmaps
 from wildcapture.data import DatasetError
 from wildcapture.errors import IncompleteOutputError
@@ -33,7 +33,7 @@ def _log(folder):
 
 
 def _model(ckpt):
-    model = ConvAutoencoder(**ckpt["model_args"])
+    model = build_cae(**ckpt["model_args"])
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval()
 
@@ -42,7 +42,7 @@ def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_che
     folder = tiny_cae / "cae"
     best, last, log = _load(folder / "best.pth"), _load(folder / "last.pth"), _log(folder)
 
-    assert best["model_args"] == {"input_size": 16, "zdim": 512}
+    assert best["model_args"] == {"arch": "paper", "input_size": 16, "zdim": 512, "in_channels": 1}
     assert best["prep"] == {"resize": "bilinear", "norm": "max"}
     assert best["accept_fraction"] == 0.95
     # the provenance of the heatmaps (stage 2's heatmaps_meta.yaml) travels with the CAE: stage 4 and

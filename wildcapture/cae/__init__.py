@@ -1,4 +1,5 @@
-"""The convolutional autoencoder over attention heatmaps: model, data, training and scoring."""
+"""The convolutional autoencoder over attention heatmaps: models, data, training and scoring."""
+from wildcapture.cae.architectures import ARCHS, build_cae
 from wildcapture.cae.engine import (
     ood_threshold,
     reconstruct,
@@ -14,12 +15,16 @@ from wildcapture.cae.heatmap_data import (
     prepare_heatmaps,
 )
 from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.small_model import SmallAutoencoder
 
 __all__ = [
+    "ARCHS",
     "ConvAutoencoder",
     "HeatmapPrep",
     "NORMS",
     "RESIZE_MODES",
+    "SmallAutoencoder",
+    "build_cae",
     "iterate_batches",
     "load_heatmaps",
     "ood_threshold",

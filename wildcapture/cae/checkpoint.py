@@ -1,9 +1,11 @@
 """CAE checkpoints: what stage 3 writes, and the one loader that stage 4 and detect.py share.
 
-A stage-3 checkpoint (format CAE_FORMAT) holds the model (`model`, `model_args`), the heatmap
-preparation (`prep`: resize, norm), the provenance of the heatmaps it learned (`heatmaps`, see
-`wildcapture.provenance.heatmap_provenance`, or {"external": ...}), the resolved `config` and, in
-best.pth, the OOD `threshold`. A bare state dict (the paper's AutoEncoderW.pt) loads too.
+A stage-3 checkpoint (format CAE_FORMAT) holds the model (`model`; `model_args`: `arch` and the
+constructor arguments, see `wildcapture.cae.architectures`; checkpoints from before `arch` existed
+are the paper's architecture with one channel), the heatmap preparation (`prep`: resize, norm), the
+provenance of the heatmaps it learned (`heatmaps`, see `wildcapture.provenance.heatmap_provenance`,
+or {"external": ...}), the resolved `config` and, in best.pth, the OOD `threshold`. A bare state
+dict (the paper's AutoEncoderW.pt) loads too, as the paper's architecture.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.architectures import CAEModel, build_cae, config_values
 from wildcapture.errors import CheckpointError, WeightsMismatchError
 from wildcapture.outputs import check_completed_file
 from wildcapture.storage import load_checkpoint_with_digest
@@ -22,21 +24,23 @@ STAGE3_MARKER = "train_cae.complete.yaml"
 PAPER_CAE = "AutoEncoder/AutoEncoder_Weights/AutoEncoderW.pt of github.com/lcultrera/WildCapture"
 
 
-def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Return {"input_size", "zdim"} of a bare CAE state dict (the paper's AutoEncoderW.pt)."""
+def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Return the `model_args` {"arch": "paper", "input_size", "zdim", "in_channels"} of a bare state dict of
+    the paper's CAE (its AutoEncoderW.pt)."""
     bottleneck = state_dict["encoder.final_convs.12.weight"]  # (zdim, 32, k, k) with k = input_size / 16
-    return {"input_size": int(bottleneck.shape[-1]) * 16, "zdim": int(bottleneck.shape[0])}
+    return {"arch": "paper", "input_size": int(bottleneck.shape[-1]) * 16, "zdim": int(bottleneck.shape[0]),
+            "in_channels": int(state_dict["encoder.0.weight"].shape[1])}
 
 
 def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete: bool = False
-             ) -> tuple[ConvAutoencoder, dict[str, Any]]:
-    """Return the CAE stored at `path` (eval mode, CPU) and the checkpoint's metadata (everything but the
-    weights, plus `path`; {"path"} alone for a bare state dict).
+             ) -> tuple[CAEModel, dict[str, Any]]:
+    """Return the CAE stored at `path` (either architecture; eval mode, CPU) and the checkpoint's metadata
+    (everything but the weights, plus `path`; {"path"} alone for a bare state dict).
 
-    With `cae_cfg` (the config's `cae.*`), raises WeightsMismatchError naming the key if the checkpoint
-    was made with another input size, zdim, resize or norm. A checkpoint of an older format is a
-    CheckpointError that says to rerun stage 3. The file must be the one stage 3's completion marker
-    beside it lists (when there is one; always with `require_complete`).
+    With `cae_cfg` (the config's `cae.*`), raises WeightsMismatchError naming the key and both values if the
+    checkpoint was made with another arch, input size, zdim, small_width, small_zdim, resize or norm. A
+    checkpoint of an older format is a CheckpointError that says to rerun stage 3. The file must be the one
+    stage 3's completion marker beside it lists (when there is one; always with `require_complete`).
     """
     path = Path(path)
     if not path.is_file():
@@ -55,15 +59,22 @@ def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete
         args = obj["model_args"] if ours else cae_args_of_state_dict(state)
     except KeyError as err:
         raise CheckpointError(f"{path} is not a CAE checkpoint (no {err} entry)") from err
-    settings = {**args, **obj.get("prep", {})}
+    try:
+        settings = config_values(args, obj.get("prep", {}))
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read its model_args {args} ({err!s})") from err
     for key, value in settings.items() if cae_cfg is not None else ():
         if cae_cfg[key] != value:
             raise WeightsMismatchError(f"CAE checkpoint {path} was made with cae.{key}={value} but the config has "
                                        f"cae.{key}={cae_cfg[key]}; set cae.{key}={value}")
-    model = ConvAutoencoder(**args)
+    try:
+        model = build_cae(**args)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot build a CAE from its model_args {args} ({err})") from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise WeightsMismatchError(f"{path} does not fit the CAE of {args}: {str(err).splitlines()[0]}") from err
+        first = " ".join(line.strip() for line in str(err).splitlines()[:2])  # the header and the first difference
+        raise WeightsMismatchError(f"{path} does not fit the CAE of {args}: {first}") from err
     meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")} if ours else {}
     return model.eval(), {**meta, "path": str(path)}

@@ -25,11 +25,11 @@ def train_one_epoch(
     progress: bool = True,
     epoch: Optional[int] = None,
 ) -> float:
-    """Train one pass over the shuffled raw heatmaps (N, h, w) with the MSE reconstruction loss.
+    """Train one pass over the shuffled raw heatmaps (N, h, w) or (N, C, h, w) with the MSE reconstruction loss.
 
     Each batch is moved to `device` (a no-op when heatmaps already live there) and prepared there by
-    `prep` into the CAE's input (B, 1, S, S); shuffling is one `torch.randperm(N, generator=generator)`.
-    Returns the epoch's mean training MSE per pixel (batch losses weighted by batch size).
+    `prep` into the CAE's input (B, C, S, S); shuffling is one `torch.randperm(N, generator=generator)`.
+    Returns the epoch's mean training MSE per pixel and channel (batch losses weighted by batch size).
     Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step.
     """
     model.train()
@@ -56,8 +56,8 @@ def train_one_epoch(
 
 def _outputs(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
              device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (prepared batch, reconstruction), both (B, 1, S, S) on `device`, for the raw heatmaps (N, h, w)
-    in order, in eval mode without grad."""
+    """Yield (prepared batch, reconstruction), both (B, C, S, S) on `device`, for the raw heatmaps (N, h, w) or
+    (N, C, h, w) in order, in eval mode without grad."""
     was_training = model.training
     model.eval()
     try:
@@ -73,9 +73,9 @@ def reconstruction_errors(model: nn.Module, heatmaps: torch.Tensor, prep: Heatma
                           device: torch.device | str) -> np.ndarray:
     """Return each image's mean squared reconstruction error, shape (N,) float64.
 
-    heatmaps: raw (N, h, w), prepared per batch on `device` by `prep` into x (B, 1, S, S). The error of
-    image i is mean over its pixels of (model(x)_i - x_i)^2, so it does not depend on batch_size (up to
-    the convolution's float rounding).
+    heatmaps: raw (N, h, w) or (N, C, h, w), prepared per batch on `device` by `prep` into x (B, C, S, S).
+    The error of image i is the mean over its channels and pixels of (model(x)_i - x_i)^2, so it does not
+    depend on batch_size (up to the convolution's float rounding).
     """
     errors = [
         ((recon.double() - batch.double()) ** 2).mean(dim=(1, 2, 3)).cpu()
@@ -86,10 +86,10 @@ def reconstruction_errors(model: nn.Module, heatmaps: torch.Tensor, prep: Heatma
 
 def reconstruct(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
                 device: torch.device | str) -> torch.Tensor:
-    """Return the reconstructions of the raw heatmaps (N, h, w), prepared per batch by `prep`:
-    float32 (N, 1, S, S) on the CPU."""
+    """Return the reconstructions of the raw heatmaps (N, h, w) or (N, C, h, w), prepared per batch by `prep`:
+    float32 (N, C, S, S) on the CPU."""
     outs = [recon.float().cpu() for _, recon in _outputs(model, heatmaps, prep, batch_size, device)]
-    return torch.cat(outs) if outs else torch.empty(0, 1, prep.size, prep.size)
+    return torch.cat(outs) if outs else torch.empty(0, *prep.output_shape(heatmaps.shape))
 
 
 def ood_threshold(val_errors: np.ndarray, accept_fraction: float = 0.95) -> float:

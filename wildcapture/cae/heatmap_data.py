@@ -1,21 +1,22 @@
 """Heatmaps for the CAE: load them, batch them in memory, resize and normalise them per batch.
 
-The raw heatmaps are small (N x 14 x 14 float32 for a ViT-B/16: 784 bytes each), so they live
-in one tensor at their native size; an epoch is a `torch.randperm` plus `index_select`, with no
-DataLoader and no per-image Python work, and each batch is resized to the CAE's input and
-normalised (`HeatmapPrep`) on the device it is on. Prepared up front, 128 x 128 maps would take
-64 KiB each.
+The raw heatmaps are small (N x 14 x 14 float32 for a ViT-B/16: 784 bytes each; N x C x h x w for the
+multi-channel kinds), so they live in one tensor at their native size; an epoch is a `torch.randperm`
+plus `index_select`, with no DataLoader and no per-image Python work, and each batch is resized to the
+CAE's input and normalised (`HeatmapPrep`) on the device it is on. Prepared up front, 128 x 128 maps
+would take 64 KiB per channel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wildcapture.heatmaps.channels import as_channels
 from wildcapture.heatmaps.export import read_heatmap_pngs
 
 RESIZE_MODES = ("bilinear", "nearest")
@@ -28,9 +29,10 @@ def load_heatmaps(source: str | Path) -> np.ndarray:
 
     The CSV is the paper's released format (`img,label`; `img` a grayscale image path
     relative to the CSV's folder), read by `wildcapture.heatmaps.export.read_heatmap_pngs`.
-    Returns an array (N, h, w) float32; CSV images are scaled to [0, 1].
+    Returns an array (N, h, w) or, from a .npy of a multi-channel kind, (N, C, h, w), float32; CSV
+    images are scaled to [0, 1].
     Raises FileNotFoundError for a missing file, ValueError (naming the file) for an
-    unreadable, non-3-D or non-finite one.
+    unreadable, non-3-D/4-D or non-finite one.
     """
     path = Path(source)
     if not path.is_file():
@@ -52,8 +54,8 @@ def _load_npy(path: Path) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except Exception as err:  # numpy raises ValueError, OSError or EOFError on bad files
         raise ValueError(f"{path}: not a readable .npy array ({err})") from err
-    if array.ndim != 3:
-        raise ValueError(f"{path}: expected heatmaps of shape (N, h, w), got shape {array.shape}")
+    if array.ndim not in (3, 4):
+        raise ValueError(f"{path}: expected heatmaps of shape (N, h, w) or (N, C, h, w), got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
         raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -68,13 +70,14 @@ def _load_csv(path: Path) -> np.ndarray:
 class HeatmapPrep:
     """How raw heatmaps become the CAE's input: resize to size x size, then normalise each map.
 
-    size: the CAE's input side S (pixels). resize: "bilinear" (align_corners=False) or "nearest"
-    (pixel-centre aligned, torch's "nearest-exact"; equal to repeating cells for integer factors).
-    norm: "max" divides each map by its maximum (the paper); "minmax" maps each to [0, 1]; "none"
-    leaves values. Maps whose max (resp. max - min) is 0 become zeros.
+    size: the CAE's input side S (pixels), or None to keep the native grid (the small CAE). resize:
+    "bilinear" (align_corners=False) or "nearest" (pixel-centre aligned, torch's "nearest-exact"; equal
+    to repeating cells for integer factors). norm: "max" divides each map by its maximum (the paper);
+    "minmax" maps each to [0, 1]; "none" leaves values. Each channel of each image is a map of its own;
+    maps whose max (resp. max - min) is 0 become zeros.
     """
 
-    size: int
+    size: Optional[int]
     resize: str = "bilinear"
     norm: str = "max"
 
@@ -84,15 +87,23 @@ class HeatmapPrep:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
 
+    def output_shape(self, raw_shape: Sequence[int]) -> tuple[int, int, int]:
+        """Return (C, S, S) (or (C, h, w) when size is None) of one prepared image of raw heatmaps of
+        shape `raw_shape` ((N, h, w) or (N, C, h, w))."""
+        shape = tuple(raw_shape)
+        channels = 1 if len(shape) == 3 else shape[1]
+        return (channels, *(shape[-2:] if self.size is None else (self.size, self.size)))
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Return batch (B, h, w) prepared: float32 (B, 1, size, size) on batch's device.
+        """Return batch (B, h, w) or (B, C, h, w) prepared: float32 (B, C, S, S) on batch's device (C = 1
+        for 3-D input; (B, C, h, w) when size is None).
 
         Each map is prepared on its own, so the result does not depend on which maps share a batch.
         """
-        if batch.dim() != 3:
-            raise ValueError(f"heatmaps must have shape (N, h, w), got {tuple(batch.shape)}")
-        x = batch.to(torch.float32).unsqueeze(1)
-        if tuple(x.shape[-2:]) != (self.size, self.size):
+        if batch.dim() not in (3, 4):
+            raise ValueError(f"heatmaps must have shape (N, h, w) or (N, C, h, w), got {tuple(batch.shape)}")
+        x = as_channels(batch.to(torch.float32))
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             if self.resize == "bilinear":
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
             else:
@@ -101,17 +112,19 @@ class HeatmapPrep:
 
 
 def prepare_heatmaps(
-    heatmaps: torch.Tensor | np.ndarray, size: int, mode: str = "bilinear", norm: str = "max"
+    heatmaps: torch.Tensor | np.ndarray, size: Optional[int], mode: str = "bilinear", norm: str = "max"
 ) -> torch.Tensor:
-    """Return every heatmap (N, h, w) prepared by `HeatmapPrep(size, mode, norm)`: float32 (N, 1, size, size)
-    on the CPU, N * size * size * 4 bytes.
+    """Return every heatmap (N, h, w) or (N, C, h, w) prepared by `HeatmapPrep(size, mode, norm)`: float32
+    (N, C, S, S) on the CPU, N * C * S * S * 4 bytes.
 
     For callers that need the whole prepared tensor (the reconstruction gallery); training and scoring
     prepare batch by batch instead.
     """
     prep = HeatmapPrep(size, mode, norm)
     heatmaps = torch.as_tensor(heatmaps).detach().to("cpu", torch.float32)
-    out = torch.empty(heatmaps.shape[0], 1, size, size, dtype=torch.float32)
+    if heatmaps.dim() not in (3, 4):
+        raise ValueError(f"heatmaps must have shape (N, h, w) or (N, C, h, w), got {tuple(heatmaps.shape)}")
+    out = torch.empty(heatmaps.shape[0], *prep.output_shape(heatmaps.shape), dtype=torch.float32)
     for start in range(0, heatmaps.shape[0], _PREP_CHUNK):
         chunk = prep(heatmaps[start:start + _PREP_CHUNK])
         out[start:start + chunk.shape[0]] = chunk
@@ -119,7 +132,7 @@ def prepare_heatmaps(
 
 
 def _normalise(x: torch.Tensor, norm: str) -> torch.Tensor:
-    """Return x (B, 1, S, S) normalised per map by `norm` (see `HeatmapPrep`), same shape."""
+    """Return x (B, C, S, S) normalised per image and channel by `norm` (see `HeatmapPrep`), same shape."""
     if norm == "none":
         return x
     hi = x.amax(dim=(-2, -1), keepdim=True)

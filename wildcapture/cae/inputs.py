@@ -44,7 +44,8 @@ def stage2_meta(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Any] 
 
 
 def load_split_heatmaps(cfg: dict[str, Any], split: str, meta: dict[str, Any] | None) -> np.ndarray:
-    """Return the split's raw heatmaps (N, h, w) float32 (from stage 2 when `meta`, else `inputs.<split>`)."""
+    """Return the split's raw heatmaps (N, h, w), or (N, C, h, w) for a multi-channel kind, float32 (from stage 2
+    when `meta`, else `inputs.<split>`)."""
     if meta is not None:
         heatmaps = read_array(heatmaps_dir(cfg), meta, split, "heatmaps")
         source = heatmaps_dir(cfg) / split
@@ -54,8 +55,9 @@ def load_split_heatmaps(cfg: dict[str, Any], split: str, meta: dict[str, Any] | 
             heatmaps = load_heatmaps(source)
         except ValueError as err:
             raise DatasetError(f"cannot use the heatmaps of split {split}: {err}") from err
-    if heatmaps.ndim != 3:
-        raise DatasetError(f"heatmaps of split {split} in {source} have shape {heatmaps.shape}, expected (N, h, w)")
+    if heatmaps.ndim not in (3, 4):
+        raise DatasetError(f"heatmaps of split {split} in {source} have shape {heatmaps.shape}, expected (N, h, w) "
+                           "or (N, C, h, w)")
     if len(heatmaps) == 0:
         raise DatasetError(f"split {split} is empty: no heatmaps in {source}")
     return heatmaps

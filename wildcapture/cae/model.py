@@ -2,7 +2,8 @@
 
 Layer for layer the network of the released `AutoEncoder_Weights/AutoEncoderW.pt`
 (1x128x128 input, zdim 512, 2,736,513 parameters), so that checkpoint loads strictly.
-Only the bottleneck kernel depends on the input size: input_size / 16.
+Only the bottleneck kernel depends on the input size: input_size / 16; only the first conv and the
+last transposed conv depend on the number of heatmap channels (1 for the paper).
 """
 from __future__ import annotations
 
@@ -19,21 +20,25 @@ def _act() -> nn.LeakyReLU:
 
 
 class ConvAutoencoder(nn.Module):
-    """Heatmap autoencoder: (N, 1, S, S) -> (N, 1, S, S), linear output.
+    """Heatmap autoencoder: (N, C, S, S) -> (N, C, S, S), linear output (C = in_channels, 1 for the paper).
 
     Encoder: four stride-2 convs take S to S/16, then a (S/16 x S/16) conv gives a
     zdim x 1 x 1 code. Decoder: a (S/16 x S/16) transposed conv back to S/16, then four
     stride-2 transposed convs back to S. LeakyReLU(0.2) after every layer but the last.
     """
 
-    def __init__(self, input_size: int = 128, zdim: int = 512) -> None:
+    arch = "paper"
+
+    def __init__(self, input_size: int = 128, zdim: int = 512, in_channels: int = 1) -> None:
         super().__init__()
         if not isinstance(input_size, int) or input_size < 16 or input_size % 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {input_size!r}")
-        if not isinstance(zdim, int) or zdim < 1:
-            raise ValueError(f"zdim must be a positive integer, got {zdim!r}")
+        for name, value in (("zdim", zdim), ("in_channels", in_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.input_size = input_size
         self.zdim = zdim
+        self.in_channels = in_channels
         k = input_size // 16
 
         final_convs = nn.Sequential(
@@ -46,7 +51,7 @@ class ConvAutoencoder(nn.Module):
             nn.Conv2d(32, zdim, k, 1, 0), _act(),
         )
         self.encoder = nn.Sequential(OrderedDict([
-            ("0", nn.Conv2d(1, 32, 4, 2, 1)), ("1", _act()),
+            ("0", nn.Conv2d(in_channels, 32, 4, 2, 1)), ("1", _act()),
             ("2", nn.Conv2d(32, 32, 4, 2, 1)), ("3", _act()),
             ("final_convs", final_convs),
         ]))
@@ -59,22 +64,32 @@ class ConvAutoencoder(nn.Module):
             nn.ConvTranspose2d(64, 32, 4, 2, 1), _act(),
             nn.Conv2d(32, 32, 3, 1, 1), _act(),
             nn.ConvTranspose2d(32, 32, 4, 2, 1),
-            nn.ConvTranspose2d(32, 1, 4, 2, 1),
+            nn.ConvTranspose2d(32, in_channels, 4, 2, 1),
         )
 
-    def constructor_args(self) -> dict:
-        """Return the keyword arguments that rebuild this model: {"input_size", "zdim"}."""
-        return {"input_size": self.input_size, "zdim": self.zdim}
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, S, S) of one input image."""
+        return (self.in_channels, self.input_size, self.input_size)
+
+    @property
+    def resize_to(self) -> int:
+        """The side S the heatmaps are resized to before they enter this model (`HeatmapPrep.size`)."""
+        return self.input_size
+
+    def constructor_args(self) -> dict[str, int]:
+        """Return the keyword arguments that rebuild this model: {"input_size", "zdim", "in_channels"}."""
+        return {"input_size": self.input_size, "zdim": self.zdim, "in_channels": self.in_channels}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the reconstruction of x, shape (N, 1, S, S) like x."""
-        self._check_input(x)
+        """Return the reconstruction of x, shape (N, C, S, S) like x."""
+        check_input(self, x)
         return self.decoder(self.encoder(x))
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = (1, self.input_size, self.input_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"ConvAutoencoder expects input of shape (N, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}), got {tuple(x.shape)}"
-            )
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ValueError naming the expected and the given shape unless x is (N, *model.input_shape)."""
+    expected = tuple(model.input_shape)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{type(model).__name__} expects input of shape (N, {', '.join(map(str, expected))}), "
+                         f"got {tuple(x.shape)}")

@@ -102,14 +102,14 @@ def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], met
         bench = None  # images moved since stage 2: the gallery shows heatmaps only
     maps = np.stack([raw[result["split"][i]][result["rows"][i]] for i in picks])
     x = detector.prepare(maps)
-    recons = reconstruct(detector.model, torch.from_numpy(maps), detector.prep, len(picks), "cpu")[:, 0].numpy()
+    recons = reconstruct(detector.model, torch.from_numpy(maps), detector.prep, len(picks), "cpu").numpy()
     rows = []
     for rank, i in enumerate(picks):
         split, row = result["split"][i], result["rows"][i]
         image = bench.splits[split].load_image(row) if bench else None
         kind = "most" if rank < n else "least"
         rows.append(GalleryRow(f"{kind} OOD\n{split} {result['class_names'][i]}\nerror {errors[i]:.4g}", image,
-                               maps[rank], x[rank, 0].numpy(), recons[rank]))
+                               maps[rank], x[rank].numpy(), recons[rank]))
     plot_reconstruction_gallery(rows, path, f"{cfg['exp']}: most and least OOD test images by CAE error")
 
 
@@ -140,7 +140,7 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
     elif cfg["test"]["baselines"]:
         baselines = read_baseline_scores(baseline_scores_path(cfg), meta)
 
-    errors = {s: detector.score_heatmaps(raw[s]) for s in TEST_SPLITS}
+    errors = {s: detector.score_heatmaps(raw[s], f"split {s}") for s in TEST_SPLITS}
     detector.model.cpu()
     threshold = ckpt.get("threshold", float("nan"))
     if np.isnan(threshold):

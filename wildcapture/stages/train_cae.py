@@ -15,13 +15,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from wildcapture.cae import ConvAutoencoder, HeatmapPrep, ood_threshold, reconstruction_errors
+from wildcapture.cae import ood_threshold, reconstruction_errors
+from wildcapture.cae.architectures import cae_from_config, check_fits, heatmap_prep, model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.cae.engine import train_one_epoch
 from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.errors import ConfigError
+from wildcapture.heatmaps.channels import as_channels
 from wildcapture.paths import cae_dir
 from wildcapture.provenance import heatmap_provenance
 from wildcapture.run_lock import hold_lock
@@ -55,11 +57,12 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     train_cfg, cae_cfg = cfg["train"], cfg["cae"]
     meta = stage2_meta(cfg, TRAIN_SPLITS)
     provenance = heatmap_provenance(meta) if meta is not None else external_provenance(cfg, TRAIN_SPLITS)
-    prep = HeatmapPrep(cae_cfg["input_size"], cae_cfg["resize"], cae_cfg["norm"])
-    # raw (N, h, w) heatmaps on the device, prepared batch by batch: N * h * w * 4 bytes, not N * S * S * 4
+    # raw (N, [C,] h, w) heatmaps on the device, prepared batch by batch: N*C*h*w*4 bytes, not N*C*S*S*4
     train_maps, val_maps = (torch.from_numpy(load_split_heatmaps(cfg, split, meta)).to(device)
                             for split in TRAIN_SPLITS)
-    model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
+    model = cae_from_config(cae_cfg, as_channels(train_maps).shape[1:]).to(device)
+    prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
+    check_fits(model, prep, val_maps.shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     training = TrainingRun(out, STAGE)
     state = training.start(cfg, FREE_ON_RESUME)
@@ -70,9 +73,10 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_loss, stale = state["epoch"] + 1, state["best_val_loss"], state["stale_epochs"]
     write_yaml(training.path("config.yaml"), cfg)
-    ckpt_meta = {"format": CAE_FORMAT, "model_args": model.constructor_args(),
+    ckpt_meta = {"format": CAE_FORMAT, "model_args": model_args(model),
                  "prep": {"resize": prep.resize, "norm": prep.norm}, "heatmaps": provenance, "config": cfg}
-    print(f"stage 3: CAE {cae_cfg['input_size']}x{cae_cfg['input_size']} on {len(train_maps)} train_id / "
+    print(f"stage 3: {model.arch} CAE, input {'x'.join(map(str, model.input_shape))}, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, on {len(train_maps)} train_id / "
           f"{len(val_maps)} val_id heatmaps, device {device}; writing to {out}", flush=True)
 
     record: dict[str, Any] = {"best_val_loss": best_loss}
