@@ -19,10 +19,9 @@ import timm
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from wildcapture.classifier.engine import autocast_context
 from wildcapture.classifier.inference import infer_split
 from wildcapture.heatmaps import HEATMAP_KINDS
-from wildcapture.runtime import pick_device
+from wildcapture.runtime import autocast_context, pick_device
 
 
 def _seconds(fn: Callable[[], object], device: torch.device) -> float:

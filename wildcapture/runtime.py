@@ -1,6 +1,7 @@
 """Process set-up shared by the stages: seeding, device choice and torchrun (DDP) state."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -100,3 +101,16 @@ def cleanup_distributed() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """Return mixed-precision autocast on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """Return the loss scaler `autocast_context` needs: enabled only for fp16 autocast (CUDA without bf16)."""
+    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())

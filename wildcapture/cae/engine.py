@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from wildcapture.cae.heatmap_data import HeatmapPrep, iterate_batches
 from wildcapture.errors import NonFiniteLossError
+from wildcapture.runtime import autocast_context
 
 
 def train_one_epoch(
@@ -24,11 +25,15 @@ def train_one_epoch(
     device: torch.device | str,
     progress: bool = True,
     epoch: Optional[int] = None,
+    amp: bool = False,
+    scaler: Optional[torch.amp.GradScaler] = None,
 ) -> float:
     """Train one pass over the shuffled raw heatmaps (N, h, w) or (N, C, h, w) with the MSE reconstruction loss.
 
     Each batch is moved to `device` (a no-op when heatmaps already live there) and prepared there by
     `prep` into the CAE's input (B, C, S, S); shuffling is one `torch.randperm(N, generator=generator)`.
+    With `amp` on CUDA the forward pass runs under `autocast_context` (bf16, or fp16 with `scaler`, from
+    `runtime.grad_scaler`); the loss is computed in float32.
     Returns the epoch's mean training MSE per pixel and channel (batch losses weighted by batch size).
     Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step.
     """
@@ -39,14 +44,21 @@ def train_one_epoch(
     desc = "train" if epoch is None else f"train epoch {epoch}"
     for step, (_, batch) in enumerate(tqdm(batches, total=n_steps, desc=desc, disable=not progress, leave=False)):
         batch = prep(batch.to(device, non_blocking=True))
-        loss = F.mse_loss(model(batch), batch)
+        with autocast_context(torch.device(device), amp):
+            recon = model(batch)
+        loss = F.mse_loss(recon.float(), batch)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"non-finite loss ({loss_value}) in CAE training at epoch {epoch}, step {step}: "
                                      "lower train.lr or check the heatmaps for NaN/inf values")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         total += loss_value * batch.shape[0]
         seen += batch.shape[0]
     if seen == 0:

@@ -1,7 +1,6 @@
 """The classifier's training and evaluation loops (one epoch each)."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterable
 
@@ -12,14 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from wildcapture.errors import NonFiniteLossError
-
-
-def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Return mixed-precision autocast on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+from wildcapture.runtime import autocast_context
 
 
 def _reduce_sums(values: list[float], device: torch.device) -> list[float]:

@@ -11,10 +11,9 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from wildcapture.classifier.engine import autocast_context
 from wildcapture.heatmap_store import SplitArrays
 from wildcapture.heatmaps import forward_with_heatmaps
-from wildcapture.runtime import DistState, shard_indices
+from wildcapture.runtime import DistState, autocast_context, shard_indices
 
 
 @torch.inference_mode()

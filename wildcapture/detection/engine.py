@@ -26,7 +26,6 @@ from tqdm import tqdm
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
 from wildcapture.classifier.data_setup import make_loader
-from wildcapture.classifier.engine import autocast_context
 from wildcapture.data import build_transforms
 from wildcapture.detection.dataset import DetectionImages
 from wildcapture.detection.items import Item
@@ -35,7 +34,7 @@ from wildcapture.errors import CheckpointError
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.provenance import locate_classifier
 from wildcapture.run_lock import LOCK_NAME
-from wildcapture.runtime import DistState, shard_indices
+from wildcapture.runtime import DistState, autocast_context, shard_indices
 from wildcapture.storage import sha256_file
 from wildcapture.vit import build_vit, load_state
 

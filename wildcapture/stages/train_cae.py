@@ -27,7 +27,7 @@ from wildcapture.heatmaps.channels import as_channels
 from wildcapture.paths import cae_dir
 from wildcapture.provenance import heatmap_provenance
 from wildcapture.run_lock import hold_lock
-from wildcapture.runtime import epoch_seed, pick_device, seed_everything
+from wildcapture.runtime import epoch_seed, grad_scaler, pick_device, seed_everything
 from wildcapture.storage import write_yaml
 from wildcapture.training_run import TrainingRun, epoch_summary
 
@@ -64,6 +64,8 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
     check_fits(model, prep, val_maps.shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+    amp = train_cfg["amp"] and device.type == "cuda"
+    scaler = grad_scaler(device, amp)
     training = TrainingRun(out, STAGE)
     state = training.start(cfg, FREE_ON_RESUME)
     start_epoch, best_loss, stale = 0, float("inf"), 0
@@ -87,7 +89,7 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(epoch_seed(cfg["seed"], epoch))
         train_loss = train_one_epoch(model, train_maps, prep, optimizer, train_cfg["batch_size"], generator, device,
-                                     epoch=epoch)
+                                     epoch=epoch, amp=amp, scaler=scaler)
         val_errors = reconstruction_errors(model, val_maps, prep, train_cfg["eval_batch_size"], device)
         val_loss = float(val_errors.mean())
         record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}

@@ -27,7 +27,8 @@ from wildcapture.data import DatasetError, build_benchmark, resolve_data_cfg
 from wildcapture.data.verify import verify_benchmark_images
 from wildcapture.paths import classifier_dir, resolve_path
 from wildcapture.run_lock import hold_lock
-from wildcapture.runtime import cleanup_distributed, epoch_seed, init_distributed, pick_device, seed_everything
+from wildcapture.runtime import (cleanup_distributed, epoch_seed, grad_scaler, init_distributed, pick_device,
+                                 seed_everything)
 from wildcapture.storage import write_yaml
 from wildcapture.training_run import TrainingRun, epoch_summary
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
@@ -132,7 +133,7 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     optimizer = build_optimizer(model.parameters(), train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
     amp = train_cfg["amp"] and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
+    scaler = grad_scaler(device, amp)
     start_epoch, best_acc = 0, -1.0
     training = TrainingRun(out, STAGE)
     state = training.start(cfg, free_on_resume(cfg), prepare=dist_state.is_main)
