@@ -1,10 +1,11 @@
 """Stage 3: train the convolutional autoencoder on `train_id` heatmaps, select on `val_id`.
 
 Outputs in `output_dir` (default `weights/<exp>/cae/`): `best.pth` (lowest val loss; holds the
-model's constructor arguments, the heatmap preparation, the provenance of the heatmaps it learned
-and the OOD threshold that accepts `train.accept_fraction` of val_id images; format in
-`wildcapture.cae.checkpoint`), `last.pth` (with optimizer state for `train.resume=true`),
-`config.yaml`, `log.jsonl` (one JSON line per epoch) and, last, `train_cae.complete.yaml`.
+model's constructor arguments, the heatmap preparation, the provenance of the heatmaps it learned,
+the OOD threshold that accepts `train.accept_fraction` of val_id images and, unless fusion.partner is
+null or the heatmaps are `inputs.*` files, the fusion detector `fusion` with its own threshold; formats
+in `wildcapture.cae.checkpoint` and `wildcapture.ood.fusion`), `last.pth` (with optimizer state for
+`train.resume=true`), `config.yaml`, `log.jsonl` (one JSON line per epoch) and, last, `train_cae.complete.yaml`.
 While it trains they live in `.train_cae.incomplete/`, so a failed run leaves the previous one untouched.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from wildcapture.cae import ConvAutoencoder, HeatmapPrep, ood_threshold, reconstruction_errors
 from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.cae.engine import train_one_epoch
+from wildcapture.cae.fusion_inputs import FusionCalibration
 from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
@@ -59,6 +61,7 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     # raw (N, h, w) heatmaps on the device, prepared batch by batch: N * h * w * 4 bytes, not N * S * S * 4
     train_maps, val_maps = (torch.from_numpy(load_split_heatmaps(cfg, split, meta)).to(device)
                             for split in TRAIN_SPLITS)
+    fusion = FusionCalibration.from_stage2(cfg, meta)
     model = ConvAutoencoder(cae_cfg["input_size"], cae_cfg["zdim"]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     training = TrainingRun(out, STAGE)
@@ -91,7 +94,9 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
             best_loss, stale = val_loss, 0
             threshold = ood_threshold(val_errors, train_cfg["accept_fraction"])
             training.save("best.pth", {**ckpt_meta, "model": model.state_dict(), "epoch": epoch, "val_loss": val_loss,
-                                       "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"]})
+                                       "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"],
+                                       **({"fusion": fusion.entry(val_errors, train_cfg["accept_fraction"])}
+                                          if fusion else {})})
         else:
             stale += 1
         record.update(best_val_loss=best_loss, seconds=round(time.perf_counter() - started, 3))
