@@ -8,13 +8,16 @@ batch-output JSON (each animal box with conf >= --md-threshold is cropped and sc
 relative to --image-root, default the JSON's folder). Writes X.csv (one row per scored crop or image,
 per empty image and per failure: image, bbox, detection_conf, predicted_class, confidence, ood_score,
 ood_flag, threshold, failure) and X.json (MegaDetector format: every input image, each scored detection
-with classifications, ood_score and ood_flag). Progress is checkpointed every --checkpoint-every
-items: the same command continues an interrupted run; --overwrite starts afresh.
+with classifications, ood_score and ood_flag). ood_score is the CAE's reconstruction error, or with
+--score fusion the fusion detector's (the CAE error plus e.g. Mahalanobis, z-scored on val_id), each
+with the threshold stage 3 stored for it. Progress is checkpointed every --checkpoint-every items: the
+same command continues an interrupted run; --overwrite starts afresh.
 """
 import argparse
 from pathlib import Path
 
 from wildcapture.cli import exit_on_user_error
+from wildcapture.detection import SCORES
 from wildcapture.paths import resolve_path
 
 
@@ -27,7 +30,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="output CSV (default: results/EXP/detections.csv); "
                         "the JSON goes beside it")
     parser.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the one stage 3 "
-                        "stored, accepting 95%% of val_id images)")
+                        "stored for the --score, accepting 95%% of val_id images)")
+    parser.add_argument("--score", choices=SCORES, default="cae", help="ood_score: the CAE's "
+                        "reconstruction error (default), or the fusion detector stage 3 stored (e.g. "
+                        "cae+mahalanobis), with its own threshold")
     parser.add_argument("--md-threshold", type=float, default=0.2, help="MegaDetector confidence an animal box "
                         "needs to be scored (default 0.2)")
     parser.add_argument("--crop-margin", type=float, default=0.0, help="fraction of a box's size added on each "
@@ -48,7 +54,7 @@ def main() -> None:
 
         options = DetectOptions(args.batch_size, args.device, args.threshold, args.workers, args.md_threshold,
                                 args.crop_margin, args.image_root.resolve() if args.image_root else None,
-                                args.checkpoint_every, args.overwrite)
+                                args.checkpoint_every, args.overwrite, args.score)
         summary = detect(args.source.resolve(), cae, out, options)
     if summary is not None:
         print(f"{summary.line()}; wrote {out} and {out.with_suffix('.json')}")

@@ -1,8 +1,8 @@
 """Compare heatmap kinds and CAE normalisations on one trained classifier (default: digits).
 
 Runs stage 2 once per heatmap kind, then stages 3 and 4 once per normalisation, and prints a
-Markdown table of the CAE's OOD metrics beside the post-hoc baselines (which do not depend on the
-heatmaps). Needs stage 1 first (`python Train_Vit_Classifier/train.py`). Outputs go under
+Markdown table of the OOD metrics of the CAE and of its fusion detector (`cae+<partner>`) beside the
+post-hoc baselines (which do not depend on the heatmaps). Needs stage 1 first (`python Train_Vit_Classifier/train.py`). Outputs go under
 `data/heatmaps/compare-*`, `weights/compare-*` and `results/compare-*`.
 
     python benchmarks/compare_heatmap_settings.py [--exp digits] [--kinds cls_last rollout] [--norms max minmax none]
@@ -40,13 +40,15 @@ def main() -> None:
             train_cae.run(cae_cfg)
             score_cae.run(cae_cfg)
             table = read_table(REPO_ROOT / f"results/{exp}/{norm}/ood_table.json")
-            rows.append({"kind": kind, "norm": norm, **table[0]})
-            baselines = table[1:]  # the same for every kind and norm: they use logits and features only
+            # cae and the fusion detector (cae+<partner>) depend on the heatmaps; the baselines are the same
+            # for every kind and norm: they use logits and features only
+            rows += [{"kind": kind, "norm": norm, **r} for r in table if r["detector"].startswith("cae")]
+            baselines = [r for r in table if not r["detector"].startswith("cae")]
 
     print("\n| detector | heatmap | norm | AUROC | AUPR-IN | AUPR-OUT | FPR@95TPR |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| CAE | {r['kind']} | {r['norm']} | {r['auroc']:.4f} | {r['aupr_in']:.4f} | {r['aupr_out']:.4f} | "
+        print(f"| {r['detector']} | {r['kind']} | {r['norm']} | {r['auroc']:.4f} | {r['aupr_in']:.4f} | {r['aupr_out']:.4f} | "
               f"{r['fpr95']:.4f} |")
     for r in baselines:
         print(f"| {r['detector']} | - | - | {r['auroc']:.4f} | {r['aupr_in']:.4f} | {r['aupr_out']:.4f} | "

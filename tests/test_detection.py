@@ -19,6 +19,7 @@ from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
 from wildcapture.data import build_transforms, load_rgb
 from wildcapture.detection import engine
+from wildcapture.detection.progress import ShardProgress
 from wildcapture.detection.report import COLUMNS
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.errors import CheckpointError, ConfigError, DatasetError
@@ -68,8 +69,8 @@ def megadetector_file(tmp_path):
     return path
 
 
-def _reference_scores(cae_path: Path, image: Image.Image) -> tuple[np.ndarray, float]:
-    """Class probabilities and CAE score of one decoded RGB image, computed directly."""
+def _reference_scores(cae_path: Path, image: Image.Image) -> tuple[np.ndarray, float, np.ndarray]:
+    """Class probabilities, CAE score and pre-logit features (D,) of one decoded RGB image, computed directly."""
     cae, ckpt = load_cae(cae_path)
     source = ckpt["heatmaps"]
     classifier = build_vit(source["classifier"]["model_args"])
@@ -78,9 +79,10 @@ def _reference_scores(cae_path: Path, image: Image.Image) -> tuple[np.ndarray, f
     _, eval_tf = build_transforms(source["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
                                   spec["interpolation"])
     with torch.no_grad():
-        logits, _, heatmaps = forward_with_heatmaps(classifier.eval(), eval_tf(image)[None], "cls_last", -1)
+        logits, features, heatmaps = forward_with_heatmaps(classifier.eval(), eval_tf(image)[None], "cls_last", -1)
     detector = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], 4, "cpu")
-    return logits.softmax(1)[0].double().numpy(), float(detector.score_heatmaps(heatmaps)[0])
+    return (logits.softmax(1)[0].double().numpy(), float(detector.score_heatmaps(heatmaps)[0]),
+            features[0].double().numpy())
 
 
 def test_megadetector_boxes_are_scored_like_crops_cut_by_hand(megadetector_file, tiny_cae, tmp_path):
@@ -101,7 +103,7 @@ def test_megadetector_boxes_are_scored_like_crops_cut_by_hand(megadetector_file,
                                                                ("sub/d.png", [0.25, 0.0, 0.5, 1.0])]):
         decoded = load_rgb(megadetector_file.parent / file)  # PNG: the detector decodes these same pixels
         crop = decoded.crop(pixel_box(tuple(bbox), decoded.size))
-        probs, score = _reference_scores(cae_path, crop)
+        probs, score, _ = _reference_scores(cae_path, crop)
         assert json.loads(row["bbox"]) == bbox and float(row["detection_conf"]) in (0.91, 0.45, 0.3)
         assert row["predicted_class"] == names[int(np.argmax(probs))]
         assert float(row["confidence"]) == pytest.approx(probs.max(), rel=1e-5)
@@ -120,6 +122,65 @@ def test_megadetector_boxes_are_scored_like_crops_cut_by_hand(megadetector_file,
         assert probs == sorted(probs, reverse=True) and names[int(det["classifications"][0][0])] == row["predicted_class"]
     assert a[2:] == source["images"][0]["detections"][2:]  # the low-confidence box and the person: as read
     assert written["images"][1:3] == source["images"][1:3]  # the empty image and MegaDetector's failure
+
+
+def test_fusion_scores_equal_the_cae_and_mahalanobis_by_hand(megadetector_file, tiny_cae, tmp_path):
+    cae_path = tiny_cae / "cae" / "best.pth"
+    best = load_checkpoint(cae_path)
+    # A well-conditioned Mahalanobis partner: the fitted class means, identity whitening (squared Euclidean
+    # distance), round z-scores. The partner fitted on the tiny ViT weights a near-null direction by ~1e7
+    # (LayerNorm features span an affine hyperplane), so float32 noise between batch sizes moves it by ~0.1%.
+    means = best["fusion"]["partner_state"]["means"]
+    partner = {"classes": best["fusion"]["partner_state"]["classes"], "means": means,
+               "whiten": torch.eye(means.shape[1], dtype=torch.float64)}
+    z = {"attention_mean": 0.3, "attention_std": 0.1, "feature_mean": 1.0, "feature_std": 2.0}
+    boxes = [("a.png", [0.1, 0.1, 0.5, 0.6]), ("a.png", [0.5, 0.3, 0.4, 0.5]), ("sub/d.png", [0.25, 0.0, 0.5, 1.0])]
+    fused = []
+    for file, bbox in boxes:
+        decoded = load_rgb(megadetector_file.parent / file)
+        _, error, features = _reference_scores(cae_path, decoded.crop(pixel_box(tuple(bbox), decoded.size)))
+        distance = min(((features - mean) ** 2).sum() for mean in means.numpy())
+        fused.append((error - 0.3) / 0.1 + (distance - 1.0) / 2.0)
+    threshold = float(np.mean(sorted(fused)[1:]))  # half-way between the two highest: one crop flagged
+    torch.save({**best, "fusion": {"partner": "mahalanobis", "partner_state": partner, "zscore": z,
+                                   "threshold": threshold}}, tmp_path / "fusion.pth")
+
+    out = tmp_path / "fused" / "detections.csv"
+    detect(megadetector_file, tmp_path / "fusion.pth", out, DetectOptions(batch_size=2, device="cpu", score="fusion"))
+    rows = [r for r in _rows(out) if not r["failure"]]
+    assert [(r["image"], json.loads(r["bbox"])) for r in rows] == boxes
+    np.testing.assert_allclose([float(r["ood_score"]) for r in rows], fused, rtol=1e-5)
+    assert sorted(r["ood_flag"] for r in rows) == ["False", "False", "True"]
+    assert [r["ood_flag"] for r in rows] == [str(f > threshold) for f in fused]
+    assert {float(r["threshold"]) for r in rows} == {threshold}
+    info = json.loads(out.with_suffix(".json").read_text())["info"]["classifier_metadata"]
+    assert info["ood_score"].startswith("cae+mahalanobis:") and info["ood_threshold"] == threshold
+    # and stage 3's own fusion detector runs too, with the threshold it stored
+    detect(megadetector_file, cae_path, tmp_path / "stored.csv", DetectOptions(batch_size=2, device="cpu",
+                                                                                 score="fusion"))
+    assert {r["threshold"] for r in _rows(tmp_path / "stored.csv") if not r["failure"]} == {
+        repr(best["fusion"]["threshold"])}
+
+
+def test_the_score_is_part_of_the_resume_key_and_fusion_needs_a_fusion_checkpoint(tiny_cae, tmp_path):
+    cae_path, cpu = tiny_cae / "cae" / "best.pth", torch.device("cpu")
+    # the same threshold for both: only the score differs
+    prints = [engine.job_fingerprint([], engine.load_detector(cae_path, 2, cpu, 0.5, score), {}) for score in
+              ("cae", "fusion")]
+    first = ShardProgress(tmp_path, 0, prints[0], 1)
+    first.resume()
+    first.close()
+    with pytest.raises(ConfigError, match="another job"):
+        ShardProgress(tmp_path, 0, prints[1], 1).resume()
+
+    torch.save({k: v for k, v in load_checkpoint(cae_path).items() if k != "fusion"}, tmp_path / "plain.pth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no fusion detector.*--score cae"):
+        detect(tmp_path / "empty", tmp_path / "plain.pth", tmp_path / "out.csv",
+               DetectOptions(batch_size=2, device="cpu", score="fusion"))
+    with pytest.raises(ConfigError, match="--score must be one of cae, fusion"):
+        detect(tmp_path / "empty", cae_path, tmp_path / "out.csv", DetectOptions(device="cpu", score="knn"))
+    assert not (tmp_path / "out.csv").exists()
 
 
 def test_a_folder_with_bad_files_scores_the_rest_and_lists_each_failure(tmp_path, tiny_cae):

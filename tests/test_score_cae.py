@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from wildcapture.cae import ConvAutoencoder, build_cae
@@ -17,7 +18,9 @@ from wildcapture.ood import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.errors import IncompleteOutputError
+from wildcapture.stages import train_cae
 from wildcapture.stages.score_cae import read_recon_errors, run
+from wildcapture.storage import sha256_file
 from wildcapture.vit import WeightsMismatchError
 
 from stage_helpers import cae_config
@@ -60,7 +63,8 @@ def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmap
     index = {s: _rows(tiny_heatmaps / "heatmaps" / s / "index.csv") for s in SPLITS}
     n = {s: len(index[s]) for s in SPLITS}
     assert n == {"test_id": 40, "test_ood": 40}
-    keys = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
+    keys = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood", "fusion_scores",
+            "fusion_flagged_ood")
     assert {len(result[k]) for k in keys} == {80}
     assert result["ids"] == [r["source"] for s in SPLITS for r in index[s]]
     assert result["rows"] == [*range(40), *range(40)]
@@ -93,6 +97,8 @@ def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmap
     assert [int(r["rows"]) for r in twin] == result["rows"]
     assert [float(r["errors"]) for r in twin] == list(result["errors"])
     assert [r["flagged_ood"] == "True" for r in twin] == list(result["flagged_ood"])
+    assert [float(r["fusion_scores"]) for r in twin] == list(result["fusion_scores"])
+    assert [r["fusion_flagged_ood"] == "True" for r in twin] == list(result["fusion_flagged_ood"])
 
 
 def test_read_recon_errors_returns_the_pickle_and_refuses_a_changed_one(stage4, tmp_path):
@@ -118,7 +124,7 @@ def test_ood_table_has_cae_and_the_stage_2_baselines(stage4, tiny_heatmaps):
         result = pickle.load(handle)
     table = json.loads((stage4 / "ood_table.json").read_text())
     rows = {r["detector"]: r for r in table["rows"]}
-    assert [r["detector"] for r in table["rows"]] == ["cae", *BASELINES]
+    assert [r["detector"] for r in table["rows"]] == ["cae", "cae+mahalanobis", *BASELINES]
     is_ood = np.asarray(result["is_ood"]) == 1
     errors = np.asarray(result["errors"])
     assert rows["cae"]["auroc"] == pytest.approx(auroc(errors[~is_ood], errors[is_ood]), abs=1e-12)
@@ -141,11 +147,71 @@ def test_ood_table_has_cae_and_the_stage_2_baselines(stage4, tiny_heatmaps):
             assert image.format == "PNG" and min(image.size) > 100
 
 
+def _pickle(folder):
+    with open(folder / "recon_errors.pkl", "rb") as handle:
+        return pickle.load(handle)
+
+
+def test_fusion_row_is_the_cae_errors_plus_stage_2_mahalanobis_by_the_stored_z_scores(stage4, tiny_heatmaps,
+                                                                                      tiny_cae):
+    result, fusion = _pickle(stage4), _load(tiny_cae / "cae" / "best.pth")["fusion"]
+    z = fusion["zscore"]
+    scores = _rows(tiny_heatmaps / "results" / "baseline_scores.csv")
+    mahalanobis = np.array([float(r["mahalanobis"]) for s in SPLITS for r in scores if r["split"] == s])
+    by_hand = ((np.asarray(result["errors"]) - z["attention_mean"]) / z["attention_std"]
+               + (mahalanobis - z["feature_mean"]) / z["feature_std"])
+    np.testing.assert_allclose(result["fusion_scores"], by_hand, rtol=1e-12, atol=1e-12)
+    assert result["fusion"] == "cae+mahalanobis" and result["fusion_threshold"] == fusion["threshold"]
+    assert list(result["fusion_flagged_ood"]) == list(by_hand > fusion["threshold"])
+    assert 0 < np.sum(result["fusion_flagged_ood"]) < 80
+
+    table = json.loads((stage4 / "ood_table.json").read_text())
+    row = next(r for r in table["rows"] if r["detector"] == "cae+mahalanobis")
+    is_ood = np.asarray(result["is_ood"]) == 1
+    for metric, value in ood_metrics(by_hand[~is_ood], by_hand[is_ood]).items():
+        assert row[metric] == pytest.approx(value, abs=1e-12), metric
+    assert "cae+mahalanobis = the CAE error plus the mahalanobis score, each z-scored on val_id" in table["caption"]
+
+
+def _change_rows(heatmaps_dir, split, name, rows):
+    """Change `rows` of one of stage 2's arrays and record the file's digest in its meta, as stage 2 would."""
+    path = heatmaps_dir / split / f"{name}.npy"
+    array = np.load(path)
+    array[rows] = array[rows] * 1.5 + 0.1
+    np.save(path, array)
+    meta_path = heatmaps_dir / "heatmaps_meta.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    meta["files"][f"{split}/{name}.npy"] = sha256_file(path)
+    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def test_the_fusion_detector_is_fit_on_val_id_only(stage4, tiny_heatmaps, tiny_cae, tmp_path):
+    # the stage-2 output of tiny_cae with other test data: test_id features of rows 0 and 3, test_ood heatmap 1
+    heatmaps = tmp_path / "heatmaps"
+    shutil.copytree(tiny_heatmaps / "heatmaps", heatmaps)
+    _change_rows(heatmaps, "test_id", "features", [0, 3])
+    _change_rows(heatmaps, "test_ood", "heatmaps", [1])
+    # tiny_cae's stage-3 config, and stage4's batch size (CAE errors may differ in the last bits between sizes)
+    cfg = cae_config(heatmaps, tmp_path, "train.epochs=3", "test.baselines=false", "test.batch_size=7")
+    train_cae.run(cfg)
+    ours, theirs = _load(tmp_path / "cae" / "best.pth")["fusion"], _load(tiny_cae / "cae" / "best.pth")["fusion"]
+    assert (ours["partner"], ours["zscore"], ours["threshold"]) == (theirs["partner"], theirs["zscore"],
+                                                                   theirs["threshold"])
+    assert ours["partner_state"]["classes"] == theirs["partner_state"]["classes"]
+    assert all(torch.equal(ours["partner_state"][k], theirs["partner_state"][k]) for k in ("means", "whiten"))
+
+    run(cfg)
+    changed, original = _pickle(tmp_path / "results")["fusion_scores"], _pickle(stage4)["fusion_scores"]
+    assert np.flatnonzero(changed != original).tolist() == [0, 3, 40 + 1]  # only the changed images moved
+
+
 def test_errors_do_not_depend_on_the_batch_size(stage4, tiny_heatmaps, tiny_cae, tmp_path):
     run(_config(tiny_heatmaps, tiny_cae, tmp_path, "test.batch_size=1", "test.baselines=false"))
     with open(tmp_path / "recon_errors.pkl", "rb") as one, open(stage4 / "recon_errors.pkl", "rb") as seven:
         np.testing.assert_allclose(pickle.load(one)["errors"], pickle.load(seven)["errors"], rtol=1e-6)
-    assert [r["detector"] for r in json.loads((tmp_path / "ood_table.json").read_text())["rows"]] == ["cae"]
+    # the fusion detector is the checkpoint's, not one of stage 2's baselines: it stays
+    assert [r["detector"] for r in json.loads((tmp_path / "ood_table.json").read_text())["rows"]] == [
+        "cae", "cae+mahalanobis"]
 
 
 def test_empty_ood_split_is_named(tiny_heatmaps, tiny_cae, tmp_path):
@@ -200,4 +266,7 @@ def test_heatmap_csv_inputs_give_ood_labels_and_no_foreign_baselines(tiny_heatma
     assert all(label == -1 for label, o in zip(saved["labels"], ood) if o)
     assert all(isinstance(label, int) and label >= 0 for label, o in zip(saved["labels"], ood) if not o)
     assert saved["ids"][0] == str((tmp_path / "png" / "test_id" / "000.png").resolve())
+    # nor a fusion score: the checkpoint's fusion detector needs stage 2's features of these images
+    assert saved["fusion"] is None and np.isnan(saved["fusion_threshold"]) and np.isnan(saved["fusion_scores"]).all()
+    assert not saved["fusion_flagged_ood"].any()
     assert (results / "reconstruction_gallery.png").stat().st_size > 0

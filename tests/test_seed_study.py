@@ -84,9 +84,12 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
 
     rows = {r["detector"]: r for r in summary["rows"]}
     assert summary["columns"] == list(COLUMNS) and all(list(r) == list(COLUMNS) for r in summary["rows"])
-    assert set(rows) == {"cae[cls_last]", "cae[rollout]", "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
-    assert {d: r["family"] for d, r in rows.items() if r["family"] != "feature"} == \
-        {"cae[cls_last]": "attention", "cae[rollout]": "attention"}
+    assert set(rows) == {"cae[cls_last]", "cae[rollout]", "cae+mahalanobis[cls_last]", "cae+mahalanobis[rollout]",
+                         "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
+    assert {d: r["family"] for d, r in rows.items() if r["family"] != "feature"} == {
+        "cae[cls_last]": "attention", "cae[rollout]": "attention",
+        "cae+mahalanobis[cls_last]": "fusion", "cae+mahalanobis[rollout]": "fusion"}
+    assert all(r["delta_auroc_ci_low"] is not None for r in rows.values())  # fusion rows are paired too
     assert {r["n_seeds"] for r in rows.values()} == {2}
     assert [r["auroc_mean"] for r in summary["rows"]] == sorted((r["auroc_mean"] for r in rows.values()), reverse=True)
     study = summary["study"]
@@ -106,7 +109,8 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
                                                              .read_text())["rows"]}
               for s in (0, 1) for v in ("cls_last", "rollout")}
     for name, row in rows.items():
-        variant, detector = (name[4:-1], "cae") if name.startswith("cae[") else ("cls_last", name)
+        detector, _, variant = name.rstrip("]").partition("[")
+        variant = variant or "cls_last"
         for metric in ("auroc", "fpr95"):
             values = [tables[s, variant][detector][metric] for s in (0, 1)]
             assert row[f"{metric}_mean"] == pytest.approx(np.mean(values), abs=1e-12), (name, metric)

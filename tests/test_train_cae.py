@@ -15,6 +15,7 @@ from wildcapture.cae.inputs import load_split_heatmaps
 from wildcapture.data import DatasetError
 from wildcapture.errors import IncompleteOutputError
 from wildcapture.heatmaps import export_heatmap_pngs
+from wildcapture.ood import Mahalanobis
 from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run
 from wildcapture.training_run import epoch_summary
@@ -79,6 +80,53 @@ def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_che
     assert saved["cae"]["input_size"] == 16 and saved["train"]["epochs"] == 3
 
 
+def _stage2(tiny_heatmaps, split, name):
+    return np.load(tiny_heatmaps / "heatmaps" / split / f"{name}.npy")
+
+
+def test_best_checkpoint_holds_the_fusion_detector_fit_on_train_id_and_val_id(tiny_cae, tiny_heatmaps):
+    best = _load(tiny_cae / "cae" / "best.pth")  # weights_only=True: the entry is plain values and tensors
+    entry = best["fusion"]
+    assert entry["partner"] == "mahalanobis"
+    # the partner: class means of stage 2's train_id features, by hand; its test scores are stage 2's own
+    with open(tiny_heatmaps / "heatmaps" / "train_id" / "index.csv", newline="") as handle:
+        labels = np.array([int(row["label"]) for row in csv.DictReader(handle)])
+    feats = _stage2(tiny_heatmaps, "train_id", "features").astype(np.float64)
+    classes = sorted(set(labels.tolist()))
+    assert entry["partner_state"]["classes"] == classes
+    np.testing.assert_allclose(entry["partner_state"]["means"].numpy(),
+                               [feats[labels == c].mean(0) for c in classes], rtol=1e-12)
+    partner = Mahalanobis.from_state(entry["partner_state"])
+    with open(tiny_heatmaps / "results" / "baseline_scores.csv", newline="") as handle:
+        stage2_rows = list(csv.DictReader(handle))
+    for split in ("test_id", "test_ood"):
+        ours = partner.score(_stage2(tiny_heatmaps, split, "features"), _stage2(tiny_heatmaps, split, "logits"))
+        assert ours.tolist() == [float(r["mahalanobis"]) for r in stage2_rows if r["split"] == split]
+
+    # z-scores: mean and population std of the best model's val_id errors and of the partner's val_id scores
+    errors = reconstruction_errors(_model(best), torch.from_numpy(_stage2(tiny_heatmaps, "val_id", "heatmaps")),
+                                   PREP, 5, "cpu")
+    val_scores = partner.score(_stage2(tiny_heatmaps, "val_id", "features"), _stage2(tiny_heatmaps, "val_id", "logits"))
+    z = entry["zscore"]
+    assert z["attention_mean"] == pytest.approx(errors.mean(), rel=1e-6)
+    assert z["attention_std"] == pytest.approx(errors.std(), rel=1e-5)
+    assert (z["feature_mean"], z["feature_std"]) == (val_scores.mean(), val_scores.std())
+    fused = (errors - z["attention_mean"]) / z["attention_std"] + (val_scores - z["feature_mean"]) / z["feature_std"]
+    assert entry["threshold"] == pytest.approx(ood_threshold(fused, 0.95), rel=1e-5)
+    assert (fused <= entry["threshold"] + 1e-6).sum() == math.ceil(0.95 * len(fused))
+
+
+def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny_heatmaps, tmp_path):
+    from wildcapture.config import ConfigError
+
+    run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1", "fusion.partner=null"))
+    assert "fusion" not in _load(tmp_path / "cae" / "best.pth")
+    with pytest.raises(ConfigError, match="fusion.partner must be one of mahalanobis, energy, msp, maxlogit or "
+                                          "null; got 'knn'"):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.partner=knn"))
+    assert not (tmp_path / "x").exists()
+
+
 def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmaps, tmp_path, monkeypatch):
     original = train_cae.train_one_epoch
 
@@ -108,6 +156,8 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmap
         for key in ours["model"]:
             assert torch.equal(ours["model"][key], theirs["model"][key]), f"{name}: {key} differs"
     assert _load(folder / "best.pth")["threshold"] == _load(reference / "best.pth")["threshold"]
+    fusion, theirs = _load(folder / "best.pth")["fusion"], _load(reference / "best.pth")["fusion"]
+    assert (fusion["zscore"], fusion["threshold"]) == (theirs["zscore"], theirs["threshold"])
 
 
 def test_heatmaps_stay_at_their_native_size_in_memory(tiny_heatmaps, tmp_path, monkeypatch):
@@ -170,6 +220,7 @@ def test_heatmap_png_csv_inputs(tiny_heatmaps, tmp_path):
     errors = reconstruction_errors(_model(best), torch.from_numpy(raw_png), PREP, 40, "cpu")
     assert best["threshold"] == pytest.approx(ood_threshold(errors, 0.95), rel=1e-6)
     assert best["val_loss"] == pytest.approx(errors.mean(), rel=1e-6)
+    assert "fusion" not in best  # no stage-2 features beside heatmap files: no fusion detector
     # the CAE records which files it learned, by digest, in place of a classifier
     assert best["heatmaps"] == {"external": {s: {"path": str(csvs[s]), "sha256": hashlib.sha256(
         csvs[s].read_bytes()).hexdigest()} for s in ("train_id", "val_id")}}

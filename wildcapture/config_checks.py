@@ -36,11 +36,12 @@ def check_number(cfg: dict[str, Any], key: str, *, minimum: float | None = None,
         raise ConfigError(f"config key {key} must be {wanted}, got {value!r}")
 
 
-def check_choice(cfg: dict[str, Any], key: str, choices: Sequence[Any]) -> None:
-    """Raise ConfigError unless `key` holds one of `choices`."""
+def check_choice(cfg: dict[str, Any], key: str, choices: Sequence[Any], optional: bool = False) -> None:
+    """Raise ConfigError unless `key` holds one of `choices` (or null, when `optional`)."""
     value = value_at(cfg, key)
-    if value not in choices:
-        raise ConfigError(f"config key {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if value not in choices and not (optional and value is None):
+        listed = ", ".join(map(str, choices)) + (" or null" if optional else "")
+        raise ConfigError(f"config key {key} must be one of {listed}; got {value!r}")
 
 
 def check_positive_ints(cfg: dict[str, Any], *keys: str) -> None:

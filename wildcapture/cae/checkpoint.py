@@ -4,7 +4,8 @@ A stage-3 checkpoint (format CAE_FORMAT) holds the model (`model`; `model_args`:
 constructor arguments, see `wildcapture.cae.architectures`; checkpoints from before `arch` existed
 are the paper's architecture with one channel), the heatmap preparation (`prep`: resize, norm), the
 provenance of the heatmaps it learned (`heatmaps`, see `wildcapture.provenance.heatmap_provenance`,
-or {"external": ...}), the resolved `config` and, in best.pth, the OOD `threshold`. A bare state
+or {"external": ...}), the resolved `config` and, in best.pth, the OOD `threshold` and (optional) the
+`fusion` detector's entry (`wildcapture.ood.fusion`). A bare state
 dict (the paper's AutoEncoderW.pt) loads too, as the paper's architecture.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from wildcapture.cae.architectures import CAEModel, build_cae, config_values
 from wildcapture.errors import CheckpointError, WeightsMismatchError
+from wildcapture.ood.fusion import FusionDetector
 from wildcapture.outputs import check_completed_file
 from wildcapture.storage import load_checkpoint_with_digest
 
@@ -78,3 +80,15 @@ def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete
         raise WeightsMismatchError(f"{path} does not fit the CAE of {args}: {first}") from err
     meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")} if ours else {}
     return model.eval(), {**meta, "path": str(path)}
+
+
+def fusion_of(ckpt: dict[str, Any]) -> FusionDetector | None:
+    """Return the fusion detector of a checkpoint's metadata (as `load_cae` returns it), or None when it has
+    none; CheckpointError if its `fusion` entry cannot be used."""
+    if "fusion" not in ckpt:
+        return None
+    try:
+        return FusionDetector.from_state(ckpt["fusion"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt['path']}: its fusion entry cannot be used ({type(err).__name__}: {err}); "
+                              "rerun stage 3 (AutoEncoder/train.py)") from err

@@ -1,13 +1,15 @@
 """Flag the animals of new camera-trap images as in- or out-of-distribution, streaming.
 
-Images flow decode (DataLoader workers) -> classifier logits + heatmaps (one forward pass) -> CAE
-score (heatmaps prepared per batch at the CAE's input) -> rows on disk, one batch at a time, so
+Images flow decode (DataLoader workers) -> classifier logits, features and heatmaps (one forward pass)
+-> CAE score (heatmaps prepared per batch at the CAE's input; with `score="fusion"`, fused with the
+checkpoint's partner detector on the features and logits) -> rows on disk, one batch at a time, so
 memory does not grow with the number of images. Progress is checkpointed (`progress.ShardProgress`)
 and the same command continues a killed run. Under torchrun each process takes every world-th batch
 and writes its own rows; the first process merges them, in item order, into the outputs.
 
 The CAE checkpoint of stage 3 carries everything else: the classifier (repository-relative path,
-checked by SHA-256), its preprocessing, the heatmap kind and block, and the OOD threshold.
+checked by SHA-256), its preprocessing, the heatmap kind and block, the OOD threshold and (optional)
+the fusion detector with its own threshold.
 """
 from __future__ import annotations
 
@@ -23,15 +25,17 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from wildcapture.cae.checkpoint import load_cae
+from wildcapture.cae.checkpoint import fusion_of, load_cae
 from wildcapture.cae.detector import CAEDetector
 from wildcapture.classifier.data_setup import make_loader
 from wildcapture.data import build_transforms
+from wildcapture.detection import SCORES
 from wildcapture.detection.dataset import DetectionImages
 from wildcapture.detection.items import Item
 from wildcapture.detection.progress import ShardProgress
 from wildcapture.errors import CheckpointError
 from wildcapture.heatmaps import forward_with_heatmaps
+from wildcapture.ood.fusion import FusionDetector
 from wildcapture.provenance import locate_classifier
 from wildcapture.run_lock import LOCK_NAME
 from wildcapture.runtime import DistState, autocast_context, shard_indices
@@ -45,26 +49,49 @@ class Detector:
     classifier: torch.nn.Module
     cae: CAEDetector
     provenance: dict[str, Any]  # the heatmaps the CAE learned: classifier, input_spec, heatmap, data
-    threshold: float
+    threshold: float            # of the score in use
     fingerprint: str            # SHA-256 of the CAE and the classifier files
+    fusion: FusionDetector | None = None  # set when the score is the fusion detector's
 
     @property
     def class_names(self) -> list[str]:
         return self.provenance["classifier"]["class_names"]
 
+    @property
+    def score_name(self) -> str:
+        """The name of the score in use: "cae", or the fusion detector's (e.g. "cae+mahalanobis")."""
+        return self.fusion.name if self.fusion else self.cae.name
 
-def load_detector(cae_path: Path, batch_size: int, device: torch.device, threshold: float | None = None) -> Detector:
-    """Return the detector of the stage-3 checkpoint at `cae_path` (on `device`, eval mode).
+    def ood_scores(self, logits: torch.Tensor, features: torch.Tensor, heatmaps: torch.Tensor) -> np.ndarray:
+        """OOD scores of a batch from its classifier outputs (N, C), (N, D), (N, h, w): float64 (N,)."""
+        errors = self.cae.score_heatmaps(heatmaps.float())
+        if self.fusion is None:
+            return errors
+        return self.fusion.score(errors, features.float().cpu().numpy(), logits.float().cpu().numpy())
+
+
+def load_detector(cae_path: Path, batch_size: int, device: torch.device, threshold: float | None = None,
+                  score: str = "cae") -> Detector:
+    """Return the detector of the stage-3 checkpoint at `cae_path` (on `device`, eval mode), scoring by
+    `score` (one of SCORES) with `threshold`, or else the threshold the checkpoint stores for that score.
 
     Raises CheckpointError if the checkpoint names no classifier (the paper's bare CAE, or one trained
-    on external heatmap files), ProvenanceError if the classifier is missing or has changed.
+    on external heatmap files) or, for `score="fusion"`, holds no fusion detector; ProvenanceError if the
+    classifier is missing or has changed.
     """
     cae, ckpt = load_cae(cae_path)
     source = ckpt.get("heatmaps") or {}
     if "classifier" not in source:
         raise CheckpointError(f"{cae_path} names no classifier (not trained by AutoEncoder/train.py on stage 2's "
                               "heatmaps), so detect.py cannot rebuild the pipeline")
-    if threshold is None and "threshold" not in ckpt:
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    fusion = fusion_of(ckpt) if score == "fusion" else None
+    if score == "fusion" and fusion is None:
+        raise CheckpointError(f"{cae_path} holds no fusion detector (stage 3 stores one in best.pth unless "
+                              "fusion.partner=null): use --score cae, or retrain the CAE with fusion.partner set")
+    stored = fusion.threshold if fusion else ckpt.get("threshold")
+    if threshold is None and stored is None:
         raise CheckpointError(f"{cae_path} stores no OOD threshold (stage 3 keeps it in best.pth): use best.pth, "
                               "or give --threshold")
     classifier = build_vit(source["classifier"]["model_args"])
@@ -72,7 +99,7 @@ def load_detector(cae_path: Path, batch_size: int, device: torch.device, thresho
     fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"]).encode()).hexdigest()
     return Detector(classifier.eval().to(device), CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"],
                                                                batch_size, device),
-                    source, float(ckpt["threshold"] if threshold is None else threshold), fingerprint)
+                    source, float(stored if threshold is None else threshold), fingerprint, fusion)
 
 
 def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], images: torch.Tensor,
@@ -80,10 +107,11 @@ def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], 
     """Classify and score one batch of decoded images (item `indices`); returns their rows."""
     heat = detector.provenance["heatmap"]
     with torch.inference_mode(), autocast_context(device, heat.get("amp", True)):
-        logits, _, heatmaps = forward_with_heatmaps(detector.classifier, images.to(device, non_blocking=True),
-                                                    heat["kind"], heat["block"])
+        logits, features, heatmaps = forward_with_heatmaps(detector.classifier,
+                                                           images.to(device, non_blocking=True), heat["kind"],
+                                                           heat["block"])
     probs = logits.float().softmax(1).cpu().numpy().astype(np.float64)
-    scores = detector.cae.score_heatmaps(heatmaps.float())
+    scores = detector.ood_scores(logits, features, heatmaps)
     rows = []
     for row, index in enumerate(indices):
         best = int(np.argmax(probs[row]))
@@ -106,8 +134,8 @@ def _failed_row(item: Item, index: int, reason: str) -> dict[str, Any]:
 
 
 def job_fingerprint(items: Sequence[Item], detector: Detector, settings: dict[str, Any]) -> str:
-    """SHA-256 of what decides a run's rows: the items, the models, the threshold and `settings`."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    """SHA-256 of what decides a run's rows: the items, the models, the score, the threshold and `settings`."""
+    digest = hashlib.sha256(json.dumps({**settings, "score": detector.score_name}, sort_keys=True).encode())
     digest.update(detector.fingerprint.encode())
     digest.update(repr(detector.threshold).encode())
     for item in items:

@@ -43,7 +43,7 @@ class ShardProgress:
             saved = json.loads(self.progress_path.read_text(encoding="utf-8"))
             if saved["fingerprint"] != self.fingerprint:
                 raise ConfigError(f"{self.progress_path.parent} holds an unfinished run of another job (other input, "
-                                  "models, threshold, batch size or process count): run the same command as it "
+                                  "models, score, threshold, batch size or process count): run the same command as it "
                                   "did to continue it, or add --overwrite to start afresh")
             start, size = saved["items_done"], saved["bytes"]
         self._handle = open(self.rows_path, "a+", encoding="utf-8", newline="")

@@ -2,8 +2,9 @@
 
 CSV columns (COLUMNS): `image`; `bbox` (MegaDetector's normalised [x, y, w, h], empty for a whole
 image) and `detection_conf`; `predicted_class` and `confidence` (its softmax probability);
-`ood_score` (CAE reconstruction error, higher = more OOD), `ood_flag` (score > threshold) and
-`threshold`; `failure`: empty when the item was scored, else why not (an unreadable file,
+`ood_score` (higher = more OOD: the CAE reconstruction error, or with `--score fusion` the fusion
+detector's score, e.g. cae+mahalanobis), `ood_flag` (score > threshold) and `threshold` (the one stage 3
+stored for that score, unless --threshold); `failure`: empty when the item was scored, else why not (an unreadable file,
 MegaDetector's failure, or "empty: ..." for an image without an animal box), the score columns
 then empty.
 """
@@ -25,6 +26,8 @@ from wildcapture.detection.progress import read_rows
 from wildcapture.megadetector import DetectionResult, MDBatch, write_md_json
 from wildcapture.storage import atomic_write
 
+_SCORE_TEXT = {False: "CAE reconstruction error",
+               True: "CAE reconstruction error plus the partner's score, each z-scored on val_id"}
 COLUMNS = ("image", "bbox", "detection_conf", "predicted_class", "confidence", "ood_score", "ood_flag", "threshold",
            "failure")
 
@@ -96,5 +99,6 @@ def write_json_report(batch: MDBatch, items: Sequence[Item], parts: Sequence[Pat
             "classifier_metadata": {"cae_checkpoint": cae, "classifier": detector.provenance["classifier"]["path"],
                                     "classifier_sha256": detector.provenance["classifier"]["sha256"],
                                     "heatmap": detector.provenance["heatmap"], "ood_threshold": detector.threshold,
-                                    "ood_score": "CAE reconstruction error; higher = more OOD"}}
+                                    "ood_score": f"{detector.score_name}: {_SCORE_TEXT[bool(detector.fusion)]}; "
+                                                 "higher = more OOD"}}
     write_md_json(out_json, batch, results(), detector.class_names, info, failures)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from wildcapture.detection import SCORES
 from wildcapture.detection.engine import job_fingerprint, load_detector, prepare_work_folder, score_shard
 from wildcapture.detection.items import batch_items, load_batch
 from wildcapture.detection.report import Summary, write_csv_report, write_json_report
@@ -36,13 +37,15 @@ class DetectOptions:
     image_root: Path | None = None    # MegaDetector's `file` paths are relative to it (default: the JSON's folder)
     checkpoint_every: int = 1000      # items between two checkpoints of each process
     overwrite: bool = False           # discard an unfinished run's progress instead of continuing it
+    score: str = "cae"                # ood_score: "cae" (reconstruction error) or "fusion" (the checkpoint's fusion)
 
     def check(self) -> None:
         """Raise ConfigError naming the option whose value cannot be used."""
         problems = [(self.batch_size < 1, "--batch-size must be >= 1"), (self.workers < 0, "--workers must be >= 0"),
                     (not 0 <= self.md_threshold <= 1, "--md-threshold must be in [0, 1]"),
                     (self.crop_margin < 0, "--crop-margin must be >= 0"),
-                    (self.checkpoint_every < 1, "--checkpoint-every must be >= 1")]
+                    (self.checkpoint_every < 1, "--checkpoint-every must be >= 1"),
+                    (self.score not in SCORES, f"--score must be one of {', '.join(SCORES)}, got {self.score!r}")]
         for bad, message in problems:
             if bad:
                 raise ConfigError(message)
@@ -73,7 +76,7 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
     state, device = init_distributed(options.device)
     work = out_csv.parent / f".{out_csv.name}.incomplete"
     try:
-        detector = load_detector(cae_path, options.batch_size, device, options.threshold)
+        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score)
         batch = load_batch(source, options.md_threshold)
         is_json = source.suffix.lower() == ".json"
         items = batch_items(batch, (options.image_root or source.parent) if is_json else source, not is_json)

@@ -4,10 +4,14 @@ One small class per detector, pytorch-ood style: `fit(features, logits, labels)`
 train_id split returns the detector; `score(features, logits)` returns one float64 OOD
 score per image, shape (N,), higher = more OOD. Features are (N, D) pre-logits, logits are
 (N, C) and labels (N,) integer class ids. Every array is converted to float64.
+
+MSP, MaxLogit, Energy and Mahalanobis can be stored: `state_dict()` returns what `from_state` needs
+to score again, as plain Python values and float64 tensors, so it fits in a checkpoint loaded with
+`torch.load(weights_only=True)`; the restored detector gives the same scores, bit for bit.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -71,8 +75,29 @@ class Detector:
         if getattr(self, attr, None) is None:
             raise RuntimeError(f"{type(self).__name__} must be fit on train_id data before score()")
 
+    def state_dict(self) -> dict[str, Any]:
+        """What `from_state` needs to score again (plain values and tensors); NotImplementedError for a
+        detector that cannot be stored."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be stored")
 
-class MSP(Detector):
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Detector":
+        """The fitted detector whose `state_dict()` was `state`."""
+        raise NotImplementedError(f"{cls.__name__} cannot be stored")
+
+
+class _Stateless(Detector):
+    """A detector of the logits alone: nothing to fit, nothing to store."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Detector":
+        return cls()
+
+
+class MSP(_Stateless):
     """Maximum softmax probability (Hendrycks & Gimpel 2017): score = -max_c softmax(logits)_c."""
 
     name = "msp"
@@ -82,7 +107,7 @@ class MSP(Detector):
         return -np.exp(logs.max(axis=1) - logsumexp(logs))
 
 
-class MaxLogit(Detector):
+class MaxLogit(_Stateless):
     """Maximum logit (Hendrycks et al. 2022): score = -max_c logits_c."""
 
     name = "maxlogit"
@@ -92,7 +117,7 @@ class MaxLogit(Detector):
         return -logs.max(axis=1)
 
 
-class Energy(Detector):
+class Energy(_Stateless):
     """Energy score at temperature 1 (Liu et al. 2020): score = -logsumexp(logits)."""
 
     name = "energy"
@@ -133,9 +158,29 @@ class Mahalanobis(Detector):
         eigvals, eigvecs = np.linalg.eigh(cov)
         tol = max(eigvals.max(), 0.0) * cov.shape[0] * np.finfo(np.float64).eps
         keep = eigvals > tol
-        self._whiten = eigvecs[:, keep] / np.sqrt(eigvals[keep])
+        self._whiten = np.ascontiguousarray(eigvecs[:, keep] / np.sqrt(eigvals[keep]))
         self.precision_ = self._whiten @ self._whiten.T
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"classes": list of class ids, "means": (n_classes, D) and "whiten": (D, rank) float64 tensors}.
+        The whitening matrix W (precision = W W^T) is stored rather than the precision, because scores are
+        computed through it: restored, they are identical."""
+        self._require_fitted("_whiten")
+        return {"classes": self.classes_.tolist(), "means": torch.from_numpy(self.means_.copy()),
+                "whiten": torch.from_numpy(self._whiten.copy())}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Mahalanobis":
+        det = cls()
+        det.classes_ = np.asarray(state["classes"])
+        det.means_ = torch.as_tensor(state["means"], dtype=torch.float64).numpy()
+        det._whiten = torch.as_tensor(state["whiten"], dtype=torch.float64).numpy()
+        if det.means_.ndim != 2 or det._whiten.ndim != 2 or det._whiten.shape[0] != det.means_.shape[1]:
+            raise ValueError(f"Mahalanobis state: means {tuple(det.means_.shape)} and whiten "
+                             f"{tuple(det._whiten.shape)} do not fit together (expected (C, D) and (D, r))")
+        det.precision_ = det._whiten @ det._whiten.T
+        return det
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each row to each class mean, shape (N, n_classes)."""

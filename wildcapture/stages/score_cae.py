@@ -6,9 +6,13 @@ is written last):
   (`test_id` first, then `test_ood`): `ids` (source image), `rows` (row in the split's stage-2
   files), `split`, `labels` (ID class index, -1 for OOD), `class_names`, `is_ood` (0/1),
   `errors` (float64 mean squared reconstruction error per pixel: the OOD score), `flagged_ood`
-  (errors > threshold); plus `threshold` (float) and `checkpoint` (str). `recon_errors.csv` has
-  the same rows.
-- `ood_table.{md,csv,json}`: AUROC, AUPR-IN, AUPR-OUT, FPR@95TPR for the CAE and every baseline.
+  (errors > threshold), `fusion_scores` (float64: the fusion detector's score, the CAE error plus
+  its partner's score, each z-scored on val_id; NaN when the checkpoint has no `fusion` entry or the
+  heatmaps are `inputs.*` files) and `fusion_flagged_ood` (fusion_scores > fusion_threshold); plus
+  `threshold` (float), `fusion_threshold` (float, NaN without fusion), `fusion` (its table row's name,
+  e.g. "cae+mahalanobis", or None) and `checkpoint` (str). `recon_errors.csv` has the same rows.
+- `ood_table.{md,csv,json}`: AUROC, AUPR-IN, AUPR-OUT, FPR@95TPR for the CAE, the fusion detector
+  (`cae+<partner>`, when the checkpoint has one) and every baseline.
 - `roc_curves.png`, `score_histograms.png`, `reconstruction_gallery.png`, `config_test_autoencoder.yaml`.
 
 The CAE must have been trained on heatmaps of the same kind, block, classifier and preprocessing as
@@ -27,6 +31,7 @@ import torch
 from wildcapture.cae import reconstruct
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
+from wildcapture.cae.fusion_inputs import fused_test_scores
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
 from wildcapture.cae.inputs import load_split_heatmaps, load_split_index, stage2_meta
 from wildcapture.cae.settings import check_config
@@ -44,7 +49,9 @@ from wildcapture.storage import atomic_write, write_csv, write_yaml
 
 STAGE = "score_cae"
 TEST_SPLITS = ("test_id", "test_ood")
-RECON_COLUMNS = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood")
+RECON_COLUMNS = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood",
+                 "fusion_scores", "fusion_flagged_ood")
+FLOAT_COLUMNS = ("errors", "fusion_scores")
 MARKER = f"{STAGE}.complete.yaml"
 RERUN = "stage 4 (AutoEncoder/test_autoencoder.py)"
 
@@ -57,7 +64,7 @@ def write_recon_errors(result: dict[str, Any], out: Path) -> None:
 
     atomic_write(out / "recon_errors.pkl", write_pickle)
     write_csv(out / "recon_errors.csv", RECON_COLUMNS,
-              ([repr(float(result[c][i])) if c == "errors" else result[c][i] for c in RECON_COLUMNS]
+              ([repr(float(result[c][i])) if c in FLOAT_COLUMNS else result[c][i] for c in RECON_COLUMNS]
                for i in range(len(result["errors"]))))
 
 
@@ -147,6 +154,9 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
         print(f"note: {ckpt['path']} stores no OOD threshold (not a stage-3 checkpoint): flagged_ood is all False",
               flush=True)
     all_errors = np.concatenate([errors[s] for s in TEST_SPLITS])
+    fusion, fused = fused_test_scores(cfg, ckpt, meta, errors)
+    all_fused = np.concatenate([fused[s] for s in TEST_SPLITS]) if fusion else np.full(len(all_errors), np.nan)
+    fusion_threshold = fusion.threshold if fusion else float("nan")
     result: dict[str, Any] = {
         "ids": [i for s in TEST_SPLITS for i in index[s].sources],
         "rows": [r for s in TEST_SPLITS for r in range(len(errors[s]))],
@@ -156,13 +166,20 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
         "is_ood": np.concatenate([np.full(len(errors[s]), s == "test_ood", dtype=np.int64) for s in TEST_SPLITS]),
         "errors": all_errors,
         "flagged_ood": all_errors > threshold,
+        "fusion_scores": all_fused,
+        "fusion_flagged_ood": all_fused > fusion_threshold,
         "threshold": threshold,
+        "fusion_threshold": fusion_threshold,
+        "fusion": fusion.name if fusion else None,
         "checkpoint": portable_path(ckpt["path"]),
     }
-    scores = {detector.name: (errors["test_id"], errors["test_ood"]), **baselines}
+    scores = {detector.name: (errors["test_id"], errors["test_ood"]),
+              **({fusion.name: (fused["test_id"], fused["test_ood"])} if fusion else {}), **baselines}
     rows = ood_rows(scores)
     caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors['test_id'])} ID images) vs test_ood "
-               f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps")
+               f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps"
+               + (f"; {fusion.name} = the CAE error plus the {fusion.partner_name} score, each z-scored on val_id"
+                  if fusion else ""))
 
     with Staging(out, STAGE, MARKER) as staging:
         write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)

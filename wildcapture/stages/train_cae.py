@@ -1,10 +1,11 @@
 """Stage 3: train the convolutional autoencoder on `train_id` heatmaps, select on `val_id`.
 
 Outputs in `output_dir` (default `weights/<exp>/cae/`): `best.pth` (lowest val loss; holds the
-model's constructor arguments, the heatmap preparation, the provenance of the heatmaps it learned
-and the OOD threshold that accepts `train.accept_fraction` of val_id images; format in
-`wildcapture.cae.checkpoint`), `last.pth` (with optimizer state for `train.resume=true`),
-`config.yaml`, `log.jsonl` (one JSON line per epoch) and, last, `train_cae.complete.yaml`.
+model's constructor arguments, the heatmap preparation, the provenance of the heatmaps it learned,
+the OOD threshold that accepts `train.accept_fraction` of val_id images and, unless fusion.partner is
+null or the heatmaps are `inputs.*` files, the fusion detector `fusion` with its own threshold; formats
+in `wildcapture.cae.checkpoint` and `wildcapture.ood.fusion`), `last.pth` (with optimizer state for
+`train.resume=true`), `config.yaml`, `log.jsonl` (one JSON line per epoch) and, last, `train_cae.complete.yaml`.
 While it trains they live in `.train_cae.incomplete/`, so a failed run leaves the previous one untouched.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from wildcapture.cae import ood_threshold, reconstruction_errors
 from wildcapture.cae.architectures import cae_from_config, check_fits, heatmap_prep, model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.cae.engine import train_one_epoch
+from wildcapture.cae.fusion_inputs import FusionCalibration
 from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
@@ -60,6 +62,7 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     # raw (N, [C,] h, w) heatmaps on the device, prepared batch by batch: N*C*h*w*4 bytes, not N*C*S*S*4
     train_maps, val_maps = (torch.from_numpy(load_split_heatmaps(cfg, split, meta)).to(device)
                             for split in TRAIN_SPLITS)
+    fusion = FusionCalibration.from_stage2(cfg, meta)
     model = cae_from_config(cae_cfg, as_channels(train_maps).shape[1:]).to(device)
     prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
     check_fits(model, prep, val_maps.shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
@@ -97,7 +100,9 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
             best_loss, stale = val_loss, 0
             threshold = ood_threshold(val_errors, train_cfg["accept_fraction"])
             training.save("best.pth", {**ckpt_meta, "model": model.state_dict(), "epoch": epoch, "val_loss": val_loss,
-                                       "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"]})
+                                       "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"],
+                                       **({"fusion": fusion.entry(val_errors, train_cfg["accept_fraction"])}
+                                          if fusion else {})})
         else:
             stale += 1
         record.update(best_val_loss=best_loss, seconds=round(time.perf_counter() - started, 3))

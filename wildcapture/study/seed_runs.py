@@ -24,8 +24,7 @@ import numpy as np
 from wildcapture.config import Config, parse_override
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.heatmap_store import read_baseline_scores, read_meta
-from wildcapture.ood import read_table
-from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run, family,
+from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run,
                                            summarise, to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
 from wildcapture.pipeline import check_stage_configs, run_stage, stage_configs
@@ -118,8 +117,8 @@ def collect_seed(layout: StudyLayout, seed: int,
     """Return ({detector: DetectorRun} of one seed, the test images' ids in score order).
 
     Feature detectors come from the baseline scores of the first variant's stage-2 run, `cae[<variant>]`
-    from each variant's recon_errors.pkl, `cae+<partner>[<variant>]` (fusion) from its ood_table.json
-    (metrics only). DatasetError when the variants' test images differ.
+    and `cae+<partner>[<variant>]` (fusion, when the CAE has one) from each variant's recon_errors.pkl.
+    DatasetError when the variants' test images differ.
     """
     first = variants[0]
     meta = read_meta(layout.heatmaps(seed, first))
@@ -134,11 +133,11 @@ def collect_seed(layout: StudyLayout, seed: int,
         elif list(recon["ids"]) != ids:
             raise DatasetError(f"{folder} scores other test images than {layout.scores(seed, first)}: "
                                "the runs of a study must share the data split")
-        split, errors = np.asarray(recon["split"]), np.asarray(recon["errors"], dtype=np.float64)
-        runs[f"cae[{v.name}]"] = detector_run(errors[split == "test_id"], errors[split == "test_ood"])
-        for row in read_table(folder / "ood_table.json"):
-            if family(row["detector"]) == "fusion":
-                runs[f"{row['detector']}[{v.name}]"] = DetectorRun(row["auroc"], row["fpr95"])
+        split = np.asarray(recon["split"])
+        scores = {"cae": recon["errors"], **({recon["fusion"]: recon["fusion_scores"]} if recon["fusion"] else {})}
+        for name, values in scores.items():
+            values = np.asarray(values, dtype=np.float64)
+            runs[f"{name}[{v.name}]"] = detector_run(values[split == "test_id"], values[split == "test_ood"])
     return runs, ids
 
 

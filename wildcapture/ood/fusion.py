@@ -1,0 +1,131 @@
+"""Fusion of the attention score (the CAE's reconstruction error) with a post-hoc feature detector.
+
+Each score is z-scored with its mean and standard deviation on val_id, and the fused score is the sum
+z_attention + z_feature (higher = more OOD). Only val_id is used to fit the z-scores, so test data
+never shape the detector. The feature partner is fit on train_id like stage 2's baselines.
+
+`FusionDetector.state_dict()` is the `fusion` entry of a stage-3 `best.pth`: {"partner": name,
+"partner_state": the partner's `state_dict()`, "zscore": `ZScoreFusion.state_dict()`, "threshold":
+float}, plain values and tensors, so it loads with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .baselines import MSP, Detector, Energy, Mahalanobis, MaxLogit
+
+# The partners that can be stored in a checkpoint and scored again outside stage 2.
+FUSION_PARTNERS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "energy": Energy, "msp": MSP,
+                                              "maxlogit": MaxLogit}
+# A standard deviation below STD_FLOOR * max(1, |mean|) is raised to it (see ZScoreFusion.fit).
+STD_FLOOR = 1e-12
+
+
+def _as_scores(name: str, values: np.ndarray) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of scores (N,), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def _pair(attention: np.ndarray, feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, f = _as_scores("attention scores", attention), _as_scores("feature scores", feature)
+    if a.shape != f.shape:
+        raise ValueError(f"{a.shape[0]} attention scores but {f.shape[0]} feature scores: one of each per image")
+    return a, f
+
+
+class ZScoreFusion:
+    """score = (attention - mean_a) / std_a + (feature - mean_f) / std_f, means and stds fit on val_id.
+
+    The stds are population stds (ddof=0). A score constant on val_id (std below
+    STD_FLOOR * max(1, |mean|)) gets that floor as its std: its z is then 0 at the val_id value and
+    huge elsewhere, so that score decides the fused ranking alone.
+    """
+
+    KEYS = ("attention_mean", "attention_std", "feature_mean", "feature_std")
+
+    def __init__(self) -> None:
+        self.stats: dict[str, float] | None = None
+
+    def fit(self, val_attention: np.ndarray, val_feature: np.ndarray) -> "ZScoreFusion":
+        """Fit means and stds on the val_id scores, both (N,) with N >= 1; returns self."""
+        a, f = _pair(val_attention, val_feature)
+        if a.size == 0:
+            raise ValueError("ZScoreFusion needs at least one val_id image to fit")
+        self.stats = {}
+        for name, values in (("attention", a), ("feature", f)):
+            mean = float(values.mean())
+            self.stats[f"{name}_mean"] = mean
+            self.stats[f"{name}_std"] = max(float(values.std()), STD_FLOOR * max(1.0, abs(mean)))
+        return self
+
+    def score(self, attention: np.ndarray, feature: np.ndarray) -> np.ndarray:
+        """Fused scores z_attention + z_feature of (N,) attention and feature scores: float64 (N,)."""
+        if self.stats is None:
+            raise RuntimeError("ZScoreFusion must be fit on val_id scores before score()")
+        a, f = _pair(attention, feature)
+        s = self.stats
+        return (a - s["attention_mean"]) / s["attention_std"] + (f - s["feature_mean"]) / s["feature_std"]
+
+    def state_dict(self) -> dict[str, float]:
+        """{"attention_mean", "attention_std", "feature_mean", "feature_std"} as Python floats."""
+        if self.stats is None:
+            raise RuntimeError("ZScoreFusion must be fit before state_dict()")
+        return dict(self.stats)
+
+    @classmethod
+    def from_state(cls, state: dict[str, float]) -> "ZScoreFusion":
+        """The fitted fusion whose `state_dict()` was `state`."""
+        missing = [k for k in cls.KEYS if k not in state]
+        if missing:
+            raise ValueError(f"z-score state lacks {', '.join(missing)}")
+        fusion = cls()
+        fusion.stats = {k: float(state[k]) for k in cls.KEYS}
+        return fusion
+
+
+def fit_partner(name: str, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Detector:
+    """The partner `name` (a key of FUSION_PARTNERS) fit on train_id features (N, D), logits (N, C) and
+    labels (N,), as `fit_baselines` fits it."""
+    if name not in FUSION_PARTNERS:
+        raise ValueError(f"unknown fusion partner {name!r}; choose one of {', '.join(FUSION_PARTNERS)}")
+    return FUSION_PARTNERS[name]().fit(features, logits, labels)
+
+
+@dataclass
+class FusionDetector:
+    """The CAE's error fused with a fitted partner by val_id z-scores, with its OOD threshold."""
+
+    partner_name: str
+    partner: Detector
+    zscore: ZScoreFusion
+    threshold: float  # fused score above it = OOD
+
+    @property
+    def name(self) -> str:
+        """Its row in the OOD table, e.g. "cae+mahalanobis"."""
+        return f"cae+{self.partner_name}"
+
+    def score(self, attention: np.ndarray, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Fused scores of N images from their CAE errors (N,), features (N, D) and logits (N, C): float64 (N,)."""
+        return self.zscore.score(attention, self.partner.score(features, logits))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint's `fusion` entry (see the module docstring)."""
+        return {"partner": self.partner_name, "partner_state": self.partner.state_dict(),
+                "zscore": self.zscore.state_dict(), "threshold": float(self.threshold)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "FusionDetector":
+        """The detector of a checkpoint's `fusion` entry; ValueError naming an unknown partner."""
+        name = state["partner"]
+        if name not in FUSION_PARTNERS:
+            raise ValueError(f"the fusion entry names partner {name!r}, not one of {', '.join(FUSION_PARTNERS)}")
+        return cls(name, FUSION_PARTNERS[name].from_state(state["partner_state"]),
+                   ZScoreFusion.from_state(state["zscore"]), float(state["threshold"]))
