@@ -33,13 +33,13 @@ class Variant:
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("cls_last", ("heatmap.kind=cls_last",)),
-    Variant("rollout", ("heatmap.kind=rollout",)),
-    # Once the cls_heads/cls_all kinds and cae.arch exist, e.g.:
-    # Variant("cls_last/paper", ("heatmap.kind=cls_last",), ("cae.arch=paper",)),
-    # Variant("cls_heads/small", ("heatmap.kind=cls_heads",), ("cae.arch=small",)),
+    Variant("cls_last/paper", ("heatmap.kind=cls_last",), ("cae.arch=paper",)),
+    Variant("cls_last/small", ("heatmap.kind=cls_last",), ("cae.arch=small",)),
+    Variant("cls_heads/small", ("heatmap.kind=cls_heads",), ("cae.arch=small",)),
+    Variant("cls_all/small", ("heatmap.kind=cls_all",), ("cae.arch=small",)),
+    Variant("rollout/paper", ("heatmap.kind=rollout",), ("cae.arch=paper",)),
 )
-DEFAULT_VARIANTS: tuple[str, ...] = ("cls_last", "rollout")
+DEFAULT_VARIANTS: tuple[str, ...] = ("cls_last/paper", "cls_last/small", "cls_heads/small", "cls_all/small")
 
 
 def pick_variants(names: Sequence[str]) -> list[Variant]:
