@@ -7,8 +7,11 @@ Runs the digits pipeline in-process (experiment `--exp`, a few epochs) with `amp
 output dtype of every Linear and Conv2d call: stages 1 and 2 must run the ViT in bf16 (fp16 where the GPU
 has no bf16) and stage 3 the CAE; stage 1 then runs again with bf16 reported unsupported, to take the
 fp16 + GradScaler path. It also checks that stage 1/2 and detect.py's loader (`make_loader`) gives pinned
-batches on CUDA and that every stage's numbers are finite. One line per check; exit status 1 if any failed.
-torchrun/NCCL and the images/s figures are separate commands (see `benchmarks/cuda_check.sh`).
+batches on CUDA and that every stage's numbers are finite. On CUDA it also joins a one-process NCCL group
+(the most one GPU allows: NCCL refuses two ranks on one device, and torchrun with one process runs the stages
+without a process group) and trains one epoch of the DDP-wrapped ViT through the classifier's engine, whose
+sums are all-reduced over NCCL. One line per check; exit status 1 if any failed. The images/s figures are
+separate commands (see `benchmarks/cuda_check.sh`).
 """
 from __future__ import annotations
 
@@ -23,9 +26,14 @@ from typing import Any, Iterator
 from unittest import mock
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 
 from wildcapture.classifier.data_setup import make_loader
+from wildcapture.classifier.engine import train_one_epoch
+from wildcapture.runtime import grad_scaler
+from wildcapture.vit import build_vit
 from wildcapture.pipeline import STAGES, stage_configs
 
 FAILED: list[str] = []
@@ -69,6 +77,29 @@ def share(seen: Counter, module: str, dtype: str) -> float:
     """The fraction of `module` calls whose output had `dtype`."""
     total = sum(n for (m, _), n in seen.items() if m == module)
     return seen[(module, dtype)] / total if total else 0.0
+
+
+def check_nccl(device: torch.device) -> None:
+    """One epoch of the DDP-wrapped ViT over random data in a one-process NCCL group; checks the all-reduce."""
+    with mock.patch.dict("os.environ", {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}):
+        dist.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+    try:
+        total = torch.tensor([2.5], device=device)
+        dist.all_reduce(total)
+        torch.manual_seed(0)
+        vit = build_vit({"name": "vit_tiny_patch16_224", "num_classes": 5, "kwargs": {"img_size": 32, "patch_size": 8}})
+        model = DistributedDataParallel(vit.to(device), device_ids=[device.index])
+        data = TensorDataset(torch.randn(64, 3, 32, 32), torch.randint(0, 5, (64,)))
+        loader = make_loader(data, 16, None, 2, device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        record = train_one_epoch(model, loader, optimizer, grad_scaler(device, True), device, 0, amp=True,
+                                 progress=False)
+        check("NCCL process group: all_reduce and one DDP epoch of the ViT under bf16/fp16",
+              total.item() == 2.5 and dist.get_backend() == "nccl" and math.isfinite(record["train_loss"]),
+              f"backend {dist.get_backend()}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}, "
+              f"train_loss {record['train_loss']:.4f}")
+    finally:
+        dist.destroy_process_group()
 
 
 def main() -> int:
@@ -117,6 +148,7 @@ def main() -> int:
               share(seen, "Linear", "float16") > 0.5 and math.isfinite(result["val_acc"]),
               f"{share(seen, 'Linear', 'float16'):.0%} of Linear calls in float16, val_acc {result['val_acc']:.4f}, "
               f"{seconds:.1f} s")
+        check_nccl(torch.device("cuda:0"))
     print(f"{len(FAILED)} check(s) failed: {', '.join(FAILED)}" if FAILED else "all checks passed", flush=True)
     return 1 if FAILED else 0
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every CUDA check in one run, for a GPU machine, from the repository root (dependencies installed):
 #   bash benchmarks/cuda_check.sh FRAMES_FOLDER
-# 1. stages 1-4 with mixed precision (bf16, then fp16 + GradScaler) and pinned memory (cuda_check.py);
-# 2. stages 1 and 2 under torchrun with NCCL (NCCL_DEBUG=INFO shows the communicator);
+# 1. stages 1-4 with mixed precision (bf16, then fp16 + GradScaler), pinned memory, and a DDP epoch in an
+#    NCCL process group (cuda_check.py);
+# 2. stages 1 and 2 launched by torchrun on the GPU (one process: they run without a process group);
 # 3. stage 2's images/s at 224 px with a randomly initialised vit_base_patch16_224, every heatmap kind;
 # 4. detect.py's images/s on camera-trap frames with the same ViT-B and the paper's 128x128 CAE.
 set -uo pipefail
@@ -13,8 +14,8 @@ step() { echo "=== $* ==="; "$@" || { echo "=== FAILED (exit $?): $* ==="; statu
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)"
 step python benchmarks/cuda_check.py
-NCCL_DEBUG=INFO step torchrun --standalone --nproc_per_node=1 Train_Vit_Classifier/train.py exp=cuda-ddp device=cuda train.epochs=2
-NCCL_DEBUG=INFO step torchrun --standalone --nproc_per_node=1 Test_Classifier/test_classifier.py exp=cuda-ddp device=cuda
+step torchrun --standalone --nproc_per_node=1 Train_Vit_Classifier/train.py exp=cuda-ddp device=cuda train.epochs=2
+step torchrun --standalone --nproc_per_node=1 Test_Classifier/test_classifier.py exp=cuda-ddp device=cuda
 step python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --amp --n 2048 --batch-size 256 --repeats 3
-step python benchmarks/bench_detect.py "$frames" --n 2000 --device cuda --workers 12 --batch-size 128 --skip-digits --memory
+step python benchmarks/bench_detect.py "$frames" --n 8000 --device cuda --workers 12 --batch-size 128 --skip-digits --memory
 exit $status

@@ -16,19 +16,26 @@ def stage1_config(out: Path, *overrides: str) -> Config:
                        [*TINY_VIT, f"output_dir={out}", *overrides])
 
 
+# The stage tests below were written for the paper's heatmap and CAE (single-channel maps, 16x16 CAE); the
+# digits defaults (cls_all + the small CAE) run end to end in test_pipeline and test_cae_multichannel_stages.
+PAPER_HEATMAP = ["heatmap.kind=cls_last"]
+PAPER_CAE = ["cae.arch=paper"]
+
+
 def stage2_config(checkpoint: Path, out: Path, *overrides: str) -> Config:
-    """Return a stage-2 config reading `checkpoint`, writing heatmaps and results under `out`."""
+    """Return a stage-2 config reading `checkpoint` (the paper's heatmap kind), writing heatmaps and results under
+    `out`."""
     return load_config(REPO_ROOT / "Test_Classifier" / "config", None,
                        [f"checkpoint={checkpoint}", f"heatmaps_dir={out / 'heatmaps'}",
                         f"results_dir={out / 'results'}", "device=cpu", "batch_size=16", "gallery_size=2",
-                        "baselines.knn_k=5", *overrides])
+                        "baselines.knn_k=5", *PAPER_HEATMAP, *overrides])
 
-TINY_CAE = ["cae.input_size=16", "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16",
+TINY_CAE = [*PAPER_CAE, "cae.input_size=16", "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16",
             "test.batch_size=16", "test.gallery_size=2", "device=cpu"]
 
 
 def cae_config(heatmaps_dir: Path, out: Path, *overrides: str) -> Config:
-    """Return a stage-3/4 config: a 16x16 CAE on stage 2's `heatmaps_dir`, writing `out/cae` and `out/results`."""
+    """Return a stage-3/4 config: a 16x16 paper CAE on stage 2's `heatmaps_dir`, writing `out/cae` and `out/results`."""
     return load_config(REPO_ROOT / "AutoEncoder" / "config", None,
                        [*TINY_CAE, f"heatmaps_dir={heatmaps_dir}", f"output_dir={out / 'cae'}",
                         f"results_dir={out / 'results'}", *overrides])

@@ -13,7 +13,7 @@ from wildcapture.paths import REPO_ROOT
 
 
 def _cae_cfg(*overrides):
-    return load_config(REPO_ROOT / "AutoEncoder" / "config", None, list(overrides))["cae"]
+    return load_config(REPO_ROOT / "AutoEncoder" / "config", None, ["cae.arch=paper", *overrides])["cae"]
 
 
 def _save(path, model, prep=None, **extra):

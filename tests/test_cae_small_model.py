@@ -95,7 +95,7 @@ def test_config_checks_of_the_architecture_keys():
     from wildcapture.paths import REPO_ROOT
 
     def cae(*overrides):
-        return load_config(REPO_ROOT / "AutoEncoder" / "config", None, list(overrides))["cae"]
+        return load_config(REPO_ROOT / "AutoEncoder" / "config", None, ["cae.arch=paper", *overrides])["cae"]
 
     assert cae()["arch"] == "paper"
     check_cae_settings(cae("cae.arch=small", "cae.input_size=30"))  # input_size is ignored by the small CAE

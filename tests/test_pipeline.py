@@ -58,7 +58,7 @@ def test_per_stage_items_go_to_their_stage_only():
 
 def test_stage_values_are_checked_before_any_stage_runs():
     with pytest.raises(ConfigError, match="cae.input_size must be a positive multiple of 16, got 20"):
-        check_stage_configs(stage_configs("digits", extra=["cae.input_size=20"]))
+        check_stage_configs(stage_configs("digits", extra=["cae.arch=paper", "cae.input_size=20"]))
     with pytest.raises(ConfigError, match="heatmap.kind"):
         check_stage_configs(stage_configs("digits", extra=["heatmap.kind=cls_first"]))
     check_stage_configs(stage_configs("digits"))
@@ -78,8 +78,9 @@ def test_smoke_pipeline_hands_files_from_stage_to_stage(tmp_path, monkeypatch):
     # the classifier is recorded relative to the repository, with its digest
     assert best["heatmaps"]["classifier"]["path"] == "weights/digits-smoke/vit/best.pth"
     assert best["heatmaps"]["classifier"]["sha256"] == hashlib.sha256((vit / "best.pth").read_bytes()).hexdigest()
-    assert best["model_args"]["input_size"] == 32
-    assert np.load(heatmaps / "test_ood" / "heatmaps.npy").shape == (48, 4, 4)
+    # the digits defaults: cls_all heatmaps (4 blocks x 4 heads) into the small CAE at the 4x4 grid
+    assert best["model_args"] == {"arch": "small", "in_channels": 16, "grid": [4, 4], "width": 32, "zdim": 8}
+    assert np.load(heatmaps / "test_ood" / "heatmaps.npy").shape == (48, 16, 4, 4)
 
     table = json.loads((results / "ood_table.json").read_text())["rows"]
     assert [r["detector"] for r in table] == ["cae", "cae+mahalanobis", "msp", "maxlogit", "energy", "mahalanobis",
