@@ -5,7 +5,8 @@
 #    NCCL process group (cuda_check.py);
 # 2. stages 1 and 2 launched by torchrun on the GPU (one process: they run without a process group);
 # 3. stage 2's images/s at 224 px with a randomly initialised vit_base_patch16_224, every heatmap kind;
-# 4. detect.py's images/s on camera-trap frames with the same ViT-B and the paper's 128x128 CAE.
+# 4. detect.py's images/s on camera-trap frames with the same ViT-B and the paper's 128x128 CAE;
+# 5. one CAE training epoch of each architecture on ViT-B/16-sized heatmaps (14x14), bf16 off.
 set -uo pipefail
 frames=${1:?usage: bash benchmarks/cuda_check.sh FRAMES_FOLDER}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TQDM_DISABLE=1
@@ -18,4 +19,6 @@ step torchrun --standalone --nproc_per_node=1 Train_Vit_Classifier/train.py exp=
 step torchrun --standalone --nproc_per_node=1 Test_Classifier/test_classifier.py exp=cuda-ddp device=cuda
 step python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --amp --n 2048 --batch-size 256 --repeats 3
 step python benchmarks/bench_detect.py "$frames" --n 8000 --device cuda --workers 12 --batch-size 128 --skip-digits --memory
+step python benchmarks/bench_cae_epoch.py --device cuda --arch paper --grid 14 --size 128 --n 10000 --batch-size 64
+step python benchmarks/bench_cae_epoch.py --device cuda --arch small --grid 14 --channels 144 --n 10000 --batch-size 64
 exit $status
