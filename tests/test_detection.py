@@ -79,7 +79,8 @@ def _reference_scores(cae_path: Path, image: Image.Image) -> tuple[np.ndarray, f
     _, eval_tf = build_transforms(source["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
                                   spec["interpolation"])
     with torch.no_grad():
-        logits, features, heatmaps = forward_with_heatmaps(classifier.eval(), eval_tf(image)[None], "cls_last", -1)
+        logits, features, heatmaps = forward_with_heatmaps(classifier.eval(), eval_tf(image)[None],
+                                                           source["heatmap"]["kind"], source["heatmap"]["block"])
     detector = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], 4, "cpu")
     return (logits.softmax(1)[0].double().numpy(), float(detector.score_heatmaps(heatmaps)[0]),
             features[0].double().numpy())
@@ -122,6 +123,29 @@ def test_megadetector_boxes_are_scored_like_crops_cut_by_hand(megadetector_file,
         assert probs == sorted(probs, reverse=True) and names[int(det["classifications"][0][0])] == row["predicted_class"]
     assert a[2:] == source["images"][0]["detections"][2:]  # the low-confidence box and the person: as read
     assert written["images"][1:3] == source["images"][1:3]  # the empty image and MegaDetector's failure
+
+
+def test_the_digits_defaults_cls_all_heatmaps_and_the_small_cae_score_like_by_hand(tiny_vit_checkpoint, tmp_path):
+    """detect.py with a CAE of the digits defaults: multi-channel heatmaps (every block and head) into the
+    small CAE at the native grid."""
+    from stage_helpers import cae_config, stage2_config
+
+    from wildcapture.stages import evaluate_classifier, train_cae
+
+    evaluate_classifier.run(stage2_config(tiny_vit_checkpoint, tmp_path / "s2", "heatmap.kind=cls_all",
+                                          "gallery_size=0"))
+    train_cae.run(cae_config(tmp_path / "s2" / "heatmaps", tmp_path / "s3", "cae.arch=small", "train.epochs=2"))
+    cae_path = tmp_path / "s3" / "cae" / "best.pth"
+    assert load_checkpoint(cae_path)["model_args"]["in_channels"] == 4  # tiny ViT: 2 blocks x 2 heads
+    (tmp_path / "images").mkdir()
+    for seed in range(3):
+        _image(tmp_path / "images" / f"{seed}.png", seed)
+    out = tmp_path / "out.csv"
+    assert detect(tmp_path / "images", cae_path, out, CPU).scored == 3
+    for row in _rows(out):
+        probs, score, _ = _reference_scores(cae_path, load_rgb(tmp_path / "images" / row["image"]))
+        assert float(row["confidence"]) == pytest.approx(probs.max(), rel=1e-5)
+        assert float(row["ood_score"]) == pytest.approx(score, rel=1e-5)
 
 
 def test_fusion_scores_equal_the_cae_and_mahalanobis_by_hand(megadetector_file, tiny_cae, tmp_path):

@@ -297,7 +297,8 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_results(experiment, sma
     before = snapshot(disk)
     cmd = [sys.executable, str(REPO_ROOT / "AutoEncoder" / "test_autoencoder.py"),
            *(f"{k}={v}" for k, v in (("heatmaps_dir", root / "heatmaps"), ("output_dir", root / "cae"),
-                                     ("results_dir", disk), ("cae.input_size", 16), ("device", "cpu"),
+                                     ("results_dir", disk), ("cae.arch", "paper"), ("cae.input_size", 16),
+                                     ("device", "cpu"),
                                      ("test.baseline_scores", root / "results" / "baseline_scores.csv")))]
     result = _run(cmd)  # a second run needs room for its new files before it replaces the old ones
     assert result.returncode == 2, result.stderr[-2000:]
