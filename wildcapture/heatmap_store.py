@@ -1,7 +1,8 @@
 """Stage 2's on-disk format, written and read only here: the stage 2 -> 3/4 and detect hand-off.
 
     <heatmaps_dir>/heatmaps_meta.yaml     completion marker + provenance (META_KEYS; written by stage 2 last)
-    <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32, row-major patch grid
+    <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32, row-major patch grid; (N, C, grid_h, grid_w)
+                                          for the multi-channel kinds (`wildcapture.heatmaps.channels`)
     <heatmaps_dir>/<split>/logits.npy     (N, num_classes) float32
     <heatmaps_dir>/<split>/features.npy   (N, D) float32 pre-logits
     <heatmaps_dir>/<split>/index.csv      INDEX_COLUMNS; row i of every file is the same image
@@ -40,7 +41,7 @@ class SplitArrays:
 
     logits: np.ndarray    # (N, num_classes) float32
     features: np.ndarray  # (N, D) float32, the input of the classifier head
-    heatmaps: np.ndarray  # (N, grid_h, grid_w) float32
+    heatmaps: np.ndarray  # (N, grid_h, grid_w) or, multi-channel, (N, C, grid_h, grid_w) float32
 
     @property
     def predictions(self) -> np.ndarray:
