@@ -102,6 +102,8 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
 
     # the means and spreads are those of the per-run OOD tables (features: the first variant's tables)
     runs = tmp_path / "runs"
+    assert not list(runs.rglob("*gallery.png"))  # a study draws no galleries
+    assert (runs / "seed0" / "ood" / "cls_last" / "roc_curves.png").is_file()
     for seed in (0, 1):
         assert yaml.safe_load((runs / f"seed{seed}" / "vit" / "config.yaml").read_text())["seed"] == seed
         assert yaml.safe_load((runs / f"seed{seed}" / "cae" / "rollout" / "config.yaml").read_text())["seed"] == seed

@@ -33,6 +33,10 @@ from wildcapture.stages.score_cae import read_recon_errors
 from .variants import Variant
 
 
+# A study reads its numbers from the tables; the image galleries of stages 2 and 4 would only cost time.
+GALLERIES_OFF = ("gallery_size=0", "test.gallery_size=0")
+
+
 @dataclass(frozen=True)
 class StudyLayout:
     """The folders of one study: each method returns the folder of the layout in the module docstring."""
@@ -76,8 +80,9 @@ def _per_stage(layout: StudyLayout, seed: int, variant: Variant) -> tuple[tuple[
 
 
 def run_configs(benchmark: str, extra: Sequence[str], layout: StudyLayout, seed: int, variant: Variant) -> list[Config]:
-    """Return the four stage configs of one (seed, variant) run: `extra` items in every stage that has the key,
-    `seed=<seed>` (stage 1's, and the CAE's), then the run's own paths and the variant's items.
+    """Return the four stage configs of one (seed, variant) run: no galleries (`GALLERIES_OFF`, which `extra` may
+    override), `extra` items in every stage that has the key, `seed=<seed>` (stage 1's, and the CAE's), then the
+    run's own paths and the variant's items.
 
     ConfigError when `extra` sets a key the study sets per run (seed, paths, overwrite, the variant's keys).
     """
@@ -89,7 +94,7 @@ def run_configs(benchmark: str, extra: Sequence[str], layout: StudyLayout, seed:
             raise ConfigError(f"{item}: the seed study sets {key} for each run itself (see "
                               "wildcapture/study/seed_runs.py); use --out for the study folder, --variants for the "
                               "heatmap/CAE settings")
-    return stage_configs(benchmark, False, [*extra, f"seed={seed}"], per_stage)
+    return stage_configs(benchmark, False, [*GALLERIES_OFF, *extra, f"seed={seed}"], per_stage)
 
 
 def run_seed(configs: dict[str, list[Config]], variants: Sequence[Variant], seed: int) -> list[dict[str, Any]]:
