@@ -100,9 +100,7 @@ class HeatmapPrep:
 
         Each map is prepared on its own, so the result does not depend on which maps share a batch.
         """
-        if batch.dim() not in (3, 4):
-            raise ValueError(f"heatmaps must have shape (N, h, w) or (N, C, h, w), got {tuple(batch.shape)}")
-        x = as_channels(batch.to(torch.float32))
+        x = as_channels(batch.to(torch.float32))  # ValueError for other shapes
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
             if self.resize == "bilinear":
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -121,9 +119,7 @@ def prepare_heatmaps(
     prepare batch by batch instead.
     """
     prep = HeatmapPrep(size, mode, norm)
-    heatmaps = torch.as_tensor(heatmaps).detach().to("cpu", torch.float32)
-    if heatmaps.dim() not in (3, 4):
-        raise ValueError(f"heatmaps must have shape (N, h, w) or (N, C, h, w), got {tuple(heatmaps.shape)}")
+    heatmaps = as_channels(torch.as_tensor(heatmaps).detach().to("cpu", torch.float32))
     out = torch.empty(heatmaps.shape[0], *prep.output_shape(heatmaps.shape), dtype=torch.float32)
     for start in range(0, heatmaps.shape[0], _PREP_CHUNK):
         chunk = prep(heatmaps[start:start + _PREP_CHUNK])

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 HEATMAP_KINDS = ("cls_last", "rollout", "cls_heads", "cls_all")
-MULTI_CHANNEL_KINDS = ("cls_heads", "cls_all")
 
 
 def heatmap_channels(kind: str, depth: int, heads: int) -> int:

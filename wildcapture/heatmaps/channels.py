@@ -26,11 +26,6 @@ def as_channels(heatmaps: Array) -> Array:
     raise ValueError(f"heatmaps must have shape (N, h, w) or (N, C, h, w), got {tuple(heatmaps.shape)}")
 
 
-def channel_count(heatmaps: np.ndarray | torch.Tensor) -> int:
-    """Return C of (N, C, h, w) heatmaps, 1 for (N, h, w)."""
-    return int(as_channels(heatmaps).shape[1])
-
-
 def display_map(heatmap: np.ndarray, channel: int | None = None) -> np.ndarray:
     """Return one image's heatmap (h, w) or (C, h, w) as the (h, w) map to show: channel `channel`, or the
     channel mean when None (for `cls_heads` that is the head mean, i.e. the `cls_last` map)."""

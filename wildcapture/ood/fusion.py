@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .baselines import MSP, Detector, Energy, Mahalanobis, MaxLogit
+from .metrics import _as_scores
 
 # The partners that can be stored in a checkpoint and scored again outside stage 2.
 FUSION_PARTNERS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "energy": Energy, "msp": MSP,
@@ -24,17 +25,8 @@ FUSION_PARTNERS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "energ
 STD_FLOOR = 1e-12
 
 
-def _as_scores(name: str, values: np.ndarray) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of scores (N,), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
-    return arr
-
-
 def _pair(attention: np.ndarray, feature: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    a, f = _as_scores("attention scores", attention), _as_scores("feature scores", feature)
+    a, f = _as_scores(attention, "attention"), _as_scores(feature, "feature")
     if a.shape != f.shape:
         raise ValueError(f"{a.shape[0]} attention scores but {f.shape[0]} feature scores: one of each per image")
     return a, f
