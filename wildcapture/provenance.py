@@ -52,9 +52,10 @@ def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expect
     for label, keys in HEATMAP_IDENTITY:
         want, got = lookup(expected, keys), lookup(actual, keys)
         if want != got:
+            paths = [lookup(p, ("classifier", "path")) for p in (actual, expected)]
+            both = f"{paths[0]} vs {paths[1]}" if paths[0] != paths[1] else f"{paths[0]} for both"
             raise ProvenanceError(f"{actual_what} differ from {expected_what} in {label}: {got!r} vs {want!r} "
-                                  f"(classifier {lookup(actual, ('classifier', 'path'))} vs "
-                                  f"{lookup(expected, ('classifier', 'path'))}); {fix}")
+                                  f"(classifier {both}); {fix}")
 
 
 def locate_classifier(identity: dict[str, Any], what: str) -> Any:
