@@ -113,7 +113,13 @@ def test_best_checkpoint_holds_the_fusion_detector_fit_on_train_id_and_val_id(ti
     assert (z["feature_mean"], z["feature_std"]) == (val_scores.mean(), val_scores.std())
     fused = (errors - z["attention_mean"]) / z["attention_std"] + (val_scores - z["feature_mean"]) / z["feature_std"]
     assert entry["threshold"] == pytest.approx(ood_threshold(fused, 0.95), rel=1e-5)
-    assert (fused <= entry["threshold"] + 1e-6).sum() == math.ceil(0.95 * len(fused))
+    # `fused` is recomputed through another path than stage 3's, so a value may sit a few float32 ulps on the
+    # other side of the threshold: count with a margin of float32's precision times the terms' magnitudes
+    terms = (np.abs(errors).max() / z["attention_std"] + np.abs(val_scores).max() / z["feature_std"]
+             + np.abs(fused).max())
+    margin = 8 * np.finfo(np.float32).eps * terms
+    k = math.ceil(0.95 * len(fused))
+    assert (fused < entry["threshold"] - margin).sum() < k <= (fused <= entry["threshold"] + margin).sum()
 
 
 def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny_heatmaps, tmp_path):
