@@ -82,6 +82,39 @@ def test_seeds_unknown_variant_is_one_line_exit_2_without_importing_torch():
     assert result.stderr == f"error: unknown variant 'cls_lst'; choose from {names}\n"
 
 
+# Keys the paper's repository's README tells its users to set: (stage script, key=value, our key the error names).
+SEED_KEY_RUNS = [
+    ("Test_Classifier/test_classifier.py", "extract_attention=true", "heatmap.kind"),
+    ("Test_Classifier/test_classifier.py", "save_att_heatmap=true", "heatmap.kind"),
+    ("Test_Classifier/test_classifier.py", "model_path=modelTRANSFORMER_VIT", "checkpoint=PATH"),
+    ("AutoEncoder/test_autoencoder.py", "model_path=AutoEncoderW.pt", "test.checkpoint=PATH"),
+    ("AutoEncoder/test_autoencoder.py", "dest_file=reconstrError.pkl", "results_dir=DIR"),
+]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*"))
+
+
+@pytest.mark.parametrize("via_yaml", [False, True], ids=["command-line", "yaml"])
+@pytest.mark.parametrize("script,item,ours", SEED_KEY_RUNS)
+def test_seed_repository_key_names_ours_and_writes_nothing(script, item, ours, via_yaml, tmp_path):
+    exp = f"seed-key-{tmp_path.name}"
+    outputs = ["heatmaps_dir", "results_dir"] + (["output_dir"] if script.startswith("AutoEncoder") else [])
+    items = [f"exp={exp}", *(f"{key}={tmp_path / 'out' / key}" for key in outputs), item]  # seed key last
+    if via_yaml:  # flat, as the seed's YAML files are
+        (tmp_path / "seed.yaml").write_text("".join(f"{k}: {v}\n" for k, v in (i.split("=", 1) for i in items)))
+        items = ["--config", str(tmp_path / "seed.yaml")]
+    before = _files(tmp_path)
+    result = _run_script(script, *items)
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1
+    key = item.split("=")[0]
+    assert result.stderr.startswith(f"error: config key '{key}' in ") and "paper's repository" in result.stderr
+    assert ours in result.stderr and "Valid keys" not in result.stderr
+    assert _files(tmp_path) == before
+    assert not [d for d in ("data/heatmaps", "results", "weights") if (REPO_ROOT / d / exp).exists()]
+
+
 def test_reproduce_unknown_key_lists_the_keys_of_its_section():
     with pytest.raises(ConfigError) as err:
         stage_configs("digits", extra=["data.augment.flip=1"])

@@ -9,7 +9,7 @@ stage's `config/` folder, or any path) replaces some of those values; `key=value
 replace single keys, using dots for nested sections (`train.lr=3e-4`). A value is parsed as YAML
 and must have the type of the default (an int is accepted where a float is expected), or be `null`;
 a key whose default is `null` takes any value. A key that is not in the default is an error that names it and
-lists the valid keys.
+lists the valid keys; a key of the paper's repository (SEED_KEYS) is an error that names ours instead.
 """
 from __future__ import annotations
 
@@ -26,7 +26,21 @@ from wildcapture.paths import DATA_DEFAULTS_FILE, resolve_path
 
 Config = dict[str, Any]
 
-
+_HEATMAPS = ("stage 2 always extracts and saves the heatmaps, to <heatmaps_dir>/<split>/heatmaps.npy (heatmaps_dir, "
+             "default data/heatmaps/<exp>); heatmap.kind and heatmap.block choose their kind (heatmap.export_png=true "
+             "adds PNGs)")
+# Keys of the paper's repository (github.com/lcultrera/WildCapture; its YAML files are flat), as its README tells
+# its users to set them -> (our key, what to say where the stage's config has that key), first match wins. Such a
+# key stops the run (exit 2) even where it maps one-to-one, so no seed config is half-read.
+SEED_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "model_path": (("test.checkpoint", "here the CAE checkpoint is test.checkpoint=PATH (stage 4 reads it, the "
+                                       "paper's AutoEncoderW.pt too; stage 3 writes to output_dir)"),
+                   ("checkpoint", "here the classifier weights are checkpoint=PATH (ours or the paper's)")),
+    "dest_file": (("results_dir", "stage 4 writes the reconstruction errors to <results_dir>/recon_errors.pkl (and "
+                                  ".csv); results_dir=DIR moves them (default results/<exp>)"),),
+    "extract_attention": (("heatmap.kind", _HEATMAPS),),
+    "save_att_heatmap": (("heatmap.kind", _HEATMAPS),),
+}
 
 
 def _flat_keys(cfg: Config, prefix: str = "") -> list[str]:
@@ -38,7 +52,20 @@ def _flat_keys(cfg: Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def _seed_key_error(key: str, valid: list[str], source: str) -> ConfigError | None:
+    """Return the error naming our equivalent of `key` when its last part is a key of the paper's repository
+    whose equivalent is among `valid`, else None."""
+    for ours, text in SEED_KEYS.get(key.rpartition(".")[2], ()):
+        if ours in valid:
+            return ConfigError(f"config key '{key}' in {source} is the paper's repository's name; {text}")
+    return None
+
+
 def _unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:
+    """Return the error for `key`, not among `valid`: our equivalent of a seed key, else the closest key and all."""
+    seed = _seed_key_error(key, valid, source)
+    if seed:
+        return seed
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"unknown config key '{key}' in {source}.{hint} Valid keys: {', '.join(valid)}")
