@@ -10,6 +10,7 @@ from PIL import Image
 from wildcapture.data.transforms import centre_crop_box
 from wildcapture.detection.review_assets import (asset_names, fit_size, has_review_assets, review_folder,
                                                  write_review_assets)
+from wildcapture.detection.review_sample import UnflaggedSample
 from wildcapture.errors import DatasetError
 from wildcapture.megadetector import pixel_box
 
@@ -81,3 +82,25 @@ def test_assets_unreadable_image_is_a_dataset_error(tmp_path):
         with pytest.raises(DatasetError, match=re.escape(str(path))):
             write_review_assets(tmp_path / "r", 0, str(path), BOX, 0.0, HEATMAP, (224, 224))
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_unflagged_sample_is_seeded_and_order_independent():
+    n = 1000
+    one = UnflaggedSample(20, seed=3, n_items=n)
+    for item in range(n):
+        if one.wants(item):
+            one.offer(item, f"card {item}")
+    shards = [UnflaggedSample(20, seed=3, n_items=n) for _ in range(2)]
+    for item in reversed(range(n)):
+        shards[item % 2].offer(item, f"card {item}")
+    merged = UnflaggedSample(20, seed=3, n_items=n)
+    for shard in shards:
+        for value in shard.values():
+            merged.offer(int(value.split()[1]), value)
+    assert len(one.values()) == 20 and one.values() == merged.values()
+    other = UnflaggedSample(20, seed=4, n_items=n)
+    for item in range(n):
+        other.offer(item, f"card {item}")
+    assert other.values() != one.values()
+    assert 40 < sum(one.wants(i) for i in range(n)) < 120  # about 4 x 20 candidates
+    assert UnflaggedSample(0, 3, n).values() == [] and not UnflaggedSample(0, 3, n).wants(1)
