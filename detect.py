@@ -4,14 +4,15 @@
     torchrun --nproc_per_node=4 detect.py ...        # each process takes a share of the images
 
 PATH is a folder of images (searched recursively; each image scored whole) or a MegaDetector
-batch-output JSON (each animal box with conf >= --md-threshold is cropped and scored; `file` paths are
-relative to --image-root, default the JSON's folder). Writes X.csv (one row per scored crop or image,
-per empty image and per failure: image, bbox, detection_conf, predicted_class, confidence, ood_score,
-ood_flag, threshold, failure) and X.json (MegaDetector format: every input image, each scored detection
-with classifications, ood_score and ood_flag). ood_score is the CAE's reconstruction error, or with
---score fusion the fusion detector's (the CAE error plus e.g. Mahalanobis, z-scored on val_id), each
-with the threshold stage 3 stored for it. Progress is checkpointed every --checkpoint-every items: the
-same command continues an interrupted run; --overwrite starts afresh.
+batch-output JSON (read as a stream; each animal box with conf >= --md-threshold is cropped and scored;
+`file` paths are relative to --image-root, default the JSON's folder). Writes X.csv (one row per scored
+crop or image, per malformed detection, per empty image and per failure), X.json (MegaDetector format:
+every input image; a flagged detection's classifications start with the --unknown-label category, its
+confidence the fraction of val_id scores below the detection's) and X.html, a review page of the flagged
+detections (images in X_review/; --no-html skips both). --export-crops DIR writes the flagged crops as
+JPEG files to label. ood_score is the CAE's reconstruction error, or with --score fusion the fusion
+detector's, each with the threshold stage 3 stored for it. The same command continues an interrupted run;
+--overwrite starts afresh.
 """
 import argparse
 from pathlib import Path
@@ -42,8 +43,16 @@ def main() -> None:
                         "relative to (default: the JSON's folder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that decode the images")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader processes that decode the images "
+                        "(default: the available CPUs but one, at most 8)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="items between checkpoints (default 1000)")
+    parser.add_argument("--unknown-label", default="unknown", help="classification category of a flagged "
+                        "detection in X.json and the CSV's label (default: unknown)")
+    parser.add_argument("--no-html", action="store_true", help="do not write the review page X.html and X_review/")
+    parser.add_argument("--export-crops", type=Path, default=None, metavar="DIR", help="write each flagged crop "
+                        "as DIR/<unknown label>/*.jpg (full resolution, with --crop-margin) and DIR/manifest.csv")
+    parser.add_argument("--export-all", action="store_true", help="with --export-crops, also write the other "
+                        "crops under DIR/<predicted class>/")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of continuing an "
                         "interrupted run")
     args = parser.parse_args()
@@ -52,12 +61,17 @@ def main() -> None:
     with exit_on_user_error(outputs="--out"):
         from wildcapture.detection.run import DetectOptions, detect
 
-        options = DetectOptions(args.batch_size, args.device, args.threshold, args.workers, args.md_threshold,
-                                args.crop_margin, args.image_root.resolve() if args.image_root else None,
-                                args.checkpoint_every, args.overwrite, args.score)
+        options = DetectOptions(batch_size=args.batch_size, device=args.device, threshold=args.threshold,
+                                workers=args.workers, md_threshold=args.md_threshold, crop_margin=args.crop_margin,
+                                image_root=args.image_root.resolve() if args.image_root else None,
+                                checkpoint_every=args.checkpoint_every, overwrite=args.overwrite, score=args.score,
+                                unknown_label=args.unknown_label, html=not args.no_html,
+                                export_crops=args.export_crops.resolve() if args.export_crops else None,
+                                export_all=args.export_all)
         summary = detect(args.source.resolve(), cae, out, options)
     if summary is not None:
-        print(f"{summary.line()}; wrote {out} and {out.with_suffix('.json')}")
+        page = "" if args.no_html else f" and {out.with_suffix('.html')}"
+        print(f"{summary.line()}; wrote {out}, {out.with_suffix('.json')}{page}")
 
 
 if __name__ == "__main__":

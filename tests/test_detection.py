@@ -22,6 +22,7 @@ from wildcapture.detection import engine
 from wildcapture.detection.progress import ShardProgress
 from wildcapture.detection.report import COLUMNS
 from wildcapture.detection.run import DetectOptions, detect
+from wildcapture.detection.season import Scan
 from wildcapture.errors import CheckpointError, ConfigError, DatasetError
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.megadetector import pixel_box
@@ -110,17 +111,25 @@ def test_megadetector_boxes_are_scored_like_crops_cut_by_hand(megadetector_file,
         assert float(row["confidence"]) == pytest.approx(probs.max(), rel=1e-5)
         assert float(row["ood_score"]) == pytest.approx(score, rel=1e-5)
         assert row["ood_flag"] == str(score > best["threshold"]) and float(row["threshold"]) == best["threshold"]
+        below = (best["val_scores"].numpy() < float(row["ood_score"])).mean()  # of the stored val_id errors
+        assert float(row["unknown_confidence"]) == below
+        assert row["label"] == ("unknown" if row["ood_flag"] == "True" else row["predicted_class"])
 
     written = json.loads(out.with_suffix(".json").read_text())
     source = json.loads(megadetector_file.read_text())
     assert [i["file"] for i in written["images"]] == [i["file"] for i in source["images"]]
     assert written["info"]["format_version"] == "1.4" and written["info"]["detector"] == "md_v5a.0.0.pt"
-    assert written["classification_categories"] == {str(i): n for i, n in enumerate(names)}
+    assert written["classification_categories"] == {**{str(i): n for i, n in enumerate(names)},
+                                                     str(len(names)): "unknown"}
     a = written["images"][0]["detections"]
     for det, row in zip(a[:2], rows[:2]):
         assert det["ood_score"] == pytest.approx(float(row["ood_score"])) and det["ood_flag"] == (row["ood_flag"] == "True")
-        probs = [p for _, p in det["classifications"]]
-        assert probs == sorted(probs, reverse=True) and names[int(det["classifications"][0][0])] == row["predicted_class"]
+        species = det["classifications"]
+        if det["ood_flag"]:  # the unknown category first, at its confidence, then the species as for the others
+            assert species[0] == [str(len(names)), round(float(row["unknown_confidence"]), 4)]
+            species = species[1:]
+        probs = [p for _, p in species]
+        assert probs == sorted(probs, reverse=True) and names[int(species[0][0])] == row["predicted_class"]
     assert a[2:] == source["images"][0]["detections"][2:]  # the low-confidence box and the person: as read
     assert written["images"][1:3] == source["images"][1:3]  # the empty image and MegaDetector's failure
 
@@ -166,8 +175,9 @@ def test_fusion_scores_equal_the_cae_and_mahalanobis_by_hand(megadetector_file, 
         distance = min(((features - mean) ** 2).sum() for mean in means.numpy())
         fused.append((error - 0.3) / 0.1 + (distance - 1.0) / 2.0)
     threshold = float(np.mean(sorted(fused)[1:]))  # half-way between the two highest: one crop flagged
+    calibration = torch.tensor([-1.0, 0.0, threshold, 1e9], dtype=torch.float64)  # the fused val_id scores, sorted
     torch.save({**best, "fusion": {"partner": "mahalanobis", "partner_state": partner, "zscore": z,
-                                   "threshold": threshold}}, tmp_path / "fusion.pth")
+                                   "threshold": threshold, "val_scores": calibration}}, tmp_path / "fusion.pth")
 
     out = tmp_path / "fused" / "detections.csv"
     detect(megadetector_file, tmp_path / "fusion.pth", out, DetectOptions(batch_size=2, device="cpu", score="fusion"))
@@ -177,6 +187,7 @@ def test_fusion_scores_equal_the_cae_and_mahalanobis_by_hand(megadetector_file, 
     assert sorted(r["ood_flag"] for r in rows) == ["False", "False", "True"]
     assert [r["ood_flag"] for r in rows] == [str(f > threshold) for f in fused]
     assert {float(r["threshold"]) for r in rows} == {threshold}
+    assert [float(r["unknown_confidence"]) for r in rows] == [(calibration.numpy() < f).mean() for f in fused]
     info = json.loads(out.with_suffix(".json").read_text())["info"]["classifier_metadata"]
     assert info["ood_score"].startswith("cae+mahalanobis:") and info["ood_threshold"] == threshold
     # and stage 3's own fusion detector runs too, with the threshold it stored
@@ -189,7 +200,8 @@ def test_fusion_scores_equal_the_cae_and_mahalanobis_by_hand(megadetector_file, 
 def test_the_score_is_part_of_the_resume_key_and_fusion_needs_a_fusion_checkpoint(tiny_cae, tmp_path):
     cae_path, cpu = tiny_cae / "cae" / "best.pth", torch.device("cpu")
     # the same threshold for both: only the score differs
-    prints = [engine.job_fingerprint([], engine.load_detector(cae_path, 2, cpu, 0.5, score), {}) for score in
+    nothing = Scan(items=[], images=0, malformed=0, digest="")
+    prints = [engine.job_fingerprint(nothing, engine.load_detector(cae_path, 2, cpu, 0.5, score), {}) for score in
               ("cae", "fusion")]
     first = ShardProgress(tmp_path, 0, prints[0], 1)
     first.resume()
@@ -198,12 +210,13 @@ def test_the_score_is_part_of_the_resume_key_and_fusion_needs_a_fusion_checkpoin
         ShardProgress(tmp_path, 0, prints[1], 1).resume()
 
     torch.save({k: v for k, v in load_checkpoint(cae_path).items() if k != "fusion"}, tmp_path / "plain.pth")
-    (tmp_path / "empty").mkdir()
+    (tmp_path / "one").mkdir()
+    _image(tmp_path / "one" / "0.png", 0)
     with pytest.raises(CheckpointError, match="holds no fusion detector.*--score cae"):
-        detect(tmp_path / "empty", tmp_path / "plain.pth", tmp_path / "out.csv",
+        detect(tmp_path / "one", tmp_path / "plain.pth", tmp_path / "out.csv",
                DetectOptions(batch_size=2, device="cpu", score="fusion"))
     with pytest.raises(ConfigError, match="--score must be one of cae, fusion"):
-        detect(tmp_path / "empty", cae_path, tmp_path / "out.csv", DetectOptions(device="cpu", score="knn"))
+        detect(tmp_path / "one", cae_path, tmp_path / "out.csv", DetectOptions(device="cpu", score="knn"))
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -241,10 +254,15 @@ def test_bad_inputs_and_checkpoints_are_named(tiny_cae, tmp_path):
     with pytest.raises(DatasetError, match="bad.json"):
         detect(tmp_path / "bad.json", cae_path, tmp_path / "out.csv", CPU)
     torch.save(load_cae(cae_path)[0].state_dict(), tmp_path / "bare.pt")
+    (tmp_path / "one").mkdir()
+    _image(tmp_path / "one" / "0.png", 0)
     with pytest.raises(CheckpointError, match="names no classifier"):
-        detect(tmp_path / "empty", tmp_path / "bare.pt", tmp_path / "out.csv", CPU)
+        detect(tmp_path / "one", tmp_path / "bare.pt", tmp_path / "out.csv", CPU)
     with pytest.raises(CheckpointError, match="stores no OOD threshold.*best.pth.*--threshold"):
-        detect(tmp_path / "empty", tiny_cae / "cae" / "last.pth", tmp_path / "out.csv", CPU)
+        detect(tmp_path / "one", tiny_cae / "cae" / "last.pth", tmp_path / "out.csv", CPU)
+    torch.save({k: v for k, v in load_checkpoint(cae_path).items() if k != "val_scores"}, tmp_path / "old.pth")
+    with pytest.raises(CheckpointError, match="stores no val_id scores to calibrate the unknown confidence"):
+        detect(tmp_path / "one", tmp_path / "old.pth", tmp_path / "out.csv", CPU)
     (tmp_path / "md.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ConfigError, match="over the input"):  # X.csv's JSON twin would be the input
         detect(tmp_path / "md.json", cae_path, tmp_path / "md.csv", CPU)
@@ -284,6 +302,9 @@ def test_an_interrupted_run_continues_to_the_same_outputs(tmp_path, tiny_cae, mo
     detect(folder, cae_path, tmp_path / "cut" / "d.csv", options)
 
     assert (tmp_path / "cut" / "d.csv").read_bytes() == (tmp_path / "whole" / "d.csv").read_bytes()
+    # the review images written before the kill are kept and the rest added: the same set as one run's
+    assert sorted(p.name for p in (tmp_path / "cut" / "d_review").glob("*.jpg")) == \
+        sorted(p.name for p in (tmp_path / "whole" / "d_review").glob("*.jpg"))
     assert [p.name for p in (tmp_path / "cut" / ".d.csv.incomplete").iterdir()] == [".lock"]  # the lock stays
     with pytest.raises(Exception, match="another job"):  # a checkpoint of other settings is not continued
         monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)

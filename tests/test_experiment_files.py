@@ -1,6 +1,7 @@
 """The owner of the experiment's files: staged commits, completion markers, run locks, stale temporary files,
 config range checks and resume checks."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -101,6 +102,24 @@ def test_the_lock_of_a_killed_process_does_not_block(tmp_path):
     started = time.perf_counter()
     with hold_lock(tmp_path, "after the kill"):
         assert time.perf_counter() - started < 1
+
+
+def test_a_forked_child_that_outlives_a_killed_run_does_not_hold_its_lock(tmp_path):
+    code = ("import os, time; from wildcapture.run_lock import hold_lock\n"
+            f"with hold_lock(__import__('pathlib').Path({str(tmp_path)!r}), 'doomed'):\n"
+            "    if os.fork() == 0:\n"  # a DataLoader worker, say, that lives on after its parent is killed
+            "        time.sleep(60); os._exit(0)\n"
+            "    print('locked', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        proc.kill()  # the parent only: the child sleeps on
+        proc.wait()
+        with hold_lock(tmp_path, "after the kill"):
+            pass
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_stale_temporary_files_are_removed(tmp_path):

@@ -120,6 +120,12 @@ def test_best_checkpoint_holds_the_fusion_detector_fit_on_train_id_and_val_id(ti
     margin = 8 * np.finfo(np.float32).eps * terms
     k = math.ceil(0.95 * len(fused))
     assert (fused < entry["threshold"] - margin).sum() < k <= (fused <= entry["threshold"] + margin).sum()
+    # the val_id scores best.pth stores (detect's calibration) are the very ones that set the thresholds
+    stored, cae_stored = entry["val_scores"].numpy(), best["val_scores"].numpy()
+    assert (stored <= entry["threshold"]).sum() == k and (cae_stored <= best["threshold"]).sum() == k
+    np.testing.assert_allclose(stored, np.sort(fused), rtol=0, atol=margin)
+    np.testing.assert_allclose(cae_stored, np.sort(errors), rtol=1e-5)
+    assert list(stored) == sorted(stored) and list(cae_stored) == sorted(cae_stored)
 
 
 def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny_heatmaps, tmp_path):

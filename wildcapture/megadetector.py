@@ -8,23 +8,18 @@ or ``{"file": path, "failure": reason, "detections": null}``. A detection is ``{
 MegaDetector keeps nearly every box, so the reader applies a confidence threshold of its own.
 
 Reading: `read_md_json` checks the whole file (one DatasetError naming the file, the entry and the
-problem) and returns an `MDBatch`: per image its ``file``, MegaDetector's ``failure`` and its
-*qualifying* detections (animal category, ``conf`` >= threshold), plus the parsed document that
-`write_md_json` passes through. The animal category is the one ``detection_categories`` names
-"animal", else "1". A file without ``format_version`` is read as 1.x; another major version is an error.
+problem; training's annotations use it) and returns an `MDBatch`: per image its ``file``, MegaDetector's
+``failure`` and its *qualifying* detections (animal category, ``conf`` >= threshold). `entry_checker`
+checks one entry at a time for a file read as a stream (detect), returning malformed detections instead
+of raising. The animal category is the one ``detection_categories`` names "animal", else "1". A file
+without ``format_version`` is read as 1.x; another major version is an error.
 
 Boxes: MegaDetector's rounding can put a coordinate a hair outside [0, 1] (e.g. -0.0001). Coordinates
 up to `BBOX_TOLERANCE` outside are clipped to the image; further out (e.g. pixel boxes) is an error,
 as is a box with zero width or height. `pixel_box` turns a box into the integer pixel box that
 training (`data.annotations`) and detection both crop, so both see the same pixels.
 
-Writing: `write_md_json` writes every input image, in input order. To each scored detection (a
-`DetectionResult`) it adds ``classifications`` ([[class id, probability], ...], every class, highest
-first, ids index ``classification_categories``), ``ood_score`` and ``ood_flag``. Other detections,
-failures and images without detections are written as read, except that the classification fields of
-the input (``classifications``, ``ood_score``, ``ood_flag``, the categories' descriptions and the
-classifier's ``info`` keys) are dropped: they refer to another classifier. An image the detector could
-not read becomes a failure entry.
+Writing: `MDWriter` (see its docstring) writes our results image by image.
 
 Folder input (no MegaDetector file): `whole_image_batch` makes each image one entry with one detection
 covering the whole image: category "1" (animal), ``conf`` 1.0, ``bbox`` [0, 0, 1, 1]. The format keeps
@@ -38,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from wildcapture.errors import DatasetError
 from wildcapture.storage import atomic_write
@@ -107,7 +102,9 @@ class DetectionResult(NamedTuple):
 
     ``image`` indexes `MDBatch.images`; ``detection`` is `MDDetection.index` (0 for a whole-image
     batch); ``class_probs`` holds one probability per class, in the classifier's class order;
-    ``ood_score`` is the CAE's reconstruction error and ``ood_flag`` whether it passed the OOD threshold.
+    ``ood_score`` is the OOD score in use (higher = more OOD) and ``ood_flag`` whether it passed the OOD
+    threshold; ``unknown_confidence`` (in [0, 1]) is the confidence of the unknown category, which a flagged
+    detection's classifications start with when the writer is given an unknown label.
     """
 
     image: int
@@ -115,6 +112,7 @@ class DetectionResult(NamedTuple):
     class_probs: Sequence[float]
     ood_score: float
     ood_flag: bool
+    unknown_confidence: float | None = None
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -153,6 +151,10 @@ def _check_bbox(bbox: Any) -> BBox | None:
     return (x, y, w, h) if w > 0 and h > 0 else None
 
 
+class _BadDetection(ValueError):
+    """One detection of an image entry is malformed (the message names the field and its value)."""
+
+
 class _Checker:
     """Checks the parts of one document; its errors name the file."""
 
@@ -179,19 +181,30 @@ class _Checker:
             raise self.error("detection_categories", f"must map id strings to names, got {_short(categories)}")
         return categories
 
-    def detection(self, det: Any, where: str) -> tuple[str, float, BBox]:
-        """Return (category, conf, clipped bbox) of one detection."""
+    @staticmethod
+    def detection(det: Any, where: str) -> tuple[str, float, BBox]:
+        """Return (category, conf, clipped bbox) of one detection; _BadDetection naming the field and value."""
         if not isinstance(det, dict) or not isinstance(det.get("category"), str):
-            raise self.error(where, f"needs a 'category' id string, got {_short(det)}")
+            raise _BadDetection(f"{where}: needs a 'category' id string, got {_short(det)}")
         if not _is_number(det.get("conf")):
-            raise self.error(where, f"'conf' must be a number, got {_short(det.get('conf'))}")
+            raise _BadDetection(f"{where}: 'conf' must be a number, got {_short(det.get('conf'))}")
         bbox = _check_bbox(det.get("bbox"))
         if bbox is None:
-            raise self.error(where, f"'bbox' must be 4 numbers [x, y, width, height] normalised to [0, 1] "
-                                    f"with width, height > 0; got {_short(det.get('bbox'))}")
+            raise _BadDetection(f"{where}: 'bbox' must be 4 numbers [x, y, width, height] normalised to [0, 1] "
+                                f"with width, height > 0; got {_short(det.get('bbox'))}")
         return det["category"], float(det["conf"]), bbox
 
     def image(self, entry: Any, i: int, animal: frozenset[str], threshold: float) -> MDImage:
+        """The checked entry ``images[i]``; DatasetError for any malformed part, a detection included."""
+        image, bad = self.image_keeping_going(entry, i, animal, threshold)
+        if bad:
+            raise self.error(f"images[{i}] ({image.file})", bad[0][1])
+        return image
+
+    def image_keeping_going(self, entry: Any, i: int, animal: frozenset[str], threshold: float
+                            ) -> tuple[MDImage, list[tuple[int, str]]]:
+        """The checked entry ``images[i]`` and its malformed detections as (index, problem), left out of
+        the image's qualifying detections; DatasetError when the entry itself is malformed."""
         where = f"images[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"].strip():
             raise self.error(where, f"needs a 'file' path string, got {_short(entry)}")
@@ -201,16 +214,33 @@ class _Checker:
         if failure is not None:
             if not isinstance(failure, str):
                 raise self.error(where, f"'failure' must be a string or null, got {_short(failure)}")
-            return MDImage(file, failure, ())
+            return MDImage(file, failure, ()), []
         detections = entry.get("detections")
         if not isinstance(detections, list):
             raise self.error(where, f"needs a 'detections' list (or a 'failure' string), got {_short(detections)}")
-        kept = []
+        kept, bad = [], []
         for j, det in enumerate(detections):
-            category, conf, bbox = self.detection(det, f"{where}.detections[{j}]")
+            try:
+                category, conf, bbox = self.detection(det, f"detections[{j}]")
+            except _BadDetection as err:
+                bad.append((j, str(err)))
+                continue
             if category in animal and conf >= threshold:
                 kept.append(MDDetection(j, bbox, conf))
-        return MDImage(file, None, tuple(kept))
+        return MDImage(file, None, tuple(kept)), bad
+
+
+def entry_checker(header: Any, source: Path, threshold: float
+                  ) -> Callable[[Any, int], tuple[MDImage, list[tuple[int, str]]]]:
+    """Check the top level of a file read as a stream (`header`: every top-level key but ``images``) and
+    return the check of one entry: ``check(entry, i)`` gives the entry's `MDImage` (animal detections with
+    ``conf`` >= ``threshold``) and its malformed detections as (index, problem). DatasetError names the file."""
+    check = _Checker(source)
+    if not isinstance(header, dict):
+        raise check.error("top level", "needs an 'images' list (is this a MegaDetector batch-output file?)")
+    check.version(header.get("info"))
+    animal = animal_categories(check.categories(header.get("detection_categories", DEFAULT_DETECTION_CATEGORIES)))
+    return lambda entry, i: check.image_keeping_going(entry, i, animal, threshold)
 
 
 def parse_md(document: Any, source: Path, threshold: float = TYPICAL_THRESHOLD) -> MDBatch:
@@ -290,25 +320,87 @@ def _classifications(class_probs: Sequence[float]) -> list[list[Any]]:
     return [[str(c), round(float(class_probs[c]), CLASSIFICATION_DECIMALS)] for c in order]
 
 
-def _result_fields(batch: MDBatch, image: int, results: Sequence[DetectionResult], n_classes: int
-                   ) -> dict[int, dict[str, Any]]:
-    """Return {detection index: the fields to add to that detection} of image ``image``; ValueError for a
-    result that names no detection of the image, has the wrong number of classes, a non-finite score, or
-    repeats a detection."""
-    fields: dict[int, dict[str, Any]] = {}
-    for r in results:
-        ok_image = batch.images[image].failure is None
-        if not ok_image or not 0 <= r.detection < len(batch.raw_images[image]["detections"]):
-            raise ValueError(f"result {r.image, r.detection} names no detection of {batch.source}")
-        where = f"result for {batch.images[image].file}, detection {r.detection}"
-        if len(r.class_probs) != n_classes or not math.isfinite(r.ood_score):
-            raise ValueError(f"{where}: needs {n_classes} class probabilities and a finite ood_score, "
-                             f"got {len(r.class_probs)} and {r.ood_score}")
-        if r.detection in fields:
-            raise ValueError(f"{where} given twice")
-        fields[r.detection] = {"classifications": _classifications(r.class_probs),
-                               "ood_score": float(r.ood_score), "ood_flag": bool(r.ood_flag)}
-    return fields
+def _without(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in keys}
+
+
+class MDWriter:
+    """Writes our results as a MegaDetector 1.x file, one image entry per line, as the images stream by.
+
+    Every input image is written, in input order. To each scored detection (a `DetectionResult`) it adds
+    ``classifications`` ([[class id, probability], ...], every class, highest first; ids index
+    ``classification_categories``), ``ood_score`` and ``ood_flag``. With an ``unknown_label``, the
+    categories gain that label as id ``str(len(class_names))`` and a flagged detection's classifications
+    start with it, at its ``unknown_confidence``, followed by the species. Other detections, failures and
+    images without detections are written as read, except that the classification fields of the input
+    (``classifications``, ``ood_score``, ``ood_flag``, the categories' descriptions and the classifier's
+    ``info`` keys) are dropped: they refer to another classifier. A detection in `dropped` (malformed in
+    the input) is left out; an image the detector could not read becomes a failure entry.
+    """
+
+    def __init__(self, handle: IO[str], header: Mapping[str, Any], class_names: Sequence[str],
+                 extra_info: Mapping[str, Any], unknown_label: str | None = None):
+        """Write the top-level keys of the input `header` (every key but ``images``) with ours, and open
+        ``images``. ``extra_info`` is merged into ``info``; ``format_version`` stays the input's."""
+        self.handle, self.n_classes, self.images = handle, len(class_names), 0
+        categories = {str(c): name for c, name in enumerate(class_names)}
+        self.unknown_id = None
+        if unknown_label is not None:
+            self.unknown_id = str(len(class_names))
+            categories[self.unknown_id] = unknown_label
+        given = header.get("info") or {}
+        info = {**_without(given, CLASSIFIER_INFO_KEYS), **extra_info,
+                "format_version": given.get("format_version", DEFAULT_FORMAT_VERSION)}
+        top = {"info": info, "detection_categories": header.get("detection_categories", DEFAULT_DETECTION_CATEGORIES),
+               "classification_categories": categories,
+               **_without(header, ("info", "detection_categories", *CLASSIFIER_TOP_KEYS, "images"))}
+        handle.write("{\n")
+        for key, value in top.items():
+            handle.write(f" {json.dumps(key)}: {json.dumps(value, allow_nan=False)},\n")
+        handle.write(' "images": [')
+
+    def _fields(self, raw: Mapping[str, Any], results: Sequence[DetectionResult]) -> dict[int, dict[str, Any]]:
+        """{detection index: the fields to add}; ValueError for a result that names no detection of the
+        entry, has the wrong number of classes, a non-finite score, or repeats a detection."""
+        fields: dict[int, dict[str, Any]] = {}
+        detections = raw.get("detections") if raw.get("failure") is None else None
+        for r in results:
+            where = f"result for {raw.get('file')!r}, detection {r.detection}"
+            if not isinstance(detections, list) or not 0 <= r.detection < len(detections):
+                raise ValueError(f"{where} names no detection of the image")
+            if len(r.class_probs) != self.n_classes or not math.isfinite(r.ood_score):
+                raise ValueError(f"{where}: needs {self.n_classes} class probabilities and a finite ood_score, "
+                                 f"got {len(r.class_probs)} and {r.ood_score}")
+            if r.detection in fields:
+                raise ValueError(f"{where} given twice")
+            classes = _classifications(r.class_probs)
+            if self.unknown_id is not None and r.ood_flag:
+                if r.unknown_confidence is None or not 0.0 <= r.unknown_confidence <= 1.0:
+                    raise ValueError(f"{where}: a flagged detection needs an unknown confidence in [0, 1], "
+                                     f"got {r.unknown_confidence}")
+                classes = [[self.unknown_id, round(float(r.unknown_confidence), CLASSIFICATION_DECIMALS)], *classes]
+            fields[r.detection] = {"classifications": classes, "ood_score": float(r.ood_score),
+                                   "ood_flag": bool(r.ood_flag)}
+        return fields
+
+    def add(self, raw: Mapping[str, Any], results: Sequence[DetectionResult] = (), failure: str | None = None,
+            dropped: Collection[int] = ()) -> None:
+        """Write the output entry of the input entry `raw` with its `results`; `failure`: why the detector could
+        not read the image (the entry becomes a failure); `dropped`: detection indices to leave out."""
+        fields = self._fields(raw, results)
+        if raw.get("failure") is not None:
+            entry = dict(raw)
+        elif failure is not None:
+            entry = {**raw, "failure": failure, "detections": None}
+        else:
+            entry = {**raw, "detections": [{**_without(det, CLASSIFIER_DETECTION_KEYS), **fields.get(j, {})}
+                                           for j, det in enumerate(raw["detections"]) if j not in dropped]}
+        self.handle.write(("\n  " if self.images == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
+        self.images += 1
+
+    def close(self) -> None:
+        """Close ``images`` and the document."""
+        self.handle.write("\n ]\n}\n")
 
 
 def _results_per_image(batch: MDBatch, results: Iterable[DetectionResult]) -> Iterator[list[DetectionResult]]:
@@ -328,50 +420,21 @@ def _results_per_image(batch: MDBatch, results: Iterable[DetectionResult]) -> It
         raise ValueError(f"result {pending.image, pending.detection} names no image of {batch.source}")
 
 
-def _without(entry: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
-    return {k: v for k, v in entry.items() if k not in keys}
-
-
-def _output_image(i: int, batch: MDBatch, fields: dict[int, dict[str, Any]], failures: Mapping[int, str]
-                  ) -> dict[str, Any]:
-    """The output entry of image ``i``: MegaDetector's entry with our fields (see the module docstring)."""
-    raw = batch.raw_images[i]
-    if batch.images[i].failure is not None:
-        return raw
-    if i in failures:
-        return {**raw, "failure": failures[i], "detections": None}
-    detections = [{**_without(det, CLASSIFIER_DETECTION_KEYS), **fields.get(j, {})}
-                  for j, det in enumerate(raw["detections"])]
-    return {**raw, "detections": detections}
-
-
 def write_md_json(path: Path, batch: MDBatch, results: Iterable[DetectionResult], class_names: Sequence[str],
-                  extra_info: Mapping[str, Any], failures: Mapping[int, str] | None = None) -> None:
-    """Write ``batch`` with ``results`` to ``path`` (atomically) as a MegaDetector 1.x file, one image per line.
+                  extra_info: Mapping[str, Any], failures: Mapping[int, str] | None = None,
+                  unknown_label: str | None = None) -> None:
+    """Write ``batch`` with ``results`` to ``path`` (atomically) through `MDWriter`.
 
-    ``results`` must come in image order; they are consumed as the images are written, so memory does not
-    grow with their number. ``class_names``: the classifier's classes; class id ``str(i)`` names
-    ``class_names[i]``. ``extra_info``: merged into ``info`` (e.g. ``classifier``,
-    ``classification_completion_time``, ``classifier_metadata``); ``format_version`` stays the input's
-    (default `DEFAULT_FORMAT_VERSION`). ``failures``: {image index: reason} of images the detector could
-    not read; they become failure entries. Raises ValueError for a result that does not fit the batch.
+    ``results`` must come in image order. ``failures``: {image index: reason} of images the detector could
+    not read. Raises ValueError for a result that does not fit the batch.
     """
-    failures = {} if failures is None else failures  # filled as `results` are consumed: keep the object
-    info = {**_without(batch.info, CLASSIFIER_INFO_KEYS), **extra_info,
-            "format_version": batch.info.get("format_version", DEFAULT_FORMAT_VERSION)}
-    head = {"info": info, "detection_categories": batch.detection_categories,
-            "classification_categories": {str(c): name for c, name in enumerate(class_names)},
-            **_without(batch.document, ("info", "detection_categories", *CLASSIFIER_TOP_KEYS, "images"))}
+    failures = failures or {}
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write("{\n")
-            for key, value in head.items():
-                handle.write(f" {json.dumps(key)}: {json.dumps(value, allow_nan=False)},\n")
-            handle.write(' "images": [')
+            writer = MDWriter(handle, batch.document, class_names, extra_info, unknown_label)
             for i, mine in enumerate(_results_per_image(batch, results)):
-                entry = _output_image(i, batch, _result_fields(batch, i, mine, len(class_names)), failures)
-                handle.write(("\n  " if i == 0 else ",\n  ") + json.dumps(entry, allow_nan=False))
-            handle.write("\n ]\n}\n")
+                writer.add(batch.raw_images[i], mine, failures.get(i))
+            writer.close()
 
     atomic_write(path, write)

@@ -1,7 +1,8 @@
 """One run per output folder at a time: an exclusive `flock` on `<folder>/.lock`.
 
 The kernel drops the lock when its process ends, however it ends (kill -9 included), so a lock
-left by a dead run never blocks the next one. The lock file also records who holds it (pid,
+left by a dead run never blocks the next one; forked children (DataLoader workers, which may outlive a
+killed parent for a few seconds) close their copies at once. The lock file also records who holds it (pid,
 what, start time), so a refused second run can name the running process. Whoever takes the lock
 removes the temporary files that killed atomic writes left in the folder.
 """
@@ -20,6 +21,19 @@ from wildcapture.errors import RunLockedError
 from wildcapture.storage import remove_stale_temporaries
 
 LOCK_NAME = ".lock"
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child (e.g. a DataLoader worker), close the copies of the parent's lock descriptors: the
+    parent keeps its locks, and a child that outlives a killed parent does not keep them held."""
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 def _holder(handle) -> str:
@@ -56,6 +70,7 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         handle.flush()
+        _HELD.add(handle.fileno())
         remove_stale_temporaries(folder, LOCK_NAME)
         try:
             yield path
@@ -64,6 +79,7 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
             handle.truncate()
             handle.flush()
     finally:
+        _HELD.discard(handle.fileno())
         handle.close()  # closing releases the flock
 
 

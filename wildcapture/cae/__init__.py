@@ -2,6 +2,7 @@
 from wildcapture.cae.architectures import ARCHS, build_cae
 from wildcapture.cae.engine import (
     ood_threshold,
+    unknown_confidence,
     reconstruct,
     reconstruction_errors,
     train_one_epoch,
@@ -28,6 +29,7 @@ __all__ = [
     "iterate_batches",
     "load_heatmaps",
     "ood_threshold",
+    "unknown_confidence",
     "prepare_heatmaps",
     "reconstruct",
     "reconstruction_errors",

@@ -4,8 +4,9 @@ A stage-3 checkpoint (format CAE_FORMAT) holds the model (`model`; `model_args`:
 constructor arguments, see `wildcapture.cae.architectures`; checkpoints from before `arch` existed
 are the paper's architecture with one channel), the heatmap preparation (`prep`: resize, norm), the
 provenance of the heatmaps it learned (`heatmaps`, see `wildcapture.provenance.heatmap_provenance`,
-or {"external": ...}), the resolved `config` and, in best.pth, the OOD `threshold` and (optional) the
-`fusion` detector's entry (`wildcapture.ood.fusion`). A bare state
+or {"external": ...}), the resolved `config` and, in best.pth, the OOD `threshold`, the sorted val_id
+scores it was set from (`val_scores`, which calibrate detect's unknown confidence) and (optional) the
+`fusion` detector's entry (`wildcapture.ood.fusion`, with its own `val_scores`). A bare state
 dict (the paper's AutoEncoderW.pt) loads too, as the paper's architecture.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from wildcapture.cae.architectures import CAEModel, build_cae, config_values
@@ -92,3 +94,19 @@ def fusion_of(ckpt: dict[str, Any]) -> FusionDetector | None:
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{ckpt['path']}: its fusion entry cannot be used ({type(err).__name__}: {err}); "
                               "rerun stage 3 (AutoEncoder/train.py)") from err
+
+
+def sorted_scores(scores: np.ndarray) -> torch.Tensor:
+    """The val_id scores (N,) as best.pth stores them: float64, ascending."""
+    return torch.from_numpy(np.sort(np.asarray(scores, dtype=np.float64)))
+
+
+def val_scores_of(ckpt: dict[str, Any], score: str) -> np.ndarray:
+    """The sorted val_id scores best.pth stores for `score` ("cae" or "fusion"): float64 (N,); CheckpointError
+    when it has none (stage 3 stored them from this version on)."""
+    entry = ckpt.get("fusion", {}) if score == "fusion" else ckpt
+    if "val_scores" not in entry:
+        raise CheckpointError(f"{ckpt['path']} stores no val_id scores to calibrate the unknown confidence (stage 3 "
+                              "keeps them in best.pth since they were added): use best.pth, or rerun stage 3 "
+                              "(AutoEncoder/train.py)")
+    return entry["val_scores"].numpy()

@@ -122,3 +122,13 @@ def ood_threshold(val_errors: np.ndarray, accept_fraction: float = 0.95) -> floa
     # round first: 0.95 * 20 is 19.000000000000004 in some float paths
     k = max(1, math.ceil(round(accept_fraction * errors.size, 9)))
     return float(np.partition(errors, k - 1)[k - 1])
+
+
+def unknown_confidence(sorted_val_scores: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Return, for each score, the fraction of the val_id scores (sorted ascending) strictly below it:
+    float64 (N,) in [0, 1], non-decreasing in the score. The threshold of `ood_threshold` maps to about
+    `accept_fraction`, a flagged score to at least that, and a score above every val_id score to 1.0."""
+    reference = np.asarray(sorted_val_scores, dtype=np.float64)
+    if reference.size == 0:
+        raise ValueError("unknown_confidence needs at least one val_id score")
+    return np.searchsorted(reference, np.asarray(scores, dtype=np.float64), side="left") / reference.size

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from wildcapture.cae.checkpoint import fusion_of
+from wildcapture.cae.checkpoint import fusion_of, sorted_scores
 from wildcapture.cae.engine import ood_threshold
 from wildcapture.heatmap_store import read_array, read_index
 from wildcapture.ood.baselines import Detector
@@ -56,11 +56,12 @@ class FusionCalibration:
 
     def entry(self, val_errors: np.ndarray, accept_fraction: float) -> dict[str, Any]:
         """best.pth's `fusion` entry for the CAE whose val_id errors are `val_errors` (N,): the z-scores fit
-        on them and the partner's val_id scores, and the threshold accepting `accept_fraction` of the fused
-        val_id scores (the rule of the CAE's own threshold, `ood_threshold`)."""
+        on them and the partner's val_id scores, the threshold accepting `accept_fraction` of the fused
+        val_id scores (the rule of the CAE's own threshold, `ood_threshold`) and those scores, sorted."""
         zscore = ZScoreFusion().fit(val_errors, self.val_scores)
-        threshold = ood_threshold(zscore.score(val_errors, self.val_scores), accept_fraction)
-        return FusionDetector(self.partner_name, self.partner, zscore, threshold).state_dict()
+        fused = zscore.score(val_errors, self.val_scores)
+        return {**FusionDetector(self.partner_name, self.partner, zscore, ood_threshold(fused, accept_fraction)
+                                 ).state_dict(), "val_scores": sorted_scores(fused)}
 
 
 def fused_test_scores(cfg: dict[str, Any], ckpt: dict[str, Any], meta: dict[str, Any] | None,

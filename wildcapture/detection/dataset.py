@@ -2,7 +2,7 @@
 
 Each item is decoded with `fast_decode.load_rgb_at_least` (a JPEG at the smallest DCT scale that still
 gives the model its input size for the crop), transformed like stage 2's eval images, and returned
-as (image tensor, item index, failure reason). A failed or skipped item carries a zero tensor and
+as (image tensor, item index, failure reason). An unreadable item carries a zero tensor and
 its reason, so one bad file costs one row, not the run, and DataLoader workers never raise.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from wildcapture.data.fast_decode import load_rgb_at_least
 from wildcapture.errors import DatasetError
-from wildcapture.detection.items import Item
+from wildcapture.detection.season import Item
 
 
 class DetectionImages(Dataset):
@@ -29,11 +29,8 @@ class DetectionImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         item = self.items[index]
-        blank = torch.zeros(3, *self.input_size)
-        if item.skip:
-            return blank, index, item.skip
         try:
             image = load_rgb_at_least(item.path, item.bbox, self.input_size, self.margin)
         except DatasetError as err:
-            return blank, index, str(err)
+            return torch.zeros(3, *self.input_size), index, str(err)
         return self.transform(image), index, ""

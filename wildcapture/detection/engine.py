@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -25,14 +26,18 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from wildcapture.cae.checkpoint import fusion_of, load_cae
+if TYPE_CHECKING:
+    from wildcapture.detection.review import ReviewPage
+
+from wildcapture.cae.checkpoint import fusion_of, load_cae, val_scores_of
 from wildcapture.cae.detector import CAEDetector
+from wildcapture.cae.engine import unknown_confidence
 from wildcapture.classifier.data_setup import make_loader
 from wildcapture.data import build_transforms
 from wildcapture.detection import SCORES
 from wildcapture.detection.dataset import DetectionImages
-from wildcapture.detection.items import Item
-from wildcapture.detection.progress import ShardProgress
+from wildcapture.detection.season import Item, Scan
+from wildcapture.detection.progress import ROWS_FORMAT, ShardProgress
 from wildcapture.errors import CheckpointError
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.ood.fusion import FusionDetector
@@ -51,6 +56,7 @@ class Detector:
     provenance: dict[str, Any]  # the heatmaps the CAE learned: classifier, input_spec, heatmap, data
     threshold: float            # of the score in use
     fingerprint: str            # SHA-256 of the CAE and the classifier files
+    val_scores: np.ndarray      # the score's val_id scores, sorted (N,): calibrate the unknown confidence
     fusion: FusionDetector | None = None  # set when the score is the fusion detector's
 
     @property
@@ -94,17 +100,19 @@ def load_detector(cae_path: Path, batch_size: int, device: torch.device, thresho
     if threshold is None and stored is None:
         raise CheckpointError(f"{cae_path} stores no OOD threshold (stage 3 keeps it in best.pth): use best.pth, "
                               "or give --threshold")
+    val_scores = val_scores_of(ckpt, score)
     classifier = build_vit(source["classifier"]["model_args"])
     load_state(classifier, locate_classifier(source["classifier"], f"CAE {cae_path}"), f"classifier of {cae_path}")
     fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"]).encode()).hexdigest()
     return Detector(classifier.eval().to(device), CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"],
                                                                batch_size, device),
-                    source, float(stored if threshold is None else threshold), fingerprint, fusion)
+                    source, float(stored if threshold is None else threshold), fingerprint, val_scores, fusion)
 
 
 def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], images: torch.Tensor,
-                 device: torch.device) -> list[dict[str, Any]]:
-    """Classify and score one batch of decoded images (item `indices`); returns their rows."""
+                 device: torch.device) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Classify and score one batch of decoded images (item `indices`); returns their rows and the heatmaps
+    the CAE scored, as shown (N, h, w) float32 (the channel mean of a multi-channel kind)."""
     heat = detector.provenance["heatmap"]
     with torch.inference_mode(), autocast_context(device, heat.get("amp", True)):
         logits, features, heatmaps = forward_with_heatmaps(detector.classifier,
@@ -112,40 +120,44 @@ def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], 
                                                            heat["block"])
     probs = logits.float().softmax(1).cpu().numpy().astype(np.float64)
     scores = detector.ood_scores(logits, features, heatmaps)
+    unknown = unknown_confidence(detector.val_scores, scores)
     rows = []
     for row, index in enumerate(indices):
         best = int(np.argmax(probs[row]))
         rows.append({**_item_columns(items[index], index), "predicted_class": detector.class_names[best],
                      "confidence": repr(float(probs[row, best])), "classifications": json.dumps(probs[row].tolist()),
                      "ood_score": repr(float(scores[row])), "ood_flag": bool(scores[row] > detector.threshold),
-                     "failure": ""})
-    return rows
+                     "unknown_confidence": repr(float(unknown[row])), "failure": ""})
+    shown = heatmaps.float()
+    shown = shown.mean(1) if shown.dim() == 4 else shown
+    return rows, shown.cpu().numpy()
 
 
 def _item_columns(item: Item, index: int) -> dict[str, Any]:
     bbox = "" if item.bbox is None else json.dumps([round(v, 6) for v in item.bbox])
-    return {"item": index, "image": item.image, "detection": "" if item.detection is None else item.detection,
-            "bbox": bbox, "detection_conf": "" if item.conf is None else item.conf}
+    return {"item": index, "image": item.image, "detection": item.detection, "bbox": bbox,
+            "detection_conf": "" if item.conf is None else item.conf}
 
 
 def _failed_row(item: Item, index: int, reason: str) -> dict[str, Any]:
     return {**_item_columns(item, index), "predicted_class": "", "confidence": "", "classifications": "",
-            "ood_score": "", "ood_flag": "", "failure": reason}
+            "ood_score": "", "ood_flag": "", "unknown_confidence": "", "failure": reason}
 
 
-def job_fingerprint(items: Sequence[Item], detector: Detector, settings: dict[str, Any]) -> str:
-    """SHA-256 of what decides a run's rows: the items, the models, the score, the threshold and `settings`."""
-    digest = hashlib.sha256(json.dumps({**settings, "score": detector.score_name}, sort_keys=True).encode())
-    digest.update(detector.fingerprint.encode())
-    digest.update(repr(detector.threshold).encode())
-    for item in items:
-        digest.update(repr(item).encode())
+def job_fingerprint(scan: Scan, detector: Detector, settings: dict[str, Any]) -> str:
+    """SHA-256 of what decides a run's rows: the input, the models, the score, the threshold and `settings`."""
+    digest = hashlib.sha256(json.dumps({**settings, "score": detector.score_name, "rows": ROWS_FORMAT},
+                                       sort_keys=True).encode())
+    for part in (detector.fingerprint, repr(detector.threshold), scan.digest):
+        digest.update(part.encode())
     return digest.hexdigest()
 
 
 def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: DistState, *, batch_size: int,
-                workers: int, margin: float, checkpoint_every: int, device: torch.device, fingerprint: str) -> Path:
-    """Score this process's shard of `items`, continuing its checkpoint in `work`; returns its rows file."""
+                workers: int, margin: float, checkpoint_every: int, device: torch.device, fingerprint: str,
+                review: ReviewPage | None = None) -> Path:
+    """Score this process's shard of `items`, continuing its checkpoint in `work`; returns its rows file.
+    `review`, when given, gets the review-page images of each batch before its rows are checkpointed."""
     spec = detector.provenance["input_spec"]
     _, eval_tf = build_transforms(detector.provenance["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
                                   spec["interpolation"])
@@ -155,13 +167,16 @@ def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: Di
     done = progress.resume()
     loader = make_loader(Subset(dataset, mine[done:]), batch_size, None, workers, device)
     bar = tqdm(total=len(mine), initial=done, desc=f"detect (process {state.rank})" if state.enabled else "detect",
-               unit="item", disable=not state.is_main)
+               unit="crop", disable=not state.is_main)
     for images, indices, failures in loader:
         indices = indices.tolist()
         ok = [j for j, reason in enumerate(failures) if not reason]
         rows = [_failed_row(items[indices[j]], indices[j], failures[j]) for j in range(len(indices)) if failures[j]]
         if ok:
-            rows += _scored_rows(detector, items, [indices[j] for j in ok], images[ok], device)
+            scored, heatmaps = _scored_rows(detector, items, [indices[j] for j in ok], images[ok], device)
+            if review is not None:
+                review.write_assets(scored, heatmaps)
+            rows += scored
         progress.write_batch(sorted(rows, key=lambda r: r["item"]), len(indices))
         bar.update(len(indices))
     bar.close()
@@ -176,6 +191,6 @@ def prepare_work_folder(work: Path, overwrite: bool, state: DistState) -> None:
         work.mkdir(parents=True, exist_ok=True)
         for path in work.iterdir() if overwrite else ():
             if path.name != LOCK_NAME:
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     if state.enabled:
         dist.barrier()

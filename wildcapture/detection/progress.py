@@ -21,7 +21,8 @@ from wildcapture.storage import write_text
 
 # `classifications`: the JSON list of every class's probability, in the classifier's class order
 PART_COLUMNS = ("item", "image", "detection", "bbox", "detection_conf", "predicted_class", "confidence",
-                "classifications", "ood_score", "ood_flag", "failure")
+                "classifications", "ood_score", "ood_flag", "unknown_confidence", "failure")
+ROWS_FORMAT = 2  # part of a job's fingerprint: progress written with other columns is not continued
 
 
 class ShardProgress:

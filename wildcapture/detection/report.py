@@ -1,12 +1,13 @@
-"""The outputs of a detection run: the processes' rows merged in item order into the CSV, and the summary.
+"""The outputs of a detection run, written in one pass over the input and the processes' rows: the CSV,
+the MegaDetector-format JSON and the rows the review page and the crop export use.
 
-CSV columns (COLUMNS): `image`; `bbox` (MegaDetector's normalised [x, y, w, h], empty for a whole
-image) and `detection_conf`; `predicted_class` and `confidence` (its softmax probability);
-`ood_score` (higher = more OOD: the CAE reconstruction error, or with `--score fusion` the fusion
-detector's score, e.g. cae+mahalanobis), `ood_flag` (score > threshold) and `threshold` (the one stage 3
-stored for that score, unless --threshold); `failure`: empty when the item was scored, else why not (an unreadable file,
-MegaDetector's failure, or "empty: ..." for an image without an animal box), the score columns
-then empty.
+CSV columns (COLUMNS), one row per scored detection (or whole image), per malformed detection, per empty
+image and per failure: `image`; `bbox` (MegaDetector's normalised [x, y, w, h], empty for a whole image)
+and `detection_conf`; `predicted_class` and `confidence` (its softmax probability); `ood_score` (higher =
+more OOD; the score in use, named in the JSON's `classifier_metadata`), `ood_flag` (score > threshold),
+`threshold`, `unknown_confidence` (fraction of val_id scores below the score) and `label` (the unknown
+label when flagged, else the predicted class); `failure`: empty when scored, else why not (an unreadable
+file, a malformed detection naming its field and value, MegaDetector's failure, or "empty: ...").
 """
 from __future__ import annotations
 
@@ -16,32 +17,32 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:
     from wildcapture.detection.engine import Detector
 
-from wildcapture.detection.items import EMPTY, Item
 from wildcapture.detection.progress import read_rows
-from wildcapture.megadetector import DetectionResult, MDBatch, write_md_json
-from wildcapture.storage import atomic_write
+from wildcapture.detection.season import EMPTY, Scan, Season, SeasonImage
+from wildcapture.megadetector import DetectionResult, MDWriter
 
-_SCORE_TEXT = {False: "CAE reconstruction error",
-               True: "CAE reconstruction error plus the partner's score, each z-scored on val_id"}
 COLUMNS = ("image", "bbox", "detection_conf", "predicted_class", "confidence", "ood_score", "ood_flag", "threshold",
-           "failure")
+           "unknown_confidence", "label", "failure")
+_SCORE_TEXT = {"cae": "CAE reconstruction error",
+               "fusion": "CAE reconstruction error plus the partner's score, each z-scored on val_id"}
 
 
 @dataclass
 class Summary:
-    """Counts of a run's rows: scored items, empty images, failures (unreadable or MegaDetector's), flagged OOD."""
+    """Counts of a run's rows: scored items, empty images, failures (unreadable, malformed or MegaDetector's),
+    flagged OOD."""
 
     scored: int = 0
     empty: int = 0
     failed: int = 0
     flagged: int = 0
 
-    def add(self, row: dict[str, str]) -> None:
+    def add(self, row: dict[str, Any]) -> None:
         """Count one output row."""
         if not row["failure"]:
             self.scored += 1
@@ -61,44 +62,70 @@ def merged_rows(parts: Sequence[Path]) -> Iterator[dict[str, str]]:
     return heapq.merge(*(read_rows(p) for p in parts), key=lambda row: int(row["item"]))
 
 
-def write_csv_report(parts: Sequence[Path], out_csv: Path, threshold: float) -> Summary:
-    """Write the merged rows to `out_csv` (COLUMNS, atomically, streamed); returns the summary."""
-    summary = Summary()
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            for row in merged_rows(parts):
-                summary.add(row)
-                row = {**row, "threshold": "" if row["failure"] else repr(threshold)}
-                writer.writerow([row[c] for c in COLUMNS])
-
-    atomic_write(out_csv, write)
-    return summary
+def _plain_row(image: SeasonImage, failure: str, detection: int | None = None) -> dict[str, Any]:
+    return {"image": image.image.file, "detection": "" if detection is None else detection, "bbox": "",
+            "detection_conf": "", "predicted_class": "", "confidence": "", "classifications": "", "ood_score": "",
+            "ood_flag": "", "unknown_confidence": "", "failure": failure}
 
 
-def write_json_report(batch: MDBatch, items: Sequence[Item], parts: Sequence[Path], out_json: Path,
-                      detector: "Detector", cae: str) -> None:
-    """Write the MegaDetector-format JSON of the run (every input image; see `megadetector.write_md_json`):
-    scored detections get classifications, ood_score and ood_flag; unreadable images become failures.
-    The merged rows are streamed into it: memory holds one image's rows (and the failed images' reasons)."""
-    failures: dict[int, str] = {}
+def season_rows(season: Season, parts: Sequence[Path]) -> Iterator[tuple[SeasonImage, list[dict[str, Any]]]]:
+    """Yield each input image with its rows, in input order: the scored (or unreadable) detections' rows from
+    the processes' rows files and a failure row per malformed detection, in detection order; one row for an
+    image MegaDetector failed on or without a qualifying detection."""
+    scored = merged_rows(parts)
+    for image in season.images():
+        if not image.image.detections and not image.bad:
+            yield image, [_plain_row(image, season.skip_reason(image))]
+            continue
+        rows = [next(scored) for _ in image.image.detections]
+        rows += [_plain_row(image, problem, j) for j, problem in image.bad]
+        yield image, sorted(rows, key=lambda row: int(row["detection"]))
 
-    def results() -> Iterator[DetectionResult]:
-        for row in merged_rows(parts):
-            item = items[int(row["item"])]
-            if not row["failure"]:
-                yield DetectionResult(item.image_index, item.detection, json.loads(row["classifications"]),
-                                      float(row["ood_score"]), row["ood_flag"] == "True")
-            elif not item.skip:  # our failure to read the file (MegaDetector's own and empty images pass through)
-                failures[item.image_index] = row["failure"]
 
-    info = {"classifier": "WildCapture ViT + attention-heatmap autoencoder (OOD flag)",
+def _results(image: SeasonImage, rows: Sequence[dict[str, Any]]) -> tuple[list[DetectionResult], str | None]:
+    """The JSON results of one image's scored rows, and the reason it could not be read (None if it could)."""
+    results = [DetectionResult(image.index, int(r["detection"]), json.loads(r["classifications"]),
+                               float(r["ood_score"]), r["ood_flag"] == "True", float(r["unknown_confidence"]))
+               for r in rows if not r["failure"]]
+    unread = [r["failure"] for r in rows if r["failure"] and "item" in r]  # a scored item the loader could not read
+    return results, (unread[0] if unread and not results else None)
+
+
+def json_info(detector: "Detector", cae: str, score: str, unknown_label: str) -> dict[str, Any]:
+    """The classifier's keys of the JSON's ``info``."""
+    return {"classifier": "WildCapture ViT + attention-heatmap autoencoder (OOD flag)",
             "classification_completion_time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "classifier_metadata": {"cae_checkpoint": cae, "classifier": detector.provenance["classifier"]["path"],
                                     "classifier_sha256": detector.provenance["classifier"]["sha256"],
                                     "heatmap": detector.provenance["heatmap"], "ood_threshold": detector.threshold,
-                                    "ood_score": f"{detector.score_name}: {_SCORE_TEXT[bool(detector.fusion)]}; "
-                                                 "higher = more OOD"}}
-    write_md_json(out_json, batch, results(), detector.class_names, info, failures)
+                                    "ood_score": f"{detector.score_name}: {_SCORE_TEXT[score]}; higher = more OOD",
+                                    "unknown_category": f"{unknown_label}: first classification of a detection whose "
+                                                        "ood_score is above ood_threshold; its confidence is the "
+                                                        "fraction of val_id scores below the detection's"}}
+
+
+def write_reports(season: Season, parts: Sequence[Path], csv_tmp: Path, json_tmp: Path, detector: "Detector",
+                  info: dict[str, Any], unknown_label: str, on_row: Callable[[dict[str, Any]], None]) -> Summary:
+    """Write the CSV (COLUMNS) and the MegaDetector JSON (every input image, `MDWriter`) to the temporary
+    files `csv_tmp` and `json_tmp`, streamed: memory holds one image's rows. `on_row` sees every scored row
+    (with `label`). Returns the summary."""
+    summary = Summary()
+    with open(csv_tmp, "w", newline="", encoding="utf-8") as csv_handle, \
+            open(json_tmp, "w", encoding="utf-8") as json_handle:
+        table = csv.writer(csv_handle)
+        table.writerow(COLUMNS)
+        writer = MDWriter(json_handle, season.header, detector.class_names, info, unknown_label)
+        for image, rows in season_rows(season, parts):
+            for row in rows:
+                summary.add(row)
+                scored = not row["failure"]
+                row["threshold"] = repr(detector.threshold) if scored else ""
+                row["label"] = "" if not scored else unknown_label if row["ood_flag"] == "True" \
+                    else row["predicted_class"]
+                table.writerow([row[c] for c in COLUMNS])
+                if scored:
+                    on_row(row)
+            results, unread = _results(image, rows)
+            writer.add(image.raw, results, unread, dropped=[j for j, _ in image.bad])
+        writer.close()
+    return summary

@@ -1,27 +1,40 @@
 """`detect.py`'s job: score a folder or a MegaDetector batch output with a trained detector, resumably.
 
 Work files live in `<out folder>/.<out name>.incomplete/` (one rows file and checkpoint per process,
-see `progress`, and the run lock); when every process is done, the first merges them into the CSV
-(`report.COLUMNS`) and the MegaDetector-format JSON beside it, then removes them (the lock stays).
+see `progress`, the review images in `review/`, and the run lock); when every process is done, the first
+writes the CSV, the MegaDetector-format JSON and the review page beside it, then removes the work files
+(the lock stays).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 
+from wildcapture.classifier.data_setup import available_cpus
 from wildcapture.detection import SCORES
-from wildcapture.detection.engine import job_fingerprint, load_detector, prepare_work_folder, score_shard
-from wildcapture.detection.items import batch_items, load_batch
-from wildcapture.detection.report import Summary, write_csv_report, write_json_report
+from wildcapture.detection.engine import Detector, job_fingerprint, load_detector, prepare_work_folder, score_shard
+from wildcapture.detection.report import Summary, json_info, write_reports
+from wildcapture.detection.review import ReviewPage
+from wildcapture.detection.review_assets import review_folder
+from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
 from wildcapture.run_lock import LOCK_NAME, hold_lock
-from wildcapture.runtime import cleanup_distributed, init_distributed
-from wildcapture.storage import write_text
+from wildcapture.runtime import DistState, cleanup_distributed, init_distributed
+from wildcapture.storage import TMP_SUFFIX, write_text
+
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """DataLoader decode processes when --workers is not given: the available CPUs but one (for the model),
+    at most MAX_DEFAULT_WORKERS; on a 2-CPU machine one process decodes while the main one runs the model."""
+    return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() - 1))
 
 
 @dataclass
@@ -31,72 +44,146 @@ class DetectOptions:
     batch_size: int = 64
     device: str = "auto"
     threshold: float | None = None   # None: the threshold stage 3 stored
-    workers: int = 0
+    workers: int | None = None        # None: default_workers()
     md_threshold: float = 0.2         # MegaDetector confidence an animal box needs to be scored
     crop_margin: float = 0.0          # fraction of the box's size added on each side of a crop
     image_root: Path | None = None    # MegaDetector's `file` paths are relative to it (default: the JSON's folder)
     checkpoint_every: int = 1000      # items between two checkpoints of each process
     overwrite: bool = False           # discard an unfinished run's progress instead of continuing it
     score: str = "cae"                # ood_score: "cae" (reconstruction error) or "fusion" (the checkpoint's fusion)
+    unknown_label: str = "unknown"    # the classification category of a flagged detection
+    html: bool = True                 # write the review page X.html and its images
+    export_crops: Path | None = None  # write the flagged crops (all with export_all) under this folder
+    export_all: bool = False
 
     def check(self) -> None:
         """Raise ConfigError naming the option whose value cannot be used."""
-        problems = [(self.batch_size < 1, "--batch-size must be >= 1"), (self.workers < 0, "--workers must be >= 0"),
+        problems = [(self.batch_size < 1, "--batch-size must be >= 1"),
+                    (self.workers is not None and self.workers < 0, "--workers must be >= 0"),
                     (not 0 <= self.md_threshold <= 1, "--md-threshold must be in [0, 1]"),
                     (self.crop_margin < 0, "--crop-margin must be >= 0"),
                     (self.checkpoint_every < 1, "--checkpoint-every must be >= 1"),
-                    (self.score not in SCORES, f"--score must be one of {', '.join(SCORES)}, got {self.score!r}")]
+                    (self.score not in SCORES, f"--score must be one of {', '.join(SCORES)}, got {self.score!r}"),
+                    (not self.unknown_label.strip() or "/" in self.unknown_label,
+                     f"--unknown-label must be a non-empty name without '/', got {self.unknown_label!r}"),
+                    (self.export_all and self.export_crops is None, "--export-all needs --export-crops DIR")]
         for bad, message in problems:
             if bad:
                 raise ConfigError(message)
 
 
-def check_outputs(source: Path, out_csv: Path) -> None:
-    """Refuse outputs that would replace the input; create `out_csv`'s folder and write a probe file there,
-    so a read-only or full disk stops the run before any work (the OSError names the path)."""
-    if out_csv.suffix.lower() == ".json":
-        raise ConfigError(f"--out {out_csv} names the CSV, and its JSON twin would replace it: give a .csv path")
-    for out in (out_csv, out_csv.with_suffix(".json")):
-        if out.resolve() == source.resolve():
-            raise ConfigError(f"--out {out_csv} would write {out} over the input {source}: choose another --out")
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    probe = out_csv.parent / f".{out_csv.name}.{os.getpid()}.probe"  # one per process under torchrun
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where a run writes: the CSV, its JSON twin, the review page and the folder of its images."""
+
+    csv: Path
+
+    @property
+    def json(self) -> Path:
+        return self.csv.with_suffix(".json")
+
+    @property
+    def html(self) -> Path:
+        return self.csv.with_suffix(".html")
+
+    @property
+    def review(self) -> Path:
+        return review_folder(self.html)
+
+    @property
+    def work(self) -> Path:
+        return self.csv.parent / f".{self.csv.name}.incomplete"
+
+
+def _probe(folder: Path) -> None:
+    """Create `folder` and write a probe file there, so a read-only or full disk stops the run before any
+    work (the OSError names the path)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".probe.{os.getpid()}{TMP_SUFFIX}"  # one per process under torchrun
     write_text(probe, "ok")
     probe.unlink()
 
 
+def check_outputs(source: Path, out: OutputPaths, options: DetectOptions) -> None:
+    """Refuse outputs that would replace the input (nothing is written)."""
+    if out.csv.suffix.lower() != ".csv":
+        raise ConfigError(f"--out {out.csv} names the CSV, beside which the .json and .html go: give a .csv path")
+    for path in (out.csv, out.json, out.html):
+        if path.resolve() == source.resolve():
+            raise ConfigError(f"--out {out.csv} would write {path} over the input {source}: choose another --out")
+    if options.export_crops is not None and options.export_crops.resolve() in source.resolve().parents:
+        raise ConfigError(f"--export-crops {options.export_crops} holds the input {source}: choose another folder")
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Move the folder `source` to `target`, replacing a previous one."""
+    if target.exists():
+        shutil.rmtree(target)
+    if source.exists():
+        os.replace(source, target)
+
+
+def _finish(season: Season, found: Scan, detector: Detector, out: OutputPaths, state: DistState, cae_path: Path,
+            options: DetectOptions, page: ReviewPage | None) -> Summary:
+    """Merge the processes' rows into the outputs (written to temporary files, then moved into place, the CSV
+    last); export the crops when asked. Returns the summary."""
+    parts = [out.work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
+    tmp_csv, tmp_json = (out.work / f"{path.name}{TMP_SUFFIX}" for path in (out.csv, out.json))
+    info = json_info(detector, str(cae_path), options.score, options.unknown_label)
+    summary = write_reports(season, parts, tmp_csv, tmp_json, detector, info, options.unknown_label,
+                            page.add if page else lambda row: None)
+    if page is not None:
+        _replace_folder(out.work / "review", out.review)
+        page.write(out.html, summary, detector, options.score)
+    os.replace(tmp_json, out.json)
+    os.replace(tmp_csv, out.csv)
+    if options.export_crops is not None:
+        from wildcapture.detection.crop_export import export_crops
+
+        export_crops(parts, found.items, options.export_crops, options.unknown_label, options.crop_margin,
+                     options.export_all)
+    return summary
+
+
 def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> Summary | None:
-    """Score every item of `source` and write `out_csv` and its JSON twin; returns the summary (None on the
-    non-main processes of a torchrun job).
+    """Score every item of `source` and write `out_csv`, its JSON twin and (unless `options.html` is off) the
+    review page; returns the summary (None on the non-main processes of a torchrun job).
 
     Running the same command again continues an interrupted run (`options.overwrite` starts afresh).
     """
     options.check()
-    check_outputs(source, out_csv)
+    out = OutputPaths(out_csv)
+    check_outputs(source, out, options)
+    season = Season(source, options.md_threshold, options.image_root)
+    found = scan(season)
+    for folder in (out.csv.parent, options.export_crops):
+        if folder is not None:
+            _probe(folder)
     state, device = init_distributed(options.device)
-    work = out_csv.parent / f".{out_csv.name}.incomplete"
     try:
         detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score)
-        batch = load_batch(source, options.md_threshold)
-        is_json = source.suffix.lower() == ".json"
-        items = batch_items(batch, (options.image_root or source.parent) if is_json else source, not is_json)
-        with hold_lock(work, f"detect.py -> {out_csv}") if state.is_main else contextlib.nullcontext():
-            prepare_work_folder(work, options.overwrite, state)
+        if options.unknown_label in detector.class_names:
+            raise ConfigError(f"--unknown-label {options.unknown_label!r} is one of the classifier's classes: "
+                              "choose another label")
+        with hold_lock(out.work, f"detect.py -> {out.csv}") if state.is_main else contextlib.nullcontext():
+            prepare_work_folder(out.work, options.overwrite, state)
+            page = ReviewPage(out.work / "review", found.items, detector, options.crop_margin) if options.html \
+                else None
             settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
-                                        "world_size": state.world_size, "source": str(source)}
-            score_shard(detector, items, work, state, batch_size=options.batch_size, workers=options.workers,
+                                        "world_size": state.world_size, "source": str(source), "html": options.html}
+            workers = default_workers() if options.workers is None else options.workers
+            score_shard(detector, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
                         margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
-                        fingerprint=job_fingerprint(items, detector, settings))
+                        fingerprint=job_fingerprint(found, detector, settings),
+                        review=page)
             if state.enabled:
                 dist.barrier()
             if not state.is_main:
                 return None
-            parts = [work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
-            summary = write_csv_report(parts, out_csv, detector.threshold)
-            write_json_report(batch, items, parts, out_csv.with_suffix(".json"), detector, str(cae_path))
-            for path in work.iterdir():  # the job is done; the lock file stays, so a run started meanwhile
+            summary = _finish(season, found, detector, out, state, cae_path, options, page)
+            for path in out.work.iterdir():  # the job is done; the lock file stays, so a run started meanwhile
                 if path.name != LOCK_NAME:  # keeps the lock it waits for
-                    path.unlink()
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         return summary
     finally:
         cleanup_distributed()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from wildcapture.cae import ood_threshold, reconstruction_errors
 from wildcapture.cae.architectures import cae_from_config, check_fits, heatmap_prep, model_args
-from wildcapture.cae.checkpoint import CAE_FORMAT
+from wildcapture.cae.checkpoint import CAE_FORMAT, sorted_scores
 from wildcapture.cae.engine import train_one_epoch
 from wildcapture.cae.fusion_inputs import FusionCalibration
 from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
@@ -101,6 +101,7 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
             threshold = ood_threshold(val_errors, train_cfg["accept_fraction"])
             training.save("best.pth", {**ckpt_meta, "model": model.state_dict(), "epoch": epoch, "val_loss": val_loss,
                                        "threshold": threshold, "accept_fraction": train_cfg["accept_fraction"],
+                                       "val_scores": sorted_scores(val_errors),
                                        **({"fusion": fusion.entry(val_errors, train_cfg["accept_fraction"])}
                                           if fusion else {})})
         else:
