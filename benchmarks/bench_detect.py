@@ -61,7 +61,8 @@ def make_detector(folder: Path, kind: str, cae_size: int) -> Path:
                   "data": data_identity({"name": "imagefolder"}), "heatmap_files": {}}
     cae_path = folder / f"{kind}_cae.pth"
     save_checkpoint({"format": CAE_FORMAT, "model_args": cae.constructor_args(), "prep": {"resize": "bilinear",
-                     "norm": "max"}, "heatmaps": provenance, "model": cae.state_dict(), "threshold": 0.01},
+                     "norm": "max"}, "heatmaps": provenance, "model": cae.state_dict(), "threshold": 0.01,
+                     "val_scores": torch.tensor([0.0, 0.01], dtype=torch.float64)},
                     cae_path)
     return cae_path
 

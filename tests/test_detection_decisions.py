@@ -6,11 +6,11 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from megadetector.postprocessing.validate_batch_results import validate_batch_results
 from PIL import Image
 
 from wildcapture.data import load_rgb
@@ -61,9 +61,19 @@ def _options(**changes) -> DetectOptions:
     return DetectOptions(**{"batch_size": 2, "device": "cpu", "workers": 0, **changes})
 
 
-def _valid(path: Path) -> None:
-    results = validate_batch_results(str(path))["validation_results"]
-    assert (results["errors"], results["warnings"]) == ([], []), results
+# MegaDetector's validator runs in its own process: importing its package sets PIL's LOAD_TRUNCATED_IMAGES
+VALIDATE = ("import json, sys\n"
+            "from megadetector.postprocessing.validate_batch_results import validate_batch_results\n"
+            "results = [validate_batch_results(path)['validation_results'] for path in sys.argv[1:]]\n"
+            "print(json.dumps([(r['errors'], r['warnings']) for r in results]))\n")
+
+
+def _valid(*paths: Path) -> None:
+    """Assert that MegaDetector's own validator finds no error and no warning in each file."""
+    run = subprocess.run([sys.executable, "-c", VALIDATE, *map(str, paths)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout) == [[[], []]] * len(paths), run.stdout
 
 
 def test_a_malformed_detection_is_a_failure_row_and_its_neighbours_are_scored(season, tiny_cae, tmp_path):
@@ -96,10 +106,11 @@ def test_flagged_detections_are_unknown_first_and_megadetector_accepts_the_file(
                                                                                threshold):
     cae = tiny_cae / "cae" / "best.pth"
     val_scores = load_checkpoint(cae)["val_scores"].numpy()
+    written_files = []
     for source, root in ((season, season.parent / "photos"), (season.parent / "photos", None)):
         out = tmp_path / source.stem / "d.csv"
         detect(source, cae, out, _options(threshold=threshold, image_root=root, unknown_label="new species"))
-        _valid(out.with_suffix(".json"))
+        written_files.append(out.with_suffix(".json"))
         written = json.loads(out.with_suffix(".json").read_text())
         unknown = [k for k, name in written["classification_categories"].items() if name == "new species"]
         assert len(unknown) == 1
@@ -111,6 +122,7 @@ def test_flagged_detections_are_unknown_first_and_megadetector_accepts_the_file(
             assert (det["classifications"][0][0] == unknown[0]) == det["ood_flag"]
             assert row["label"] == ("new species" if det["ood_flag"] else row["predicted_class"])
             assert float(row["unknown_confidence"]) == (val_scores < float(row["ood_score"])).mean()
+    _valid(*written_files)  # folder and JSON input
     pairs = sorted((float(r["ood_score"]), float(r["unknown_confidence"])) for r in scored)
     assert all(a[1] <= b[1] for a, b in zip(pairs, pairs[1:]))  # monotone in the score
 
@@ -161,3 +173,11 @@ def test_the_review_page_shows_each_flagged_detection_in_score_order(season, tin
     for ref in re.findall(r'(?:src|href)="([^"#]+)"', dom):
         if not ref.startswith(("javascript:", "data:")):
             assert (out.parent / ref).exists(), ref
+
+
+def test_the_validator_harness_catches_a_file_megadetector_rejects(tmp_path):
+    bad = tmp_path / "bad.json"  # an integer confidence: MegaDetector's validator requires a float
+    bad.write_text(json.dumps({"info": {"format_version": "1.4"}, "detection_categories": {"1": "animal"},
+                               "images": [{"file": "a.jpg", "detections": [_box(0.1, 0.1, 0.2, 0.2, 1)]}]}))
+    with pytest.raises(AssertionError, match="illegal confidence"):
+        _valid(bad)
