@@ -42,6 +42,8 @@ def main() -> None:
                         "relative to (default: the JSON's folder)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--precision", default="auto", help="the classifier's: auto (bf16 on CUDA with bf16, fp16 on "
+                        "older CUDA, bf16 on CPUs with native bf16, else fp32; the default) | fp32 | bf16")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader processes that decode the images")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="items between checkpoints (default 1000)")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of continuing an "
@@ -54,7 +56,7 @@ def main() -> None:
 
         options = DetectOptions(args.batch_size, args.device, args.threshold, args.workers, args.md_threshold,
                                 args.crop_margin, args.image_root.resolve() if args.image_root else None,
-                                args.checkpoint_every, args.overwrite, args.score)
+                                args.checkpoint_every, args.overwrite, args.score, args.precision)
         summary = detect(args.source.resolve(), cae, out, options)
     if summary is not None:
         print(f"{summary.line()}; wrote {out} and {out.with_suffix('.json')}")

@@ -19,8 +19,9 @@ from wildcapture.detection.engine import job_fingerprint, load_detector, prepare
 from wildcapture.detection.items import batch_items, load_batch
 from wildcapture.detection.report import Summary, write_csv_report, write_json_report
 from wildcapture.errors import ConfigError
+from wildcapture.provenance import heatmap_precision
 from wildcapture.run_lock import LOCK_NAME, hold_lock
-from wildcapture.runtime import cleanup_distributed, init_distributed
+from wildcapture.runtime import cleanup_distributed, describe_precision, init_distributed
 from wildcapture.storage import write_text
 
 
@@ -38,6 +39,7 @@ class DetectOptions:
     checkpoint_every: int = 1000      # items between two checkpoints of each process
     overwrite: bool = False           # discard an unfinished run's progress instead of continuing it
     score: str = "cae"                # ood_score: "cae" (reconstruction error) or "fusion" (the checkpoint's fusion)
+    precision: str = "auto"           # the classifier's: auto | fp32 | bf16 (runtime.resolve_precision)
 
     def check(self) -> None:
         """Raise ConfigError naming the option whose value cannot be used."""
@@ -65,6 +67,13 @@ def check_outputs(source: Path, out_csv: Path) -> None:
     probe.unlink()
 
 
+def precision_line(setting: str, detector, device) -> str:
+    """The run's first line: the precision chosen, and the one the CAE's heatmaps were made in."""
+    learned = heatmap_precision(detector.provenance) or "unrecorded"
+    return (f"detect: classifier on {device}, {describe_precision(setting, detector.precision, device)}; the CAE "
+            f"learned heatmaps of precision {learned} (the CAE runs in fp32)")
+
+
 def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> Summary | None:
     """Score every item of `source` and write `out_csv` and its JSON twin; returns the summary (None on the
     non-main processes of a torchrun job).
@@ -76,7 +85,10 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
     state, device = init_distributed(options.device)
     work = out_csv.parent / f".{out_csv.name}.incomplete"
     try:
-        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score)
+        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score,
+                                 options.precision)
+        if state.is_main:
+            print(precision_line(options.precision, detector, device), flush=True)
         batch = load_batch(source, options.md_threshold)
         is_json = source.suffix.lower() == ".json"
         items = batch_items(batch, (options.image_root or source.parent) if is_json else source, not is_json)
