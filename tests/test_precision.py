@@ -13,7 +13,7 @@ from wildcapture.data import SPLITS
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.errors import ConfigError, ProvenanceError
 from wildcapture.provenance import check_same_precision, heatmap_precision
-from wildcapture.runtime import cpu_has_native_bf16, precision_context, resolve_precision
+from wildcapture.runtime import cpu_has_native_bf16, describe_precision, precision_context, resolve_precision
 from wildcapture.stages import evaluate_classifier, score_cae
 
 from stage_helpers import cae_config, stage2_config
@@ -30,6 +30,10 @@ def test_auto_on_the_cpu_follows_the_probe(monkeypatch, native, expected):
     assert resolve_precision("auto", CPU) == expected
     assert resolve_precision("fp32", CPU) == "fp32"
     assert resolve_precision("bf16", CPU) == "bf16"  # asked for: emulated (slower) where the CPU lacks it
+    said = describe_precision("bf16", "bf16", CPU)
+    assert ("emulated, slower than fp32" in said) != native
+    assert describe_precision("auto", expected, CPU) == (
+        f"precision {expected} (auto on cpu {'with' if native else 'without'} native bf16)")
 
 
 @pytest.mark.parametrize("has_bf16, expected", [(True, "bf16"), (False, "fp16")])
@@ -142,7 +146,8 @@ def test_detect_says_its_precision_and_bf16_scores_stay_close_to_fp32(tiny_cae, 
         detect(folder, cae, tmp_path / f"{precision}.csv", DetectOptions(batch_size=2, device="cpu",
                                                                          precision=precision))
         first = capsys.readouterr().out.splitlines()[0]
-        assert f"precision {precision} (asked for); the CAE learned heatmaps of precision fp32" in first
+        assert f"precision {precision} (asked for" in first  # bf16 adds: emulated (the probe is patched to "no")
+        assert "the CAE learned heatmaps of precision fp32" in first
         with open(tmp_path / f"{precision}.csv", newline="") as handle:
             scores[precision] = np.array([float(r["ood_score"]) for r in csv.DictReader(handle)])
     assert not np.array_equal(scores["bf16"], scores["fp32"])  # bf16 ran

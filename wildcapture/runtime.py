@@ -154,7 +154,8 @@ def resolve_precision(setting: str, device: torch.device) -> str:
 def describe_precision(setting: str, precision: str, device: torch.device) -> str:
     """Return e.g. 'precision bf16 (auto on cpu with native bf16)', for a run's first line."""
     if setting != "auto":
-        return f"precision {precision} (asked for)"
+        slow = device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16()
+        return f"precision {precision} (asked for{'; no native bf16 on this CPU: emulated, slower than fp32' if slow else ''})"
     why = {"cpu": "with native bf16" if precision == "bf16" else "without native bf16"}.get(device.type, "")
     return f"precision {precision} (auto on {device.type}{' ' + why if why else ''})"
 
