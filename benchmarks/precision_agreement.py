@@ -7,7 +7,8 @@ Reuses the fp32 study's classifiers: for each seed, stages 2-4 of every variant 
 heatmap.precision=bf16 into `--out` (default: the study folder + `_bf16`), in the study's layout
 (wildcapture/study/seed_runs.py). `--wait` starts each seed once the study's stage 1 of that seed is complete,
 so this can run beside the study. Then, per detector: the mean over seeds of AUROC(bf16) - AUROC(fp32) with its
-95% paired bootstrap interval (the same resamples of the test images for both), and for each CAE the "mixed"
+95% paired bootstrap interval (the same resamples of the test images for both), beside the 95% bootstrap
+interval of its mean fp32 AUROC (test-set sampling noise; same resamples), and for each CAE the "mixed"
 case detect.py meets when precisions differ: the CAE trained on fp32 heatmaps scoring bf16 ones. `--seeds`,
 `--variants` and key=value items must be those the study ran with. Writes `--out`/agreement.{json,md}.
 """
@@ -24,7 +25,8 @@ import numpy as np
 
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
-from wildcapture.ood.seeds_summary import DetectorRun, detector_run, paired_delta
+from wildcapture.ood.bootstrap import resample_counts, resampled_auroc
+from wildcapture.ood.seeds_summary import CI_PERCENTILES, DetectorRun, detector_run, paired_delta
 from wildcapture.paths import resolve_path
 from wildcapture.pipeline import run_stage
 from wildcapture.stages.score_cae import read_recon_errors
@@ -78,6 +80,17 @@ def mixed_runs(study: StudyLayout, bf16: StudyLayout, seed: int, variants: Seque
     return runs
 
 
+def auroc_interval(runs: dict[int, DetectorRun], resamples: int, seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of the mean over seeds of one detector's AUROC (the resamples `paired_delta`
+    draws for `seed`)."""
+    n_id, n_ood = (x.size for x in next(iter(runs.values())).scores)
+    rng = np.random.default_rng(seed)
+    id_counts, ood_counts = resample_counts(n_id, resamples, rng), resample_counts(n_ood, resamples, rng)
+    mean = np.mean([resampled_auroc(*r.scores, id_counts, ood_counts) for r in runs.values()], axis=0)
+    low, high = np.percentile(mean, CI_PERCENTILES)
+    return float(low), float(high)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", type=Path, help="folder of the fp32 seed study (benchmarks/seeds.py --out)")
@@ -87,6 +100,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
     parser.add_argument("--out", type=Path, default=None, help="bf16 runs and the report (default: STUDY_bf16)")
     parser.add_argument("--wait", action="store_true", help="wait for the study's runs instead of failing")
+    parser.add_argument("--compare-only", action="store_true", help="compare the bf16 runs already in --out")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="the study's key=value items")
     args = parser.parse_args()
     root = resolve_path(args.study)
@@ -94,7 +108,7 @@ def main() -> None:
     bf16 = ReusedClassifiers(resolve_path(args.out) if args.out else root.with_name(root.name + "_bf16"), root)
     variants = pick_variants(args.variants)
     seeds = range(args.seeds)
-    for seed in seeds:
+    for seed in () if args.compare_only else seeds:
         run_bf16(study, bf16, args.benchmark, seed, variants, args.overrides, args.wait)
     _wait_for(root / "summary.json", args.wait)  # the study has scored every seed
     fp32_runs, bf16_runs = {}, {}
@@ -106,18 +120,24 @@ def main() -> None:
         fp32_runs[seed].update({name: fp32_runs[seed][name.removesuffix(" mixed")] for name in mixed})
     rows = []
     for name in fp32_runs[0]:
-        delta, low, high = paired_delta({s: fp32_runs[s][name] for s in seeds}, {s: bf16_runs[s][name] for s in seeds},
-                                        args.bootstrap)
-        rows.append({"detector": name, "auroc_fp32": float(np.mean([fp32_runs[s][name].auroc for s in seeds])),
-                     "auroc_bf16": float(np.mean([bf16_runs[s][name].auroc for s in seeds])),
-                     "delta": delta, "ci_low": low, "ci_high": high, "zero_inside": bool(low <= 0 <= high)})
+        fp32 = {s: fp32_runs[s][name] for s in seeds}
+        delta, low, high = paired_delta(fp32, {s: bf16_runs[s][name] for s in seeds}, args.bootstrap)
+        auroc_low, auroc_high = auroc_interval(fp32, args.bootstrap)
+        mean_fp32 = float(np.mean([fp32_runs[s][name].auroc for s in seeds]))
+        mean_bf16 = float(np.mean([bf16_runs[s][name].auroc for s in seeds]))
+        rows.append({"detector": name, "auroc_fp32": mean_fp32, "auroc_fp32_ci": [auroc_low, auroc_high],
+                     "auroc_bf16": mean_bf16, "delta": delta, "ci_low": low, "ci_high": high,
+                     "zero_inside": bool(low <= 0 <= high), "bf16_inside_fp32_ci": bool(auroc_low <= mean_bf16 <= auroc_high)})
     caption = (f"Seeds {', '.join(map(str, seeds))}; AUROC means over seeds; delta = mean over seeds of AUROC(bf16) - "
                f"AUROC(fp32) with its 95% paired bootstrap interval ({args.bootstrap} resamples of the test_id and "
-               "test_ood images, the same for both precisions). 'mixed': the CAE trained on fp32 heatmaps scores "
+               "test_ood images, the same for both precisions); fp32 interval: the 95% bootstrap interval of the mean "
+               "fp32 AUROC over the same resamples (test-set sampling noise). 'mixed': the CAE trained on fp32 heatmaps scores "
                "the bf16 heatmaps (fp32 column: that CAE on the fp32 heatmaps).")
-    lines = [caption, "", "| detector | AUROC fp32 | AUROC bf16 | delta | 95% interval | 0 inside |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['detector']} | {r['auroc_fp32']:.4f} | {r['auroc_bf16']:.4f} | {r['delta']:+.4f} | "
-              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {'yes' if r['zero_inside'] else 'NO'} |" for r in rows]
+    lines = [caption, "", "| detector | AUROC fp32 [95% interval] | AUROC bf16 | inside | delta | paired 95% interval "
+             "| 0 inside |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['detector']} | {r['auroc_fp32']:.4f} [{r['auroc_fp32_ci'][0]:.4f}, {r['auroc_fp32_ci'][1]:.4f}] | "
+              f"{r['auroc_bf16']:.4f} | {'yes' if r['bf16_inside_fp32_ci'] else 'NO'} | {r['delta']:+.4f} | "
+              f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {'yes' if r['zero_inside'] else 'no'} |" for r in rows]
     bf16.root.mkdir(parents=True, exist_ok=True)
     (bf16.root / "agreement.md").write_text("\n".join(lines) + "\n")
     (bf16.root / "agreement.json").write_text(json.dumps({"caption": caption, "rows": rows}, indent=1))
