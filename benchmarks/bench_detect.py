@@ -1,6 +1,8 @@
-"""detect.py on real camera-trap frames: images/s against a plain full decode, the decode share, peak memory.
+"""detect.py on real camera-trap frames: images/s at each precision and against a plain full decode, the decode
+share, peak memory.
 
     python benchmarks/bench_detect.py ../shared/wildcapture_samples/frames [--n 200] [--memory 300 3000]
+    python benchmarks/bench_detect.py FRAMES --skip-digits --memory --n 64 --repeats 2   # ViT-B/16: fp32 vs auto
     python benchmarks/bench_detect.py FRAMES --device cuda --workers 12 --batch-size 128 --skip-digits --memory
 
 The frames are hard-linked N times into a temporary folder. The detectors are randomly initialised
@@ -9,7 +11,9 @@ The frames are hard-linked N times into a temporary folder. The detectors are ra
 - vitb: `vit_base_patch16_224` (224x224, 14x14 heatmaps) with the paper's 128x128 CAE;
 - the memory runs: the digits ViT with a `--cae-size` CAE (default 128, the paper's).
 Reported in one run: (1) a plain full decode + resize of every file to the model input, one process;
-(2) `detect()` on the same files, whole images, one process; their ratio; (3) for vitb, the decode
+(2) `detect()` on the same files, whole images, one process, at each `--precisions` (default fp32 and auto:
+what auto chose on this machine is printed first, with the CPU and torch), the runs interleaved `--repeats`
+times and the fastest kept, and the speed-up of each over the first; the ratio to (1); (3) for vitb, the decode
 share: the time of `load_rgb_at_least` + transform alone over the time of detect; (4) the peak resident
 memory of `detect.py` (a fresh process each) on `--memory` image counts.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +38,7 @@ from wildcapture.data.fast_decode import load_rgb_at_least
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.paths import REPO_ROOT
 from wildcapture.provenance import classifier_identity
+from wildcapture.runtime import PRECISIONS, cpu_has_native_bf16, pick_device, resolve_precision
 from wildcapture.storage import save_checkpoint, sha256_file
 from wildcapture.vit import build_vit, model_args_from_config
 
@@ -113,6 +119,17 @@ def peak_memory(folder: Path, cae: Path, out: Path) -> float:
     return int(result.stdout.split("PEAK")[-1]) / 1024
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("frames", type=Path, help="folder of camera-trap frames, e.g. ../shared/wildcapture_samples/frames")
@@ -124,9 +141,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="detect's device: cpu, cuda, ... (the plain decode runs on the CPU)")
     parser.add_argument("--workers", type=int, default=0, help="detect's decoding processes (--workers)")
     parser.add_argument("--batch-size", type=int, default=64, help="detect's --batch-size")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=PRECISIONS,
+                        help="detect's --precision values to time (default: fp32 auto)")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved timed runs per precision; the fastest "
+                        "is reported")
     args = parser.parse_args()
-    options = DetectOptions(device=args.device, overwrite=True, workers=args.workers, batch_size=args.batch_size)
-    print(f"torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}", flush=True)
+    options = {p: DetectOptions(device=args.device, overwrite=True, workers=args.workers, batch_size=args.batch_size,
+                                precision=p) for p in args.precisions}
+    device = pick_device(args.device)
+    chosen = {p: resolve_precision(p, device) for p in args.precisions}
+    print(f"CPU {cpu_name()}, native bf16 {cpu_has_native_bf16()} (AVX512-BF16 or AMX, as torch reports), torch "
+          f"{torch.__version__}, torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}; on {device}: "
+          + ", ".join(f"{p} -> {c}" for p, c in chosen.items()), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = link_frames(args.frames, tmp / "images", args.n)
@@ -137,13 +163,22 @@ def main() -> None:
             plain = seconds(lambda: plain_decode(paths, size))
             decode = seconds(lambda: fast_decode(paths, size))
             if args.device != "cpu":  # warm-up: CUDA context, kernels and the allocator, outside the timing
-                detect(tmp / "images", cae, tmp / f"{kind}.csv", options)
-            run = seconds(lambda: detect(tmp / "images", cae, tmp / f"{kind}.csv", options))
-            n = len(paths)
-            print(f"{kind} on {args.device}, {args.workers} decoding workers, batch {args.batch_size}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "
-                  f"detect {n / run[0]:.1f} img/s ({1000 * run[1] / n:.1f} CPU ms/img): detect is "
-                  f"{plain[0] / run[0]:.2f}x the plain decode's speed; its decode alone {n / decode[0]:.1f} img/s = "
-                  f"{decode[0] / run[0]:.0%} of detect's time", flush=True)
+                for p in args.precisions:
+                    detect(tmp / "images", cae, tmp / f"{kind}.csv", options[p])
+            runs: dict[str, tuple[float, float]] = {}
+            for _ in range(args.repeats):  # interleaved, so drift in machine load hits every precision alike
+                for p in args.precisions:
+                    timed = seconds(lambda: detect(tmp / "images", cae, tmp / f"{kind}.csv", options[p]))
+                    runs[p] = min(runs.get(p, timed), timed)
+            n, first = len(paths), args.precisions[0]
+            for p, run in runs.items():
+                print(f"{kind} on {args.device}, precision {p} ({chosen[p]}), {args.workers} decoding workers, batch "
+                      f"{args.batch_size}: detect {n / run[0]:.2f} img/s ({1000 * run[1] / n:.1f} CPU ms/img), "
+                      f"{runs[first][0] / run[0]:.2f}x {first}'s speed", flush=True)
+            run = runs[first]
+            print(f"{kind}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "
+                  f"detect at {first} is {plain[0] / run[0]:.2f}x the plain decode's speed; its decode alone "
+                  f"{n / decode[0]:.1f} img/s = {decode[0] / run[0]:.0%} of detect's time at {first}", flush=True)
         cae = make_detector(tmp, "digits", args.cae_size)
         for count in args.memory:
             folder = tmp / f"memory{count}"

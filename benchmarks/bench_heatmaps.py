@@ -6,7 +6,7 @@ features and heatmaps, copied to NumPy) for each heatmap kind; prints the median
 pass and the ratio (b)/(a). Target: <= 1.10 for ``cls_last``.
 
     python benchmarks/bench_heatmaps.py                                   # vit_tiny_patch16_224, CPU
-    python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --amp --n 2048
+    python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --precision auto --n 2048
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from wildcapture.classifier.inference import infer_split
 from wildcapture.heatmaps import HEATMAP_KINDS
-from wildcapture.runtime import autocast_context, pick_device
+from wildcapture.runtime import PRECISIONS, pick_device, precision_context, resolve_precision
 
 
 def _seconds(fn: Callable[[], object], device: torch.device) -> float:
@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per method; the median is reported")
     parser.add_argument("--kind", default="all", choices=("all",) + HEATMAP_KINDS)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--amp", action="store_true", help="mixed precision on CUDA, as stage 2 uses it")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="as stage 2's heatmap.precision "
+                        "(default fp32)")
     args = parser.parse_args(argv)
 
     device = pick_device(args.device)
+    precision = resolve_precision(args.precision, device)
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False, img_size=args.img_size, num_classes=10).to(device).eval()
     data = TensorDataset(torch.randn(args.n, 3, args.img_size, args.img_size), torch.zeros(args.n, dtype=torch.long))
@@ -55,12 +57,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     @torch.inference_mode()
     def plain_forward() -> None:
         for images, _ in loader:
-            with autocast_context(device, args.amp):
+            with precision_context(device, precision):
                 model(images.to(device, non_blocking=True)).float().cpu()
 
     methods = {"forward": plain_forward}
     for kind in HEATMAP_KINDS if args.kind == "all" else (args.kind,):
-        methods[kind] = lambda kind=kind: infer_split(model, loader, args.n, kind, -1, device, args.amp, desc=kind)
+        methods[kind] = lambda kind=kind: infer_split(model, loader, args.n, kind, -1, device, precision, desc=kind)
     for fn in methods.values():  # warm-up
         fn()
     samples: dict[str, list[float]] = {name: [] for name in methods}
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     threads = torch.get_num_threads() if device.type == "cpu" else "-"
     print(f"model={args.model} img={args.img_size} n={args.n} batch={args.batch_size} device={device} "
-          f"threads={threads} amp={args.amp} repeats={args.repeats} (median)")
+          f"threads={threads} precision={precision} repeats={args.repeats} (median)")
     print(f"{'method':<10}{'s/pass':>10}{'img/s':>10}{'ratio':>8}")
     for name, seconds in times.items():
         print(f"{name:<10}{seconds:>10.3f}{args.n / seconds:>10.1f}{seconds / times['forward']:>8.3f}")

@@ -3,7 +3,8 @@
     python benchmarks/cuda_check.py                  # on a CUDA machine
     python benchmarks/cuda_check.py --device cpu     # a dry run of the script's own logic
 
-Runs the digits pipeline in-process (experiment `--exp`, a few epochs) with `amp: true`, recording the
+Runs the digits pipeline in-process (experiment `--exp`, a few epochs) with `train.amp: true` (stages 1, 3)
+and `heatmap.precision: auto` (stage 2), recording the
 output dtype of every Linear and Conv2d call: stages 1 and 2 must run the ViT in bf16 (fp16 where the GPU
 has no bf16) and stage 3 the CAE; stage 1 then runs again with bf16 reported unsupported, to take the
 fp16 + GradScaler path. It also checks that stage 1/2 and detect.py's loader (`make_loader`) gives pinned
@@ -120,8 +121,8 @@ def main() -> int:
     check("make_loader pins memory on CUDA (stages 1-2, detect.py)", batch.is_pinned() == cuda,
           f"pin_memory={loader.pin_memory}, batch pinned={batch.is_pinned()}")
 
-    common = [f"device={args.device}", f"exp={args.exp}", f"train.epochs={args.epochs}", "amp=true",
-              "train.amp=true"]
+    common = [f"device={args.device}", f"exp={args.exp}", f"train.epochs={args.epochs}",
+              "heatmap.precision=auto", "train.amp=true"]
     configs = stage_configs("digits", extra=common)
     results = []
     for index, cfg in enumerate(configs):

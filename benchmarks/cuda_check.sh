@@ -17,7 +17,7 @@ python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__
 step python benchmarks/cuda_check.py
 step torchrun --standalone --nproc_per_node=1 Train_Vit_Classifier/train.py exp=cuda-ddp device=cuda train.epochs=2
 step torchrun --standalone --nproc_per_node=1 Test_Classifier/test_classifier.py exp=cuda-ddp device=cuda
-step python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --amp --n 2048 --batch-size 256 --repeats 3
+step python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --precision auto --n 2048 --batch-size 256 --repeats 3
 step python benchmarks/bench_detect.py "$frames" --n 8000 --device cuda --workers 12 --batch-size 128 --skip-digits --memory
 step python benchmarks/bench_cae_epoch.py --device cuda --arch paper --grid 14 --size 128 --n 10000 --batch-size 64
 step python benchmarks/bench_cae_epoch.py --device cuda --arch small --grid 14 --channels 144 --n 10000 --batch-size 64

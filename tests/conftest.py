@@ -11,6 +11,18 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/stage_helpers.py
 from stage_helpers import stage1_config  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_native_bf16():
+    """Every test runs as on a CPU without native bf16, whatever this machine has: precision `auto` means fp32 on
+    the CPU, as the tests' fp32 reference values need (tests/test_precision.py sets the probe itself). Subprocess
+    runs are not patched: tests comparing one with an in-process run set precision fp32."""
+    import wildcapture.runtime
+
+    with pytest.MonkeyPatch.context() as patch:  # session-wide: the shared stage runs below are made under it
+        patch.setattr(wildcapture.runtime, "cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_checkpoint(tmp_path_factory) -> Path:
     """Path of best.pth from a 2-epoch stage-1 run of a tiny ViT on 40 digits per split."""

@@ -100,7 +100,7 @@ def test_torchrun_two_processes_write_the_arrays_of_one(tiny_vit_checkpoint, tin
     # the same config as the single-process `tiny_heatmaps` run (40 items per split, batches of 16)
     args = [f"checkpoint={tiny_vit_checkpoint}", f"heatmaps_dir={tmp_path / 'heatmaps'}",
             f"results_dir={tmp_path / 'results'}", "device=cpu", "batch_size=16", "gallery_size=2", "baselines.knn_k=5",
-            *PAPER_HEATMAP]
+            *PAPER_HEATMAP, "heatmap.precision=fp32"]  # the in-process run's auto (the probe is patched there)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO_ROOT / "Test_Classifier" / "test_classifier.py"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}

@@ -9,8 +9,8 @@ from sklearn.metrics import roc_auc_score
 
 from wildcapture.ood import auroc, fpr_at_tpr
 from wildcapture.ood.bootstrap import resample_counts, resampled_auroc
-from wildcapture.ood.seeds_summary import (COLUMNS, DetectorRun, caption, detector_run, family, summarise,
-                                           to_markdown, write_summary)
+from wildcapture.ood.seeds_summary import (COLUMNS, DetectorRun, caption, detector_run, family, paired_delta,
+                                           summarise, to_markdown, write_summary)
 
 
 def _sklearn_auroc(id_scores, ood_scores):
@@ -142,3 +142,13 @@ def test_summary_files(tmp_path):
     assert md == to_markdown(summary.rows, text)
     assert "test_id 5 ID, test_ood 5 OOD" in text and "50 resamples" in text and "AUROC(vim)" in text
     assert "| cae+vim[a] | fusion | 0.5000 | 0.0000 | 0.5000 | 0.0000 | 2 | n/a | n/a |" in md
+
+
+def test_paired_delta_is_summarises_delta_for_one_detector_run_two_ways():
+    rng = np.random.default_rng(5)
+    before = {s: detector_run(rng.normal(0, 1, 30), rng.normal(1, 1, 20)) for s in range(3)}
+    after = {s: detector_run(r.scores[0] + rng.normal(0, 0.3, 30), r.scores[1]) for s, r in before.items()}
+    rows = {r["detector"]: r for r in summarise({s: {"msp": before[s], "cae": after[s]} for s in before}, 200).rows}
+    expected = tuple(rows["cae"][c] for c in ("delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high"))
+    assert paired_delta(before, after, 200) == pytest.approx(expected)
+    assert paired_delta(before, before, 200) == (0.0, 0.0, 0.0)

@@ -1,9 +1,12 @@
 """What made a file, and the checks at each hand-off that refuse a mismatch, naming both values.
 
 The provenance of heatmaps is the part of stage 2's meta that decides what a heatmap means: which
-classifier (by content hash), which preprocessing, which heatmap kind and block. A CAE checkpoint
+classifier (by content hash), which preprocessing, which heatmap kind and block, and the precision the
+classifier ran in (`heatmap.precision`: fp32, bf16 or fp16, resolved from stage 2's setting). A CAE checkpoint
 stores the provenance of the heatmaps it learned; stage 4 and detect.py compare it with the
-heatmaps they are given. The data set is not compared: scoring other images is the point.
+heatmaps they are given. The data set is not compared: scoring other images is the point. Nor does detect.py
+compare the precision: it makes its heatmaps in the precision its machine runs best (README, "bf16 on the CPU",
+measures that mixing them changes no result), and says both.
 """
 from __future__ import annotations
 
@@ -38,6 +41,28 @@ def heatmap_provenance(meta: dict[str, Any]) -> dict[str, Any]:
             "heatmap": meta["heatmap"], "data": meta["data"], "heatmap_files": heatmap_files}
 
 
+def heatmap_precision(provenance: dict[str, Any]) -> str | None:
+    """Return the precision (fp32, bf16, fp16) the heatmaps of a stage-2 meta or CAE provenance were made in.
+
+    Metas older than `heatmap.precision` recorded `amp`: false meant fp32; true meant mixed precision on CUDA
+    and fp32 on the CPU, and the device was not recorded, so it reads as None (unknown).
+    """
+    heat = provenance.get("heatmap") or {}
+    if "precision" in heat:
+        return heat["precision"]
+    return "fp32" if heat.get("amp") is False else None
+
+
+def check_same_precision(expected: dict[str, Any], actual: dict[str, Any], expected_what: str, actual_what: str,
+                         fix: str) -> None:
+    """Raise ProvenanceError if `expected` and `actual` record heatmaps of different precisions (see
+    `heatmap_precision`); provenance that does not record it (older metas with amp=true) is not compared."""
+    want, got = heatmap_precision(expected), heatmap_precision(actual)
+    if want is not None and got is not None and want != got:
+        raise ProvenanceError(f"{actual_what} were made in {got} but {expected_what} were made in {want} "
+                              f"(heatmap.precision); {fix}")
+
+
 def lookup(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
     """Return meta[k0][k1]... for `keys`, or None where a level is missing."""
     for key in keys:
@@ -47,8 +72,9 @@ def lookup(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expected_what: str,
                         actual_what: str, fix: str) -> None:
-    """Raise ProvenanceError naming the first of HEATMAP_IDENTITY that differs between the provenance
-    `expected` (e.g. the CAE's) and `actual` (the heatmaps offered), with both values and `fix`."""
+    """Raise ProvenanceError naming the first of HEATMAP_IDENTITY, then the precision (`check_same_precision`),
+    that differs between the provenance `expected` (e.g. the CAE's) and `actual` (the heatmaps offered), with both
+    values and `fix`."""
     for label, keys in HEATMAP_IDENTITY:
         want, got = lookup(expected, keys), lookup(actual, keys)
         if want != got:
@@ -56,6 +82,7 @@ def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expect
             both = f"{paths[0]} vs {paths[1]}" if paths[0] != paths[1] else f"{paths[0]} for both"
             raise ProvenanceError(f"{actual_what} differ from {expected_what} in {label}: {got!r} vs {want!r} "
                                   f"(classifier {both}); {fix}")
+    check_same_precision(expected, actual, expected_what, actual_what, fix)
 
 
 def locate_classifier(identity: dict[str, Any], what: str) -> Any:

@@ -1,4 +1,4 @@
-"""Process set-up shared by the stages: seeding, device choice and torchrun (DDP) state."""
+"""Process set-up shared by the stages: seeding, device choice, torchrun (DDP) state and precision."""
 from __future__ import annotations
 
 import contextlib
@@ -103,12 +103,79 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+# Stage 2, detect.py and the seed study's inference take one of these; `resolve_precision` applies the rule.
+PRECISIONS = ("auto", "fp32", "bf16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch reports it.
+
+    Torch's probes are private (`torch.cpu._is_avx512_bf16_supported`, `_is_amx_tile_supported`): a probe
+    that is missing or fails counts as "no", so a torch without them falls back to fp32, never to an
+    emulated bf16 that would be slower than fp32.
+    """
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # noqa: BLE001 - a private probe may change or raise; it only decides a speed-up
+            continue
+    return False
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """Return the precision inference runs in on `device` for `setting` (one of PRECISIONS): 'fp32',
+    'bf16' or 'fp16'.
+
+    auto: bf16 on CUDA with bf16, fp16 on older CUDA, bf16 on CPUs with native bf16 (`cpu_has_native_bf16`),
+    fp32 elsewhere (other CPUs, MPS). fp32 is always fp32; bf16 is bf16 on CUDA with bf16 and on any CPU (emulated,
+    slower than fp32, where the CPU lacks it). Raises ConfigError for another setting, or bf16 where it cannot run.
+    """
+    if setting not in PRECISIONS:
+        raise ConfigError(f"precision '{setting}' is not valid; choose one of {', '.join(PRECISIONS)}")
+    if setting == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16"
+        if setting == "bf16":
+            raise ConfigError(f"precision bf16 was asked for but {device} has no bf16; use precision auto (fp16 "
+                              "there) or fp32")
+        return "fp16"
+    if device.type == "cpu":
+        return "bf16" if setting == "bf16" or cpu_has_native_bf16() else "fp32"
+    if setting == "bf16":
+        raise ConfigError(f"precision bf16 runs on cpu and cuda, not on {device}; use precision auto or fp32")
+    return "fp32"
+
+
+def describe_precision(setting: str, precision: str, device: torch.device) -> str:
+    """Return e.g. 'precision bf16 (auto on cpu with native bf16)', for a run's first line."""
+    if setting != "auto":
+        slow = device.type == "cpu" and precision == "bf16" and not cpu_has_native_bf16()
+        return f"precision {precision} (asked for{'; no native bf16 on this CPU: emulated, slower than fp32' if slow else ''})"
+    why = {"cpu": "with native bf16" if precision == "bf16" else "without native bf16"}.get(device.type, "")
+    return f"precision {precision} (auto on {device.type}{' ' + why if why else ''})"
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Return autocast to `precision` ('bf16' or 'fp16', from `resolve_precision`) on `device`; a no-op for 'fp32'.
+
+    Outputs of an autocast region may be bf16/fp16: cast them to float32 before storing or scoring them.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 def autocast_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """Return mixed-precision autocast on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+    """Training's mixed precision (`train.amp`): autocast on CUDA (bf16 where supported, else fp16, as
+    `resolve_precision` picks); a no-op elsewhere: training on the CPU stays in fp32."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return precision_context(device, resolve_precision("auto", device))
 
 
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:

@@ -43,7 +43,7 @@ from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.provenance import locate_classifier
 from wildcapture.run_lock import LOCK_NAME
-from wildcapture.runtime import DistState, autocast_context, shard_indices
+from wildcapture.runtime import DistState, precision_context, resolve_precision, shard_indices
 from wildcapture.storage import sha256_file
 from wildcapture.vit import build_vit, load_state
 
@@ -58,6 +58,7 @@ class Detector:
     fingerprint: str            # SHA-256 of the CAE and the classifier files
     val_scores: np.ndarray      # the score's val_id scores, sorted (N,): calibrate the unknown confidence
     fusion: FusionDetector | None = None  # set when the score is the fusion detector's
+    precision: str = "fp32"     # the classifier's, resolved (runtime.resolve_precision); the CAE runs in fp32
 
     @property
     def class_names(self) -> list[str]:
@@ -77,9 +78,11 @@ class Detector:
 
 
 def load_detector(cae_path: Path, batch_size: int, device: torch.device, threshold: float | None = None,
-                  score: str = "cae") -> Detector:
+                  score: str = "cae", precision: str = "auto") -> Detector:
     """Return the detector of the stage-3 checkpoint at `cae_path` (on `device`, eval mode), scoring by
-    `score` (one of SCORES) with `threshold`, or else the threshold the checkpoint stores for that score.
+    `score` (one of SCORES) with `threshold`, or else the threshold the checkpoint stores for that score; the
+    classifier runs in `precision` (runtime.PRECISIONS, resolved for `device`), which may differ from the one the
+    CAE's heatmaps were made in (README: "bf16 on the CPU" measures that mixing).
 
     Raises CheckpointError if the checkpoint names no classifier (the paper's bare CAE, or one trained
     on external heatmap files) or, for `score="fusion"`, holds no fusion detector; ProvenanceError if the
@@ -103,10 +106,12 @@ def load_detector(cae_path: Path, batch_size: int, device: torch.device, thresho
     val_scores = val_scores_of(ckpt, score)
     classifier = build_vit(source["classifier"]["model_args"])
     load_state(classifier, locate_classifier(source["classifier"], f"CAE {cae_path}"), f"classifier of {cae_path}")
-    fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"]).encode()).hexdigest()
+    resolved = resolve_precision(precision, device)
+    fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"] + resolved).encode()).hexdigest()
     return Detector(classifier.eval().to(device), CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"],
                                                                batch_size, device),
-                    source, float(stored if threshold is None else threshold), fingerprint, val_scores, fusion)
+                    source, float(stored if threshold is None else threshold), fingerprint, val_scores, fusion,
+                    resolved)
 
 
 def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], images: torch.Tensor,
@@ -114,7 +119,7 @@ def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], 
     """Classify and score one batch of decoded images (item `indices`); returns their rows and the heatmaps
     the CAE scored, as shown (N, h, w) float32 (the channel mean of a multi-channel kind)."""
     heat = detector.provenance["heatmap"]
-    with torch.inference_mode(), autocast_context(device, heat.get("amp", True)):
+    with torch.inference_mode(), precision_context(device, detector.precision):
         logits, features, heatmaps = forward_with_heatmaps(detector.classifier,
                                                            images.to(device, non_blocking=True), heat["kind"],
                                                            heat["block"])

@@ -25,7 +25,8 @@ from wildcapture.detection.review_assets import review_folder
 from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
 from wildcapture.run_lock import LOCK_NAME, hold_lock
-from wildcapture.runtime import DistState, cleanup_distributed, init_distributed
+from wildcapture.provenance import heatmap_precision
+from wildcapture.runtime import DistState, cleanup_distributed, describe_precision, init_distributed
 from wildcapture.storage import TMP_SUFFIX, write_text
 
 MAX_DEFAULT_WORKERS = 8
@@ -55,6 +56,7 @@ class DetectOptions:
     html: bool = True                 # write the review page X.html and its images
     export_crops: Path | None = None  # write the flagged crops (all with export_all) under this folder
     export_all: bool = False
+    precision: str = "auto"           # the classifier's: auto | fp32 | bf16 (runtime.resolve_precision)
 
     def check(self) -> None:
         """Raise ConfigError naming the option whose value cannot be used."""
@@ -115,6 +117,13 @@ def check_outputs(source: Path, out: OutputPaths, options: DetectOptions) -> Non
         raise ConfigError(f"--export-crops {options.export_crops} holds the input {source}: choose another folder")
 
 
+def precision_line(setting: str, detector: Detector, device) -> str:
+    """The run's first line: the precision chosen, and the one the CAE's heatmaps were made in."""
+    learned = heatmap_precision(detector.provenance) or "unrecorded"
+    return (f"detect: classifier on {device}, {describe_precision(setting, detector.precision, device)}; the CAE "
+            f"learned heatmaps of precision {learned} (the CAE runs in fp32)")
+
+
 def _replace_folder(source: Path, target: Path) -> None:
     """Move the folder `source` to `target`, replacing a previous one."""
     if target.exists():
@@ -161,7 +170,10 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
             _probe(folder)
     state, device = init_distributed(options.device)
     try:
-        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score)
+        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score,
+                                 options.precision)
+        if state.is_main:
+            print(precision_line(options.precision, detector, device), flush=True)
         if options.unknown_label in detector.class_names:
             raise ConfigError(f"--unknown-label {options.unknown_label!r} is one of the classifier's classes: "
                               "choose another label")

@@ -122,6 +122,15 @@ def _paired_deltas(runs: Mapping[int, Mapping[str, DetectorRun]], seeds: Sequenc
     return deltas
 
 
+def paired_delta(before: Mapping[int, DetectorRun], after: Mapping[int, DetectorRun], resamples: int = 1000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """Return (mean over seeds of AUROC(after) - AUROC(before), 2.5th and 97.5th percentiles of that mean over
+    paired resamples) for one detector run two ways on the same test images ({seed: DetectorRun} each, with
+    scores), e.g. on fp32 and on bf16 heatmaps; the resamples are those `summarise` draws for `seed`."""
+    return _paired_deltas({s: {"before": before[s], "after": after[s]} for s in before}, sorted(before), ["after"],
+                          "before", resamples, seed)["after"]
+
+
 def caption(summary: Summary, seeds: Sequence[int], variants: Sequence[str], resamples: int) -> str:
     """Return the caption of the summary table: what was run and what each column means."""
     reference = summary.reference or "none (no feature detector)"

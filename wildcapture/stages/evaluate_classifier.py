@@ -3,7 +3,9 @@
 Outputs (formats: `wildcapture.heatmap_store`):
 - `data/heatmaps/<exp>/<split>/`: `heatmaps.npy`, `logits.npy`, `features.npy`, `index.csv`
   (optionally `png/` + `heatmaps.csv`), and `data/heatmaps/<exp>/heatmaps_meta.yaml`, written last:
-  the classifier (path and SHA-256), preprocessing, data config and heatmap kind/block they came from.
+  the classifier (path and SHA-256), preprocessing, data config and heatmap kind/block they came from, and the
+  precision the classifier ran in (`heatmap.precision`, resolved by `runtime.resolve_precision`: fp32, bf16 or
+  fp16; every array is written as float32 whatever it is).
 - `results/<exp>/`: `classifier_report.json`, `confusion_matrix.png` (test_id), `baseline_scores.csv`
   (MSP, MaxLogit, Energy, Mahalanobis, KNN, ViM per test image; higher = more OOD),
   `heatmap_gallery.png`, `config_test_classifier.yaml`, and `evaluate_classifier.complete.yaml` last.
@@ -37,9 +39,10 @@ from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, heatmap_cha
 from wildcapture.ood import fit_baselines, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
-from wildcapture.provenance import classifier_identity, lookup
+from wildcapture.provenance import classifier_identity, heatmap_precision, lookup
 from wildcapture.run_lock import hold_locks
-from wildcapture.runtime import DistState, cleanup_distributed, init_distributed, pick_device, seed_everything
+from wildcapture.runtime import (PRECISIONS, DistState, cleanup_distributed, describe_precision, init_distributed,
+                                 pick_device, resolve_precision, seed_everything)
 from wildcapture.storage import load_checkpoint_with_digest, write_yaml
 from wildcapture.vit import build_vit, load_state, model_args_from_config
 
@@ -47,7 +50,8 @@ STAGE1_MARKER = "train_classifier.complete.yaml"
 PAPER_CLASSIFIER_URL = "https://drive.google.com/file/d/1sLRQfSZ03ByHjpkOIYxQSIsslHlm-Pvn/view"
 # What a complete stage-2 output must share with a new run that replaces it (label, keys into the meta).
 VARIANT_KEYS = (("heatmap.kind", ("heatmap", "kind")), ("heatmap.block", ("heatmap", "block")),
-                ("classifier file", ("classifier", "path")), ("preprocessing", ("input_spec",)), ("data", ("data",)))
+                ("heatmap.precision", ("heatmap", "precision")), ("classifier file", ("classifier", "path")),
+                ("preprocessing", ("input_spec",)), ("data", ("data",)))
 
 
 def check_config(cfg: Config) -> None:
@@ -59,6 +63,7 @@ def check_config(cfg: Config) -> None:
     check_number(cfg, "baselines.vim_dim", minimum=0, integer=True, optional=True)
     check_number(cfg, "heatmap.block", integer=True)
     check_choice(cfg, "heatmap.kind", HEATMAP_KINDS)
+    check_choice(cfg, "heatmap.precision", PRECISIONS)
     pick_device(cfg["device"])
     resolve_data_cfg(cfg["data"])
 
@@ -115,6 +120,9 @@ def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
         return  # nothing complete to protect
     for label, keys in VARIANT_KEYS:
         before, after = lookup(old, keys), lookup(new, keys)
+        if keys == ("heatmap", "precision"):  # older metas recorded amp; unknown precision is not compared
+            before, after = heatmap_precision(old), heatmap_precision(new)
+            before = after if before is None else before
         if before != after and not overwrite:
             raise ProvenanceError(
                 f"{out_heat} holds heatmaps with {label} {before!r}; this run would replace them with {after!r}. "
@@ -168,7 +176,8 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
         raise ConfigError(f"heatmap.block={heat_cfg['block']} is out of range for a classifier with {depth} blocks; "
                           f"valid values are {-depth}..{depth - 1}")
     check_gallery_channel(cfg, model)
-    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "amp": cfg["amp"]}}
+    precision = resolve_precision(heat_cfg["precision"], device)
+    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "precision": precision}}
     if state.is_main:
         check_variant(out_heat, provenance, cfg["overwrite"])
     empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
@@ -178,14 +187,15 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
     model.to(device)
     if state.is_main:
         print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
-              f"heatmap {heat_cfg['kind']}; device {device}, {state.world_size} process(es); writing to {out_heat} "
+              f"heatmap {heat_cfg['kind']}; device {device}, {describe_precision(heat_cfg['precision'], precision, device)}"
+              f", {state.world_size} process(es); writing to {out_heat} "
               f"and {out_results}", flush=True)
 
     def loader(dataset, batch_size):
         return make_loader(dataset, batch_size, None, cfg["num_workers"], device)
 
     outputs = {name: infer_split_sharded(model, bench.splits[name], cfg["batch_size"], loader, heat_cfg["kind"],
-                                         heat_cfg["block"], device, state, cfg["amp"], desc=name) for name in SPLITS}
+                                         heat_cfg["block"], device, state, precision, desc=name) for name in SPLITS}
     if not state.is_main:
         return None
     with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
