@@ -138,7 +138,7 @@ def overlay_attention(crop: Image.Image, crop_size: tuple[int, int], heatmap: np
                       input_size: Sequence[int]) -> Image.Image:
     """Return a copy of thumbnail ``crop`` (of a crop of ``crop_size`` = (width, height) full-resolution px)
     with ``heatmap`` ((h, w), or (C, h, w) shown as its channel mean) laid over the centre crop the model
-    saw: values 0..max mapped through `OVERLAY_CMAP`, upsampled bilinearly, blended at `OVERLAY_ALPHA`, and
+    saw: values min..max (the map's own range, so where the model looks stands out) mapped through `OVERLAY_CMAP`, upsampled bilinearly, blended at `OVERLAY_ALPHA`, and
     that region outlined in white."""
     x0, y0, x1, y1 = _scaled(centre_crop_box(*crop_size, input_size),
                              (crop.width / crop_size[0], crop.height / crop_size[1]))
@@ -147,7 +147,8 @@ def overlay_attention(crop: Image.Image, crop_size: tuple[int, int], heatmap: np
     shown = np.asarray(display_map(np.asarray(heatmap, dtype=np.float32)), dtype=np.float32)
     if shown.ndim != 2 or not np.isfinite(shown).all():
         raise ValueError(f"a heatmap must be a finite (h, w) or (C, h, w) array, got shape {shown.shape}")
-    normed = np.clip(shown / max(float(shown.max()), 1e-12), 0.0, 1.0)
+    low, span = float(shown.min()), float(shown.max() - shown.min())
+    normed = np.clip((shown - low) / span, 0.0, 1.0) if span > 1e-12 else np.zeros_like(shown)
     values = Image.fromarray(normed, "F").resize((right - left, bottom - top), Image.Resampling.BILINEAR)
     colours = Image.fromarray(colormaps[OVERLAY_CMAP](np.asarray(values), bytes=True)[..., :3], "RGB")
     out = crop.copy()

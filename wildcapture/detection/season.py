@@ -86,7 +86,7 @@ class Season:
 
     def path_of(self, file: str) -> str:
         """Where the image `file` (as the entry names it) is read from."""
-        return str(self.image_root / file)
+        return os.path.join(self.image_root, file)
 
     def skip_reason(self, image: SeasonImage) -> str:
         """Why an image without qualifying detections gets no score: MegaDetector's failure, or empty."""
@@ -121,14 +121,14 @@ def scan(season: Season) -> Scan:
             raise DatasetError(f"MegaDetector file {season.source}: images[{image.index}]: file {file!r} is "
                                "listed twice")
         seen.add(key)
-        digest.update(repr((image.image, image.bad)).encode())
+        digest.update(f"{file}\0{image.image.failure}\0{image.image.detections}\0{image.bad}\n".encode())
         malformed += len(image.bad)
-        path = season.path_of(file)
         if image.image.failure is None and probed < ROOT_PROBE and not season.whole_images:
-            probed, found = probed + 1, found + os.path.exists(path)
+            probed, found = probed + 1, found + os.path.exists(season.path_of(file))
             _check_root(season, probed, found)
-        items.extend(Item(image.index, file, path, det.index, None if season.whole_images else det.bbox,
-                          None if season.whole_images else det.conf) for det in image.image.detections)
+        items.extend(Item(image.index, file, season.path_of(file), det.index,
+                          None if season.whole_images else det.bbox, None if season.whole_images else det.conf)
+                     for det in image.image.detections)
     _check_root(season, probed, found, final=True)
     return Scan(items, count, malformed, digest.hexdigest())
 
