@@ -182,7 +182,8 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
             page = ReviewPage(out.work / "review", found.items, detector, options.crop_margin) if options.html \
                 else None
             settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
-                                        "world_size": state.world_size, "source": str(source), "html": options.html}
+                                        "world_size": state.world_size, "source": str(source), "html": options.html,
+                                        "image_root": str(season.image_root)}
             workers = default_workers() if options.workers is None else options.workers
             score_shard(detector, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
                         margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
