@@ -181,3 +181,29 @@ def test_the_validator_harness_catches_a_file_megadetector_rejects(tmp_path):
                                "images": [{"file": "a.jpg", "detections": [_box(0.1, 0.1, 0.2, 0.2, 1)]}]}))
     with pytest.raises(AssertionError, match="illegal confidence"):
         _valid(bad)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+            if p.is_file() and ".incomplete" not in p.as_posix()}
+
+
+def test_a_disk_full_while_finishing_leaves_the_previous_outputs_as_they_were(season, tiny_cae, tmp_path, monkeypatch):
+    import errno
+
+    from wildcapture.detection import review
+
+    out = tmp_path / "out" / "d.csv"
+    options = _options(threshold=ALL_FLAGGED, image_root=season.parent / "photos")
+    detect(season, tiny_cae / "cae" / "best.pth", out, options)
+    before = _snapshot(out.parent)
+    assert {"d.csv", "d.json", "d.html"} <= set(before) and any(k.startswith("d_review/") for k in before)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out.parent))
+
+    monkeypatch.setattr(review, "write_review_page", full)
+    with pytest.raises(OSError, match="No space left"):
+        detect(season, tiny_cae / "cae" / "best.pth", out, _options(threshold=NONE_FLAGGED,
+                                                                    image_root=season.parent / "photos"))
+    assert _snapshot(out.parent) == before

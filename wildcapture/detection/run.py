@@ -96,6 +96,10 @@ class OutputPaths:
     def work(self) -> Path:
         return self.csv.parent / f".{self.csv.name}.incomplete"
 
+    def staged(self, path: Path) -> Path:
+        """Where the output `path` is written while the run is unfinished (in the work folder)."""
+        return self.work / path.name
+
 
 def _probe(folder: Path) -> None:
     """Create `folder` and write a probe file there, so a read-only or full disk stops the run before any
@@ -125,25 +129,31 @@ def precision_line(setting: str, detector: Detector, device) -> str:
 
 
 def _replace_folder(source: Path, target: Path) -> None:
-    """Move the folder `source` to `target`, replacing a previous one."""
+    """Move the folder `source` to `target`, replacing a previous one (renamed aside first, then removed)."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
     if target.exists():
-        shutil.rmtree(target)
-    if source.exists():
-        os.replace(source, target)
+        os.replace(target, old)
+    os.replace(source, target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _finish(season: Season, found: Scan, detector: Detector, out: OutputPaths, state: DistState, cae_path: Path,
             options: DetectOptions, page: ReviewPage | None) -> Summary:
-    """Merge the processes' rows into the outputs (written to temporary files, then moved into place, the CSV
-    last); export the crops when asked. Returns the summary."""
+    """Merge the processes' rows into the outputs: all written in the work folder first (a full disk leaves the
+    previous outputs as they were), then moved into place, the CSV last; export the crops when asked. Returns
+    the summary."""
     parts = [out.work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
     tmp_csv, tmp_json = (out.work / f"{path.name}{TMP_SUFFIX}" for path in (out.csv, out.json))
     info = json_info(detector, str(cae_path), options.score, options.unknown_label)
     summary = write_reports(season, parts, tmp_csv, tmp_json, detector, info, options.unknown_label,
                             page.add if page else lambda row: None)
     if page is not None:
-        _replace_folder(out.work / "review", out.review)
-        page.write(out.html, summary, detector, options.score)
+        page.write(out.staged(out.html), summary, detector, options.score)
+        _replace_folder(out.staged(out.review), out.review)
+        os.replace(out.staged(out.html), out.html)
     os.replace(tmp_json, out.json)
     os.replace(tmp_csv, out.csv)
     if options.export_crops is not None:
@@ -179,8 +189,8 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
                               "choose another label")
         with hold_lock(out.work, f"detect.py -> {out.csv}") if state.is_main else contextlib.nullcontext():
             prepare_work_folder(out.work, options.overwrite, state)
-            page = ReviewPage(out.work / "review", found.items, detector, options.crop_margin) if options.html \
-                else None
+            page = ReviewPage(out.staged(out.review), found.items, detector, options.crop_margin) \
+                if options.html else None
             settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
                                         "world_size": state.world_size, "source": str(source), "html": options.html,
                                         "image_root": str(season.image_root)}
