@@ -45,6 +45,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--precision", default="auto", help="the classifier's: auto (bf16 on CUDA with bf16, fp16 on "
                         "older CUDA, bf16 on CPUs with native bf16, else fp32; the default) | fp32 | bf16")
+    parser.add_argument("--decode", choices=("cpu", "gpu"), default="cpu", help="where JPEGs are decoded: cpu "
+                        "(DataLoader workers, the default) | gpu (nvJPEG on the CUDA device, batched; workers only "
+                        "read the files; other formats and EXIF-rotated JPEGs still decode on the CPU)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader processes that decode the images "
                         "(default: the available CPUs but one, at most 8)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="items between checkpoints (default 1000)")
@@ -69,7 +72,8 @@ def main() -> None:
                                 checkpoint_every=args.checkpoint_every, overwrite=args.overwrite, score=args.score,
                                 unknown_label=args.unknown_label, html=not args.no_html,
                                 export_crops=args.export_crops.resolve() if args.export_crops else None,
-                                export_all=args.export_all, precision=args.precision)
+                                export_all=args.export_all, precision=args.precision,
+                                decode=args.decode)
         summary = detect(args.source.resolve(), cae, out, options)
     if summary is not None:
         page = "" if args.no_html else f" and {out.with_suffix('.html')}"

@@ -9,11 +9,13 @@ import argparse
 from typing import Sequence
 
 from wildcapture.cli import exit_on_user_error
-from wildcapture.pipeline import BENCHMARKS, run_pipeline
+from wildcapture.machine import machine_line
+from wildcapture.pipeline import BENCHMARKS, run_pipeline, stage_configs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Parse `argv` (default: the command line), run the pipeline (stage 4 prints the OOD table), print the timings."""
+    """Parse `argv` (default: the command line), run the pipeline (stage 4 prints the OOD table), print the timings
+    and the machine (a single run's numbers are exact on one machine, not across CPU types)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", default="digits", choices=BENCHMARKS)
     parser.add_argument("--smoke", action="store_true", help="run every stage on a few batches (exp <benchmark>-smoke)")
@@ -21,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with exit_on_user_error():
         result = run_pipeline(args.benchmark, args.smoke, args.overrides)
+        device = stage_configs(args.benchmark, args.smoke, args.overrides)[1].get("device", "auto")
+        print(machine_line(device))
     print(", ".join(f"stage {name}: {s:.0f} s" for name, s in result["seconds"].items()))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from wildcapture.config import load_config
 from wildcapture.data import build_transforms, data_identity, load_rgb
 from wildcapture.data.fast_decode import load_rgb_at_least
 from wildcapture.detection.run import DetectOptions, detect
+from wildcapture.machine import cpu_name
 from wildcapture.paths import REPO_ROOT
 from wildcapture.provenance import classifier_identity
 from wildcapture.runtime import PRECISIONS, cpu_has_native_bf16, pick_device, resolve_precision
@@ -117,17 +117,6 @@ def peak_memory(folder: Path, cae: Path, out: Path) -> float:
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
     return int(result.stdout.split("PEAK")[-1]) / 1024
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wildcapture.cli import exit_on_user_error, stage_main, user_error_message
@@ -147,6 +148,9 @@ def test_reproduce_prints_the_ood_table_once(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count("| Detector |") == 1
     assert out.strip().endswith("stage 1 train classifier: 2 s, stage 4 test CAE: 1 s")
+    machine = out.strip().splitlines()[-2]  # under the table: CPU model, threads, torch version, device
+    assert machine.startswith("machine: ") and f"torch {torch.__version__}" in machine
+    assert f"{torch.get_num_threads()} threads" in machine and re.search(r"device (cpu|cuda:\d)", machine)
 
 
 class _Broken(Dataset):

@@ -6,6 +6,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from wildcapture.heatmaps import HEATMAP_KINDS, forward_with_heatmaps, heatmap_channels
+from wildcapture.heatmaps.attention import cls_attention_row
 from wildcapture.heatmaps.channels import as_channels
 
 
@@ -18,7 +19,8 @@ def _vit(seed: int = 0, **kw) -> VisionTransformer:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
+                gain = 3 if "q_norm" in name or "k_norm" in name else 1  # qk-norm: peaked attention too
+                p.copy_(gain * (1 + 0.1 * torch.randn_like(p)))
             else:
                 p.normal_(0, 0.3)
     return model.eval()
@@ -47,6 +49,8 @@ VARIANTS = {
     "cls+4reg": {"reg_tokens": 4},
     "cls+2reg_no_embed_class": {"reg_tokens": 2, "no_embed_class": True},
     "nonsquare": {"img_size": (32, 48)},
+    "qknorm": {"qk_norm": True},
+    "cls+4reg+qknorm": {"reg_tokens": 4, "qk_norm": True},
 }
 
 
@@ -92,7 +96,7 @@ def test_cls_heads_matches_manual_attention_per_head(variant, block):
     torch.testing.assert_close(hm.mean(1), mean_map, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("variant", ["cls", "cls+4reg", "cls+2reg_no_embed_class"])
+@pytest.mark.parametrize("variant", ["cls", "cls+4reg", "cls+2reg_no_embed_class", "qknorm", "cls+4reg+qknorm"])
 def test_cls_all_matches_manual_attention_per_block_and_head(variant):
     model = _vit(depth=3, **VARIANTS[variant])
     x = torch.randn(2, 3, 32, 32)
@@ -198,7 +202,28 @@ def test_dynamic_img_size_uses_input_grid():
     torch.testing.assert_close(hm, a[:, :, 0, 1:].mean(1).reshape(2, 6, 4), atol=1e-5, rtol=0)
 
 
-def test_only_chosen_block_unfused_and_flags_restored():
+def _hooks_left(model: VisionTransformer) -> bool:
+    return any(m._forward_hooks for blk in model.blocks
+               for m in (blk.attn.attn_drop, blk.attn.q_norm, blk.attn.k_norm))
+
+
+@pytest.mark.parametrize("kind", ["cls_last", "cls_heads", "cls_all"])
+def test_cls_kinds_keep_every_block_fused(kind):
+    model = _vit(depth=3, qk_norm=True)
+    seen = []
+    hooks = [blk.register_forward_pre_hook(lambda m, a: seen.append(m.attn.fused_attn))
+             for blk in model.blocks]
+    for blk in model.blocks:
+        blk.attn.fused_attn = True
+    with torch.no_grad():
+        forward_with_heatmaps(model, torch.randn(1, 3, 32, 32), kind=kind, block=1)
+    for h in hooks:
+        h.remove()
+    assert seen == [True, True, True]
+    assert not _hooks_left(model)
+
+
+def test_rollout_unfuses_every_block_and_flags_restored():
     model = _vit(depth=3)
     seen = []
     hooks = [blk.register_forward_pre_hook(lambda m, a: seen.append(m.attn.fused_attn))
@@ -206,16 +231,28 @@ def test_only_chosen_block_unfused_and_flags_restored():
     for blk in model.blocks:
         blk.attn.fused_attn = True
     with torch.no_grad():
-        forward_with_heatmaps(model, torch.randn(1, 3, 32, 32), block=1)
-    assert seen == [True, False, True]
-    seen.clear()
-    with torch.no_grad():
         forward_with_heatmaps(model, torch.randn(1, 3, 32, 32), kind="rollout")
     assert seen == [False, False, False]
     for h in hooks:
         h.remove()
     assert [blk.attn.fused_attn for blk in model.blocks] == [True, True, True]
-    assert all(not blk.attn.attn_drop._forward_hooks for blk in model.blocks)
+    assert not _hooks_left(model)
+
+
+def test_fused_scale_is_timms_default():
+    """The fused path (SDPA) scales by head_dim ** -0.5; the CLS row uses attn.scale: they must agree."""
+    model = timm.create_model("vit_small_patch16_224", pretrained=False)
+    assert all(blk.attn.scale == blk.attn.head_dim ** -0.5 for blk in model.blocks)
+
+
+def test_cls_row_is_float32_from_bf16_q_and_k_under_autocast():
+    torch.manual_seed(0)
+    q, k = (3 * torch.randn(2, 4, 17, 8)).bfloat16(), (3 * torch.randn(2, 4, 17, 8)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        row = cls_attention_row(q, k, 8 ** -0.5)
+    expected = torch.softmax(q[:, :, :1].double() * 8 ** -0.5 @ k.double().transpose(-2, -1), -1)[:, :, 0]
+    assert row.dtype == torch.float32 and row.shape == (2, 4, 17)
+    torch.testing.assert_close(row.double(), expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("kind", HEATMAP_KINDS)
@@ -232,7 +269,7 @@ def test_flags_and_hooks_restored_after_exception(kind):
         forward_with_heatmaps(model, torch.randn(1, 3, 32, 32), kind=kind)
     h.remove()
     assert [blk.attn.fused_attn for blk in model.blocks] == before
-    assert all(not blk.attn.attn_drop._forward_hooks for blk in model.blocks)
+    assert not _hooks_left(model)
 
 
 def test_autocast_and_grad_mode():

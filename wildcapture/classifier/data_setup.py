@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -51,9 +51,9 @@ def _note_capped_workers(asked: int, used: int) -> None:
 
 
 def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
-                device: torch.device) -> DataLoader:
+                device: torch.device, collate_fn: Callable | None = None) -> DataLoader:
     """Return an in-order DataLoader (or in `sampler`'s order) with pinned memory on CUDA; its
-    `generator` seeds the worker RNGs (stage 1 reseeds it every epoch).
+    `generator` seeds the worker RNGs (stage 1 reseeds it every epoch). `collate_fn`: None, torch's default.
 
     It uses at most one worker process per CPU available to this process (a note says so once).
     """
@@ -61,4 +61,5 @@ def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_
     if workers < num_workers:
         _note_capped_workers(num_workers, workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                      collate_fn=collate_fn)

@@ -36,6 +36,7 @@ from wildcapture.classifier.data_setup import make_loader
 from wildcapture.data import build_transforms
 from wildcapture.detection import SCORES
 from wildcapture.detection.dataset import DetectionImages
+from wildcapture.detection.gpu_decode import device_batches
 from wildcapture.detection.season import Item, Scan
 from wildcapture.detection.progress import ROWS_FORMAT, ShardProgress
 from wildcapture.errors import CheckpointError
@@ -160,9 +161,10 @@ def job_fingerprint(scan: Scan, detector: Detector, settings: dict[str, Any]) ->
 
 def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: DistState, *, batch_size: int,
                 workers: int, margin: float, checkpoint_every: int, device: torch.device, fingerprint: str,
-                review: ReviewPage | None = None) -> Path:
+                review: ReviewPage | None = None, decode: str = "cpu") -> Path:
     """Score this process's shard of `items`, continuing its checkpoint in `work`; returns its rows file.
-    `review`, when given, gets the review-page images of each batch before its rows are checkpointed."""
+    `review`, when given, gets the review-page images of each batch before its rows are checkpointed.
+    `decode="gpu"` decodes JPEGs on `device` (`gpu_decode`); "cpu" in the DataLoader workers."""
     spec = detector.provenance["input_spec"]
     _, eval_tf = build_transforms(detector.provenance["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
                                   spec["interpolation"])
@@ -170,7 +172,10 @@ def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: Di
     mine = shard_indices(len(items), batch_size, state)
     progress = ShardProgress(work, state.rank, fingerprint, checkpoint_every)
     done = progress.resume()
-    loader = make_loader(Subset(dataset, mine[done:]), batch_size, None, workers, device)
+    if decode == "gpu":
+        loader = device_batches(dataset, mine[done:], batch_size, workers, device, spec)
+    else:
+        loader = make_loader(Subset(dataset, mine[done:]), batch_size, None, workers, device)
     bar = tqdm(total=len(mine), initial=done, desc=f"detect (process {state.rank})" if state.enabled else "detect",
                unit="crop", disable=not state.is_main)
     for images, indices, failures in loader:

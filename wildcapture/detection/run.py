@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from wildcapture.classifier.data_setup import available_cpus
 from wildcapture.detection import SCORES
+from wildcapture.detection.gpu_decode import DECODES
 from wildcapture.detection.engine import Detector, job_fingerprint, load_detector, prepare_work_folder, score_shard
 from wildcapture.detection.report import Summary, json_info, write_reports
 from wildcapture.detection.review import ReviewPage
@@ -57,6 +58,7 @@ class DetectOptions:
     export_crops: Path | None = None  # write the flagged crops (all with export_all) under this folder
     export_all: bool = False
     precision: str = "auto"           # the classifier's: auto | fp32 | bf16 (runtime.resolve_precision)
+    decode: str = "cpu"               # "gpu": JPEGs decoded on the CUDA device (gpu_decode); "cpu": in the workers
 
     def check(self) -> None:
         """Raise ConfigError naming the option whose value cannot be used."""
@@ -68,7 +70,8 @@ class DetectOptions:
                     (self.score not in SCORES, f"--score must be one of {', '.join(SCORES)}, got {self.score!r}"),
                     (not self.unknown_label.strip() or "/" in self.unknown_label,
                      f"--unknown-label must be a non-empty name without '/', got {self.unknown_label!r}"),
-                    (self.export_all and self.export_crops is None, "--export-all needs --export-crops DIR")]
+                    (self.export_all and self.export_crops is None, "--export-all needs --export-crops DIR"),
+                    (self.decode not in DECODES, f"--decode must be one of {', '.join(DECODES)}, got {self.decode!r}")]
         for bad, message in problems:
             if bad:
                 raise ConfigError(message)
@@ -180,6 +183,8 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
             _probe(folder)
     state, device = init_distributed(options.device)
     try:
+        if options.decode == "gpu" and device.type != "cuda":
+            raise ConfigError(f"--decode gpu needs a CUDA device; this run's device is {device}: use --decode cpu")
         detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score,
                                  options.precision)
         if state.is_main:
@@ -193,12 +198,13 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
                 if options.html else None
             settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
                                         "world_size": state.world_size, "source": str(source), "html": options.html,
-                                        "image_root": str(season.image_root)}
+                                        "image_root": str(season.image_root),
+                                        **({"decode": options.decode} if options.decode != "cpu" else {})}
             workers = default_workers() if options.workers is None else options.workers
             score_shard(detector, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
                         margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
                         fingerprint=job_fingerprint(found, detector, settings),
-                        review=page)
+                        review=page, decode=options.decode)
             if state.enabled:
                 dist.barrier()
             if not state.is_main:

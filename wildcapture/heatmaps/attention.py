@@ -5,15 +5,17 @@ tokens, reshaped row-major to the patch grid, so cell (0, 0) is the top-left pat
 heads (``cls_last``), or kept per head (``cls_heads``) and per block and head (``cls_all``). Prefix
 tokens (class, register, distillation) are sliced off with the model's own ``num_prefix_tokens``.
 
-The attention matrix is read with a forward hook on ``block.attn.attn_drop``: in timm's
-unfused ``Attention.forward`` (timm 1.0.x) its input is ``softmax(q @ k^T * scale)`` of shape
-(N, heads, T, T). Only the blocks that are needed leave the fused (SDPA) path, and only for
-the duration of the call.
+The CLS kinds cost about a plain forward pass: forward hooks on ``block.attn.q_norm`` and
+``block.attn.k_norm`` (modules, identity unless the model has qk-norm) see the post-norm q and k
+(N, heads, T, head_dim), and only the CLS row ``softmax(q[:, :, :1] * scale @ k^T)`` is computed, in
+float32, while every block keeps timm's fused (SDPA) attention. ``rollout`` needs the whole matrices:
+it hooks ``block.attn.attn_drop``, whose input in timm's unfused ``Attention.forward`` (timm 1.0.x) is
+``softmax(q @ k^T * scale)`` (N, heads, T, T), with every block off the fused path for the call.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -41,11 +43,12 @@ def _check_model(model: nn.Module) -> None:
             f"heatmaps need one. Build the ViT with class_token=True.")
     for i, blk in enumerate(model.blocks):
         attn = getattr(blk, "attn", None)
-        if attn is None or not hasattr(attn, "fused_attn") or not isinstance(
-                getattr(attn, "attn_drop", None), nn.Module):
+        parts = ("fused_attn", "scale", "attn_drop", "q_norm", "k_norm")
+        if attn is None or not all(hasattr(attn, p) for p in parts) or not all(
+                isinstance(getattr(attn, p), nn.Module) for p in parts[2:]):
             raise TypeError(
                 f"block {i} ({type(blk).__name__}) has no timm Attention module with "
-                f"'fused_attn' and 'attn_drop'; only standard timm ViT blocks are supported.")
+                f"{', '.join(repr(p) for p in parts)}; only standard timm ViT blocks are supported.")
 
 
 def _resolve_block(block: int, depth: int) -> int:
@@ -83,6 +86,65 @@ def _grid(model: nn.Module, images: Tensor) -> tuple[int, int]:
     if getattr(model, "dynamic_img_size", False) and hasattr(pe, "dynamic_feat_size"):
         return tuple(pe.dynamic_feat_size(tuple(images.shape[-2:])))
     return tuple(pe.grid_size)
+
+
+def _token_check(npt: int, gh: int, gw: int) -> Callable[[int], None]:
+    """Return a check that a token count T is `npt` prefix tokens + a gh x gw patch grid (RuntimeError if not)."""
+    def check(t: int) -> None:
+        if t - npt != gh * gw:
+            raise RuntimeError(
+                f"attention has {t} tokens but {npt} prefix + {gh}x{gw} patches were expected "
+                f"(patch dropout active? call model.eval()).")
+    return check
+
+
+def cls_attention_row(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """Return the CLS query's post-softmax attention, float32 (N, heads, T), from post-norm q and k
+    (N, heads, T, head_dim) of any dtype: ``softmax(q[:, :, 0] * scale @ k^T)``, as timm's unfused path
+    computes it, in float32 even under autocast."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q0 = q[:, :, :1].detach().float() * scale
+        return torch.softmax(q0 @ k.detach().float().transpose(-2, -1), dim=-1)[:, :, 0]
+
+
+@contextmanager
+def _cls_row_hooks(attns: Sequence[nn.Module], check_tokens: Callable[[int], None]) -> Iterator[list]:
+    """Hook ``q_norm`` and ``k_norm`` of each Attention in `attns` (fused path untouched); yields a list
+    whose item i becomes block attns[i]'s CLS row (N, heads, T) float32 during the forward pass."""
+    rows: list[Tensor | None] = [None] * len(attns)
+    seen: dict[tuple[int, str], Tensor] = {}
+    where = {}
+    for i, a in enumerate(attns):
+        where[a.q_norm], where[a.k_norm] = (i, "q"), (i, "k")
+
+    def hook(module: nn.Module, _inputs: tuple, out: Tensor) -> None:
+        i, name = where[module]
+        check_tokens(out.shape[-2])
+        seen[i, name] = out
+        if (i, "q") in seen and (i, "k") in seen:  # q_norm runs before k_norm in timm; either order works
+            rows[i] = cls_attention_row(seen.pop((i, "q")), seen.pop((i, "k")), float(attns[i].scale))
+
+    with _hooks(list(where), hook):
+        yield rows
+
+
+@contextmanager
+def _rollout_hooks(attns: Sequence[nn.Module], check_tokens: Callable[[int], None]) -> Iterator[dict]:
+    """Hook ``attn_drop`` of each (unfused) Attention in `attns`; yields a dict whose "rollout" entry
+    becomes the rollout product (N, T, T) float32 over the blocks run so far."""
+    state: dict[str, Tensor] = {}
+
+    def hook(_m: nn.Module, inputs: tuple, _out: Tensor) -> None:
+        a = inputs[0].detach()  # (N, heads, T, T) post-softmax
+        check_tokens(a.shape[-1])
+        a = a.float().mean(1)  # (N, T, T)
+        a = a + torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        prev = state.get("rollout")
+        state["rollout"] = a if prev is None else torch.bmm(a, prev)
+
+    with _hooks([a.attn_drop for a in attns], hook):
+        yield state
 
 
 def forward_with_heatmaps(
@@ -124,33 +186,13 @@ def forward_with_heatmaps(
         attns = [blocks[_resolve_block(block, len(blocks))].attn]
     else:
         attns = [blk.attn for blk in blocks]
-    position = {a.attn_drop: i for i, a in enumerate(attns)}
-    rows: list[Tensor | None] = [None] * len(attns)  # CLS rows (N, heads, T) per hooked block
-    state: dict[str, Tensor] = {}
-
-    def check_tokens(t: int) -> None:
-        if t - npt != gh * gw:
-            raise RuntimeError(
-                f"attention has {t} tokens but {npt} prefix + {gh}x{gw} patches were expected "
-                f"(patch dropout active? call model.eval()).")
-
-    def cls_hook(module: nn.Module, inputs: tuple, _out: Tensor) -> None:
-        a = inputs[0].detach()  # (N, heads, T, T) post-softmax
-        check_tokens(a.shape[-1])
-        rows[position[module]] = a[:, :, 0, :].float()
-
-    def rollout_hook(_m: nn.Module, inputs: tuple, _out: Tensor) -> None:
-        a = inputs[0].detach()
-        check_tokens(a.shape[-1])
-        a = a.float().mean(1)  # (N, T, T)
-        a = a + torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-        a = a / a.sum(-1, keepdim=True)
-        prev = state.get("rollout")
-        state["rollout"] = a if prev is None else torch.bmm(a, prev)
-
-    hook = rollout_hook if kind == "rollout" else cls_hook
-    with _unfused(attns), _hooks([a.attn_drop for a in attns], hook):
-        tokens = model.forward_features(images)
+    check_tokens = _token_check(npt, gh, gw)
+    if kind == "rollout":
+        with _unfused(attns), _rollout_hooks(attns, check_tokens) as state:
+            tokens = model.forward_features(images)
+    else:
+        with _cls_row_hooks(attns, check_tokens) as rows:
+            tokens = model.forward_features(images)
     features = model.forward_head(tokens, pre_logits=True)
     with torch.autocast(device_type=features.device.type, enabled=False):  # fp32 logits under mixed precision
         logits = model.head(features.float())
