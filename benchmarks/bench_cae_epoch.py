@@ -1,7 +1,8 @@
 """Time one CAE training epoch through the real data path against the bare model compute.
 
-real : raw (N, [C,] grid, grid) heatmaps on the device -> train_one_epoch (shuffled batches, each
-       resized (paper CAE) + normalised on the device by HeatmapPrep, then Adam steps), as stage 3 runs it
+real : raw (N, [C,] grid, grid) heatmaps on the device -> train_one_epoch (shuffled batches, gathered and
+       resized (paper CAE) + normalised on the device by HeatmapPrep a chunk of batches at a time, then Adam
+       steps), as stage 3 runs it
 model: the same number and sizes of forward + backward + Adam steps on a pre-made
        (N, C, S, S) tensor, in order: no preparation, no shuffling (S = size, or grid for --arch small).
 Prints the median of --repeats for each and real/model (target <= 1.15), plus the data
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from wildcapture.cae import ARCHS, HeatmapPrep, iterate_batches, prepare_heatmaps, train_one_epoch
+from wildcapture.cae import ARCHS, HeatmapPrep, epoch_batches, prepare_heatmaps, train_one_epoch
 from wildcapture.cae.architectures import CAEModel, cae_from_config, heatmap_prep
 
 
@@ -66,12 +67,13 @@ def time_model(x: torch.Tensor, args: argparse.Namespace) -> float:
 
 
 def time_data_path(raw: torch.Tensor, prep: HeatmapPrep, args: argparse.Namespace) -> float:
-    """Seconds for the real path without the model: raw heatmaps to the device + shuffled, prepared batches."""
+    """Seconds for the real path without the model: raw heatmaps to the device + shuffled batches, gathered and
+    prepared a chunk at a time (`epoch_batches`)."""
     generator = torch.Generator().manual_seed(0)
     _sync(args.device)
     start = time.perf_counter()
-    for _, batch in iterate_batches(raw.to(args.device), args.batch_size, shuffle=True, generator=generator):
-        prep(batch)
+    for _ in epoch_batches(raw.to(args.device), prep, args.batch_size, args.device, True, generator):
+        pass
     _sync(args.device)
     return time.perf_counter() - start
 
@@ -114,7 +116,7 @@ def main() -> None:
           f"repeats={args.repeats}")
     print(f"real epoch (raw heatmaps, per-batch prep):       {real_s:.3f} s  {args.n / real_s:.0f} img/s")
     print(f"model compute only (pre-made tensor):            {bare_s:.3f} s  {args.n / bare_s:.0f} img/s")
-    print(f"data path alone (shuffled batches + prep):       {data_s:.3f} s  "
+    print(f"data path alone (chunked gather + prep):         {data_s:.3f} s  "
           f"({100 * data_s / bare_s:.2f}% of model compute)")
     print(f"resident heatmaps: {raw.nbytes:,} bytes raw (N*C*h*w*4) vs {premade.nbytes:,} bytes "
           f"prepared up front (N*C*S*S*4)")

@@ -3,6 +3,7 @@
     python benchmarks/seeds.py --seeds 5                                  # digits, the default variants
     python benchmarks/seeds.py --seeds 3 --variants cls_last rollout --bootstrap 2000
     python benchmarks/seeds.py --seeds 5 exp=digits-79 "data.id_classes=[7,9]"   # another split
+    python benchmarks/seeds.py --seeds 5 --out results/digits/seeds_f16 --classifiers results/digits/seeds  # reuse stage 1
 
 Seeds 0..N-1 seed stage 1 (and each CAE); the data split (data.seed) stays the same, so every run scores
 the same test images. key=value items apply to every stage that has the key, as in reproduce.py. Writes
@@ -32,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
     parser.add_argument("--bootstrap-seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="study folder (default results/<exp>/seeds)")
+    parser.add_argument("--classifiers", type=Path, default=None, metavar="STUDY",
+                        help="reuse the stage-1 classifiers of another study's folder (same seeds) instead of training")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from wildcapture.study.seed_runs import run_study  # imports torch: after the arguments are checked
 
         result = run_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out, args.bootstrap,
-                           args.bootstrap_seed)
+                           args.bootstrap_seed, args.classifiers)
     print(result["markdown"])
     for t in result["timings"]:
         print(f"seed {t['seed']}, {t['step']}: {t['seconds']:.1f} s")

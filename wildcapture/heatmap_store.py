@@ -1,21 +1,24 @@
 """Stage 2's on-disk format, written and read only here: the stage 2 -> 3/4 and detect hand-off.
 
     <heatmaps_dir>/heatmaps_meta.yaml     completion marker + provenance (META_KEYS; written by stage 2 last)
-    <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32, row-major patch grid; (N, C, grid_h, grid_w)
-                                          for the multi-channel kinds (`wildcapture.heatmaps.channels`)
+    <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32 or float16 (meta heatmap.dtype), row-major
+                                          patch grid; (N, C, grid_h, grid_w) for the multi-channel kinds
+                                          (`wildcapture.heatmaps.channels`)
     <heatmaps_dir>/<split>/logits.npy     (N, num_classes) float32
     <heatmaps_dir>/<split>/features.npy   (N, D) float32 pre-logits
     <heatmaps_dir>/<split>/index.csv      INDEX_COLUMNS; row i of every file is the same image
     <results_dir>/baseline_scores.csv     BASELINE_KEY_COLUMNS + one column per detector (higher = more OOD)
     <results_dir>/evaluate_classifier.complete.yaml   marker of stage 2's results (names the same run_id)
 
-Readers check the marker's keys, the SHA-256 of every file they read, and that the results folder's
-baseline scores come from the same stage-2 run as the heatmaps.
+Stage 2 writes each array batch by batch into its final `.npy` in the staging folder (`SplitWriter`), so no
+split is ever held in memory, and a killed run leaves only a staging folder no reader looks at. Readers
+check the marker's keys, the SHA-256 of every file they read (hashed in chunks), and that the results folder's
+baseline scores come from the same stage-2 run as the heatmaps; they get the arrays memory-mapped.
 """
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,11 +27,12 @@ import numpy as np
 from wildcapture.errors import DatasetError, IncompleteOutputError, ProvenanceError
 from wildcapture.outputs import Staging, read_marker, verify_file
 from wildcapture.paths import HEATMAPS_META
-from wildcapture.storage import save_array, write_csv
+from wildcapture.storage import write_csv
 
 INDEX_COLUMNS = ("row", "source", "label", "class_name", "pred", "pred_name")
 BASELINE_KEY_COLUMNS = ("split", "row", "source", "label")
 ARRAYS = ("heatmaps", "logits", "features")
+HEATMAP_DTYPES = ("float32", "float16")  # heatmap.dtype: how heatmaps.npy is stored (meta["heatmap"]["dtype"])
 META_KEYS = ("run_id", "classifier", "input_spec", "data", "heatmap", "splits")
 RESULTS_STAGE = "evaluate_classifier"
 RESULTS_MARKER = f"{RESULTS_STAGE}.complete.yaml"
@@ -69,14 +73,57 @@ def results_staging(results_dir: Path) -> Staging:
     return Staging(results_dir, RESULTS_STAGE, RESULTS_MARKER)
 
 
-def write_split(staging: Staging, split: str, arrays: SplitArrays, index: SplitIndex,
+@dataclass
+class SplitWriter:
+    """Writes one split's arrays, batch by batch, into `<split>/{heatmaps,logits,features}.npy` of `staging`.
+
+    Each file is created at its final size by `numpy.lib.format.open_memmap` when the first batch gives the
+    shapes, then filled with positioned writes (not through the mapping, so the rows written do not stay
+    resident in this process). Heatmaps are stored as `heatmap_dtype`, logits and features as float32.
+    """
+
+    staging: Staging
+    split: str
+    n: int
+    heatmap_dtype: str = "float32"
+    _files: dict[str, tuple[Any, int, int, np.dtype]] = field(default_factory=dict)  # handle, offset, row bytes
+
+    def _open(self, name: str, row_shape: tuple[int, ...]) -> None:
+        dtype = np.dtype(self.heatmap_dtype if name == "heatmaps" else np.float32)
+        path = self.staging.path(f"{self.split}/{name}.npy")
+        mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(self.n, *row_shape))
+        offset = mapped.offset
+        del mapped
+        self._files[name] = (open(path, "r+b"), offset, int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize,
+                             dtype)
+
+    def write(self, start: int, logits: np.ndarray, features: np.ndarray, heatmaps: np.ndarray) -> None:
+        """Write rows start..start+B of the three arrays (B the batch's length)."""
+        for name, rows in (("logits", logits), ("features", features), ("heatmaps", heatmaps)):
+            if name not in self._files:
+                self._open(name, tuple(rows.shape[1:]))
+            handle, offset, row_bytes, dtype = self._files[name]
+            if start + len(rows) > self.n:
+                raise ValueError(f"{self.split}: rows {start}..{start + len(rows)} past the split's {self.n}")
+            handle.seek(offset + start * row_bytes)
+            handle.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+
+    def close(self) -> SplitArrays:
+        """Close the files; returns the split's arrays memory-mapped read-only from the staging folder."""
+        for handle, *_ in self._files.values():
+            handle.close()
+        if len(self._files) != len(ARRAYS):
+            raise RuntimeError(f"{self.split}: no batch was written")
+        return SplitArrays(**{name: np.load(self.staging.path(f"{self.split}/{name}.npy"), mmap_mode="r")
+                              for name in ARRAYS})
+
+
+def write_index(staging: Staging, split: str, index: SplitIndex, predictions: np.ndarray,
                 id_class_names: Sequence[str]) -> None:
-    """Write the split's arrays and `index.csv` into `staging` (committed later with the meta)."""
-    for name in ARRAYS:
-        save_array(getattr(arrays, name), staging.path(f"{split}/{name}.npy"))
+    """Write the split's `index.csv` into `staging` (committed later with the meta)."""
     write_csv(staging.path(f"{split}/index.csv"), INDEX_COLUMNS,
               ((i, index.sources[i], int(index.labels[i]), index.class_names[i], int(pred), id_class_names[pred])
-               for i, pred in enumerate(arrays.predictions)))
+               for i, pred in enumerate(predictions)))
 
 
 def write_baseline_scores(path: Path, index: dict[str, SplitIndex], scores: dict[str, dict[str, np.ndarray]]) -> None:
@@ -104,17 +151,18 @@ def _split_size(meta: dict[str, Any], split: str, heatmaps_dir: Path) -> int:
 
 
 def read_array(heatmaps_dir: Path, meta: dict[str, Any], split: str, name: str) -> np.ndarray:
-    """Return one of the split's arrays (`heatmaps`, `logits` or `features`), float32, after checking its
-    SHA-256 and row count against the meta."""
+    """Return one of the split's arrays (`heatmaps`, `logits` or `features`) memory-mapped read-only, in its
+    stored dtype (float32; heatmaps float16 when meta heatmap.dtype says so), after checking its SHA-256
+    (hashed in chunks) and row count against the meta."""
     path = verify_file(meta, heatmaps_dir, f"{split}/{name}.npy", RERUN)
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise DatasetError(f"{path} is not a readable .npy array ({err}); rerun {RERUN}") from err
     n = _split_size(meta, split, heatmaps_dir)
     if array.shape[0] != n:
         raise DatasetError(f"{path} has {array.shape[0]} rows but {HEATMAPS_META} says split {split} has {n}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return array
 
 
 def read_index(heatmaps_dir: Path, meta: dict[str, Any], split: str) -> SplitIndex:

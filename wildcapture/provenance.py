@@ -53,6 +53,12 @@ def heatmap_precision(provenance: dict[str, Any]) -> str | None:
     return "fp32" if heat.get("amp") is False else None
 
 
+def heatmap_dtype(provenance: dict[str, Any]) -> str:
+    """Return how the heatmaps of a stage-2 meta or CAE provenance are stored ("float32" or "float16";
+    metas older than `heatmap.dtype` stored float32)."""
+    return (provenance.get("heatmap") or {}).get("dtype", "float32")
+
+
 def check_same_precision(expected: dict[str, Any], actual: dict[str, Any], expected_what: str, actual_what: str,
                          fix: str) -> None:
     """Raise ProvenanceError if `expected` and `actual` record heatmaps of different precisions (see
@@ -72,8 +78,8 @@ def lookup(meta: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expected_what: str,
                         actual_what: str, fix: str) -> None:
-    """Raise ProvenanceError naming the first of HEATMAP_IDENTITY, then the precision (`check_same_precision`),
-    that differs between the provenance `expected` (e.g. the CAE's) and `actual` (the heatmaps offered), with both
+    """Raise ProvenanceError naming the first of HEATMAP_IDENTITY, then the precision (`check_same_precision`), then
+    the storage dtype (`heatmap_dtype`), that differs between the provenance `expected` (e.g. the CAE's) and `actual` (the heatmaps offered), with both
     values and `fix`."""
     for label, keys in HEATMAP_IDENTITY:
         want, got = lookup(expected, keys), lookup(actual, keys)
@@ -83,6 +89,10 @@ def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expect
             raise ProvenanceError(f"{actual_what} differ from {expected_what} in {label}: {got!r} vs {want!r} "
                                   f"(classifier {both}); {fix}")
     check_same_precision(expected, actual, expected_what, actual_what, fix)
+    want, got = heatmap_dtype(expected), heatmap_dtype(actual)
+    if want != got:
+        raise ProvenanceError(f"{actual_what} are stored as {got} but {expected_what} were stored as {want} "
+                              f"(heatmap.dtype); {fix}")
 
 
 def locate_classifier(identity: dict[str, Any], what: str) -> Any:

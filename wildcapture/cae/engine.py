@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from wildcapture.cae.heatmap_data import HeatmapPrep, iterate_batches
+from wildcapture.cae.heatmap_data import HeatmapPrep, HeatmapSource, epoch_batches
 from wildcapture.errors import NonFiniteLossError
 from wildcapture.runtime import autocast_context
 
 
 def train_one_epoch(
     model: nn.Module,
-    heatmaps: torch.Tensor,
+    heatmaps: HeatmapSource,
     prep: HeatmapPrep,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
@@ -30,8 +30,9 @@ def train_one_epoch(
 ) -> float:
     """Train one pass over the shuffled raw heatmaps (N, h, w) or (N, C, h, w) with the MSE reconstruction loss.
 
-    Each batch is moved to `device` (a no-op when heatmaps already live there) and prepared there by
-    `prep` into the CAE's input (B, C, S, S); shuffling is one `torch.randperm(N, generator=generator)`.
+    `heatmaps`: a tensor (anywhere) or a `MappedHeatmaps` (a stage-2 `.npy`, float32 or float16). Batches are
+    gathered and prepared by `prep` into the CAE's input (B, C, S, S) on `device`, a chunk of batches at a time
+    (`epoch_batches`); shuffling is one `torch.randperm(N, generator=generator)`.
     With `amp` on CUDA the forward pass runs under `autocast_context` (bf16, or fp16 with `scaler`, from
     `runtime.grad_scaler`); the loss is computed in float32.
     Returns the epoch's mean training MSE per pixel and channel (batch losses weighted by batch size).
@@ -40,10 +41,9 @@ def train_one_epoch(
     model.train()
     total, seen = 0.0, 0
     n_steps = math.ceil(heatmaps.shape[0] / batch_size)
-    batches = iterate_batches(heatmaps, batch_size, shuffle=True, generator=generator)
+    batches = epoch_batches(heatmaps, prep, batch_size, device, shuffle=True, generator=generator)
     desc = "train" if epoch is None else f"train epoch {epoch}"
     for step, (_, batch) in enumerate(tqdm(batches, total=n_steps, desc=desc, disable=not progress, leave=False)):
-        batch = prep(batch.to(device, non_blocking=True))
         with autocast_context(torch.device(device), amp):
             recon = model(batch)
         loss = F.mse_loss(recon.float(), batch)
@@ -66,7 +66,7 @@ def train_one_epoch(
     return total / seen
 
 
-def _outputs(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
+def _outputs(model: nn.Module, heatmaps: HeatmapSource, prep: HeatmapPrep, batch_size: int,
              device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (prepared batch, reconstruction), both (B, C, S, S) on `device`, for the raw heatmaps (N, h, w) or
     (N, C, h, w) in order, in eval mode without grad."""
@@ -74,18 +74,18 @@ def _outputs(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_
     model.eval()
     try:
         with torch.inference_mode():
-            for _, batch in iterate_batches(heatmaps, batch_size, shuffle=False):
-                batch = prep(batch.to(device))
+            for _, batch in epoch_batches(heatmaps, prep, batch_size, device, shuffle=False):
                 yield batch, model(batch)
     finally:
         model.train(was_training)
 
 
-def reconstruction_errors(model: nn.Module, heatmaps: torch.Tensor, prep: HeatmapPrep, batch_size: int,
+def reconstruction_errors(model: nn.Module, heatmaps: HeatmapSource, prep: HeatmapPrep, batch_size: int,
                           device: torch.device | str) -> np.ndarray:
     """Return each image's mean squared reconstruction error, shape (N,) float64.
 
-    heatmaps: raw (N, h, w) or (N, C, h, w), prepared per batch on `device` by `prep` into x (B, C, S, S).
+    heatmaps: raw (N, h, w) or (N, C, h, w), a tensor or `MappedHeatmaps`, prepared per batch on `device` by
+    `prep` into x (B, C, S, S).
     The error of image i is the mean over its channels and pixels of (model(x)_i - x_i)^2, so it does not
     depend on batch_size (up to the convolution's float rounding).
     """

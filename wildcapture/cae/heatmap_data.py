@@ -1,16 +1,17 @@
-"""Heatmaps for the CAE: load them, batch them in memory, resize and normalise them per batch.
+"""Heatmaps for the CAE: load them, batch them, resize and normalise them on the training device.
 
-The raw heatmaps are small (N x 14 x 14 float32 for a ViT-B/16: 784 bytes each; N x C x h x w for the
-multi-channel kinds), so they live in one tensor at their native size; an epoch is a `torch.randperm`
-plus `index_select`, with no DataLoader and no per-image Python work, and each batch is resized to the
-CAE's input and normalised (`HeatmapPrep`) on the device it is on. Prepared up front, 128 x 128 maps
-would take 64 KiB per channel.
+Raw heatmaps stay at their native size: a tensor (in memory, or on the device when it fits), or a stage-2
+`.npy` read through `MappedHeatmaps` (memory-mapped per read, so the rows read do not stay resident: a
+ViT-B/16 `cls_all` map is 144 x 14 x 14, 113 KB in float32). An epoch is one `torch.randperm`; `epoch_batches`
+gathers it chunk by chunk (about `CHUNK_BYTES` of prepared maps), converts each chunk to float32 (float16
+heatmaps included) and prepares it in one `HeatmapPrep` call on the device, then yields batches as views:
+no DataLoader, no per-image Python work. Prepared up front, 128 x 128 maps would take 64 KiB per channel.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,6 +23,61 @@ from wildcapture.heatmaps.export import read_heatmap_pngs
 RESIZE_MODES = ("bilinear", "nearest")
 NORMS = ("max", "minmax", "none")
 _PREP_CHUNK = 4096  # images per HeatmapPrep call in prepare_heatmaps: bounds its temporaries
+CHUNK_BYTES = 64 << 20  # prepared float32 bytes per chunk of epoch_batches
+
+
+class MappedHeatmaps:
+    """A `.npy` of heatmaps (N, [C,] h, w), float32 or float16, read by rows through a fresh memory map per read
+    (unmapped after it), so what was read does not count in this process's resident memory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        self.shape, self.dtype, self.ndim = tuple(mapped.shape), mapped.dtype, mapped.ndim
+        del mapped
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, index: np.ndarray | slice | int) -> np.ndarray:
+        """Return a copy of rows `index` (an int array, in its order; a slice; an int) in the stored dtype."""
+        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        out = np.array(mapped[index])
+        del mapped
+        return out
+
+    __getitem__ = rows
+
+
+HeatmapSource = Union[torch.Tensor, MappedHeatmaps]
+
+
+def channel_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    """Return (C, h, w) of one image of heatmaps of shape (N, h, w) (C = 1) or (N, C, h, w)."""
+    return (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])
+
+
+def training_source(heatmaps: np.ndarray | MappedHeatmaps, device: torch.device) -> HeatmapSource:
+    """Return the heatmaps as stage 3 reads them: on CUDA, a device tensor when they take at most half its free
+    memory (copied a chunk at a time); otherwise a `MappedHeatmaps` stays mapped (its batches are gathered and
+    prepared on the device) and an array becomes a CPU tensor."""
+    if isinstance(heatmaps, MappedHeatmaps):
+        nbytes = int(np.prod(heatmaps.shape)) * heatmaps.dtype.itemsize
+        if device.type != "cuda" or nbytes > torch.cuda.mem_get_info(device)[0] // 2:
+            return heatmaps
+        out = torch.empty(heatmaps.shape, dtype=getattr(torch, heatmaps.dtype.name), device=device)
+        step = max(1, CHUNK_BYTES // max(1, nbytes // max(1, len(heatmaps))))
+        for start in range(0, len(heatmaps), step):
+            out[start:start + step] = torch.from_numpy(heatmaps.rows(slice(start, start + step))).to(device)
+        return out
+    return torch.from_numpy(np.ascontiguousarray(heatmaps)).to(device)
+
+
+def gather(source: HeatmapSource, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Return rows `index` (B,) int64 of `source`, in that order, on `device` in the stored dtype."""
+    if isinstance(source, MappedHeatmaps):
+        return torch.from_numpy(source.rows(index.numpy())).to(device)
+    return source.index_select(0, index.to(source.device)).to(device)
 
 
 def load_heatmaps(source: str | Path) -> np.ndarray:
@@ -160,3 +216,30 @@ def iterate_batches(
         else:
             idx = order[start:stop]
             yield idx, x.index_select(0, idx.to(x.device))
+
+
+def epoch_batches(source: HeatmapSource, prep: HeatmapPrep, batch_size: int, device: torch.device | str,
+                  shuffle: bool, generator: Optional[torch.Generator] = None, chunk_bytes: int = CHUNK_BYTES
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (indices (B,) int64, prepared batch float32 (B, C, S, S) on `device`) covering every row once.
+
+    Shuffled: one `torch.randperm(N, generator=generator)`, the same batches as `iterate_batches`. Rows are
+    gathered and prepared a chunk of whole batches at a time (about `chunk_bytes` prepared); each map is prepared
+    on its own, so the values do not depend on the chunking, and memory is bounded by the chunk, not N.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = source.shape[0]
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    row_bytes = 4 * int(np.prod(prep.output_shape(source.shape)))
+    chunk = max(1, chunk_bytes // (row_bytes * batch_size)) * batch_size
+    for start in range(0, n, chunk):
+        idx = order[start:start + chunk]
+        if shuffle:
+            raw = gather(source, idx, device)
+        else:
+            raw = (torch.from_numpy(source.rows(slice(start, start + len(idx)))) if isinstance(source, MappedHeatmaps)
+                   else source[start:start + len(idx)]).to(device)
+        prepared = prep(raw)
+        for b in range(0, len(idx), batch_size):
+            yield idx[b:b + batch_size], prepared[b:b + batch_size]

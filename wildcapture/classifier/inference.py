@@ -1,8 +1,10 @@
-"""Stage 2's single batched pass over a split: logits, pre-logits features and heatmaps together; under
-torchrun each process takes every world-th batch and the main process reassembles them in order."""
+"""Stage 2's single batched pass over a split: logits, pre-logits features and heatmaps together, handed batch
+by batch to a sink (stage 2's `heatmap_store.SplitWriter`), so no split is held in memory. Under torchrun each
+process takes every world-th batch; the processes go in lockstep rounds and the main process writes each
+round's batches at their rows."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -15,53 +17,79 @@ from wildcapture.heatmap_store import SplitArrays
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.runtime import DistState, precision_context, shard_indices
 
+# sink(start row, logits (B, K), features (B, D), heatmaps (B, [C,] h, w)), all float32
+Sink = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
 
-@torch.inference_mode()
-def infer_split(model: nn.Module, loader: Iterable, num_items: int, kind: str, block: int,
-                device: torch.device, precision: str = "fp32", desc: str = "infer") -> SplitArrays:
-    """Run `model` once over `loader` (in order) in `precision` (fp32, bf16 or fp16: `runtime.resolve_precision`)
-    and return its logits, features and heatmaps, as float32 arrays whatever the precision."""
-    model.eval()
-    logits = features = heatmaps = None
-    start = 0
+
+class _Collect:
+    """A sink that keeps the whole split in memory (benchmarks, small tests); `arrays()` returns it."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.parts = n, {}
+
+    def __call__(self, start: int, *batch: np.ndarray) -> None:
+        if not self.parts:
+            self.parts = {k: np.empty((self.n, *t.shape[1:]), np.float32)
+                          for k, t in zip(("logits", "features", "heatmaps"), batch)}
+        for array, rows in zip(self.parts.values(), batch):
+            array[start:start + len(rows)] = rows
+
+    def arrays(self) -> SplitArrays:
+        return SplitArrays(**self.parts)
+
+
+def _batches(model: nn.Module, loader: Iterable, kind: str, block: int, device: torch.device, precision: str,
+             desc: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (logits, features, heatmaps) float32 NumPy arrays per batch of `loader`, in order."""
     for images, _ in tqdm(loader, desc=desc, leave=False):
         with precision_context(device, precision):
             batch = forward_with_heatmaps(model, images.to(device, non_blocking=True), kind, block)
-        batch = [t.float().cpu().numpy() for t in batch]  # bf16/fp16 back to float32 before storing
-        if logits is None:  # allocate once the shapes are known
-            logits, features, heatmaps = (np.empty((num_items, *t.shape[1:]), np.float32) for t in batch)
-        stop = start + len(batch[0])
-        logits[start:stop], features[start:stop], heatmaps[start:stop] = batch
-        start = stop
+        yield tuple(t.float().cpu().numpy() for t in batch)  # bf16/fp16 back to float32 before storing
+
+
+@torch.inference_mode()
+def infer_split(model: nn.Module, loader: Iterable, num_items: int, kind: str, block: int,
+                device: torch.device, precision: str = "fp32", desc: str = "infer",
+                sink: Optional[Sink] = None) -> SplitArrays | None:
+    """Run `model` once over `loader` (in order) in `precision` (fp32, bf16 or fp16: `runtime.resolve_precision`)
+    and hand each batch's logits, features and heatmaps (float32 whatever the precision) to `sink`; returns
+    None, or without a sink the whole split's arrays in memory."""
+    model.eval()
+    collect = _Collect(num_items) if sink is None else None
+    start = 0
+    for batch in _batches(model, loader, kind, block, device, precision, desc):
+        (sink or collect)(start, *batch)
+        start += len(batch[0])
     if start != num_items:
         raise RuntimeError(f"{desc}: the loader gave {start} items, expected {num_items}")
-    return SplitArrays(logits, features, heatmaps)
+    return collect.arrays() if collect else None
 
 
+@torch.inference_mode()
 def infer_split_sharded(model: nn.Module, dataset: Dataset, batch_size: int, make_loader, kind: str, block: int,
-                        device: torch.device, state: DistState, precision: str = "fp32", desc: str = "infer"
-                        ) -> SplitArrays | None:
-    """`infer_split` over `dataset`, shared by the processes of a torchrun job; returns the whole split's
-    arrays, in item order, on the main process and None on the others (the whole split in one process).
+                        device: torch.device, state: DistState, precision: str = "fp32", desc: str = "infer",
+                        sink: Optional[Sink] = None) -> SplitArrays | None:
+    """`infer_split` over `dataset`, shared by the processes of a torchrun job; `sink` is called on the main
+    process only, with every batch of the split at its rows (None on the others). Without a sink the main
+    process returns the whole split's arrays in memory.
 
     `make_loader(dataset, batch_size)` builds the in-order DataLoader. Each process runs every
-    world_size-th batch (`shard_indices`), so its batches, and so the arrays, are those of one process.
+    world_size-th batch (`shard_indices`), so its batches, and so the arrays, are those of one process; the
+    processes gather one batch each per round, so the main process holds one round at a time.
     """
     if not state.enabled:
-        return infer_split(model, make_loader(dataset, batch_size), len(dataset), kind, block, device, precision, desc)
-    mine = shard_indices(len(dataset), batch_size, state)
-    part = infer_split(model, make_loader(Subset(dataset, mine), batch_size), len(mine), kind, block, device, precision,
-                       f"{desc} (process {state.rank})")
-    parts: list[SplitArrays] | None = [None] * state.world_size if state.is_main else None
-    dist.gather_object(part, parts, dst=0)
-    if not state.is_main:
-        return None
-    parts = [p for p in parts if p.logits is not None]  # processes left without a batch computed nothing
-    order = np.concatenate([shard_indices(len(dataset), batch_size, DistState(r, r, state.world_size))
-                            for r in range(state.world_size)]).astype(np.int64)
-    whole = {}
-    for name in ("logits", "features", "heatmaps"):
-        stacked = np.concatenate([getattr(p, name) for p in parts])
-        whole[name] = np.empty_like(stacked)
-        whole[name][order] = stacked
-    return SplitArrays(**whole)
+        return infer_split(model, make_loader(dataset, batch_size), len(dataset), kind, block, device, precision,
+                           desc, sink)
+    model.eval()
+    collect = _Collect(len(dataset)) if sink is None and state.is_main else None
+    mine = make_loader(Subset(dataset, shard_indices(len(dataset), batch_size, state)), batch_size)
+    batches = _batches(model, mine, kind, block, device, precision, f"{desc} (process {state.rank})")
+    world = state.world_size
+    rounds = -(-(-(-len(dataset) // batch_size)) // world)
+    for r in range(rounds):
+        parts: list | None = [None] * world if state.is_main else None
+        dist.gather_object(next(batches, None), parts, dst=0)
+        for rank, part in enumerate(parts or ()):
+            if part is not None:
+                (sink or collect)((r * world + rank) * batch_size, *part)
+    return collect.arrays() if collect else None

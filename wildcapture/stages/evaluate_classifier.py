@@ -33,13 +33,13 @@ from wildcapture.config_checks import check_choice, check_number, check_positive
 from wildcapture.data import (DATA_DEFAULTS, SPLITS, Benchmark, DatasetError, build_benchmark, data_identity,
                               resolve_data_cfg)
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
-from wildcapture.heatmap_store import (SplitArrays, SplitIndex, heatmaps_staging, read_meta, results_staging,
-                                       write_baseline_scores, write_split)
+from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
+                                       read_meta, results_staging, write_baseline_scores, write_index)
 from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, heatmap_channels, plot_heatmap_gallery
 from wildcapture.ood import fit_baselines, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
-from wildcapture.provenance import classifier_identity, heatmap_precision, lookup
+from wildcapture.provenance import classifier_identity, heatmap_dtype, heatmap_precision, lookup
 from wildcapture.run_lock import hold_locks
 from wildcapture.runtime import (PRECISIONS, DistState, cleanup_distributed, describe_precision, init_distributed,
                                  pick_device, resolve_precision, seed_everything)
@@ -50,7 +50,8 @@ STAGE1_MARKER = "train_classifier.complete.yaml"
 PAPER_CLASSIFIER_URL = "https://drive.google.com/file/d/1sLRQfSZ03ByHjpkOIYxQSIsslHlm-Pvn/view"
 # What a complete stage-2 output must share with a new run that replaces it (label, keys into the meta).
 VARIANT_KEYS = (("heatmap.kind", ("heatmap", "kind")), ("heatmap.block", ("heatmap", "block")),
-                ("heatmap.precision", ("heatmap", "precision")), ("classifier file", ("classifier", "path")),
+                ("heatmap.precision", ("heatmap", "precision")), ("heatmap.dtype", ("heatmap", "dtype")),
+                ("classifier file", ("classifier", "path")),
                 ("preprocessing", ("input_spec",)), ("data", ("data",)))
 
 
@@ -64,6 +65,7 @@ def check_config(cfg: Config) -> None:
     check_number(cfg, "heatmap.block", integer=True)
     check_choice(cfg, "heatmap.kind", HEATMAP_KINDS)
     check_choice(cfg, "heatmap.precision", PRECISIONS)
+    check_choice(cfg, "heatmap.dtype", HEATMAP_DTYPES)
     pick_device(cfg["device"])
     resolve_data_cfg(cfg["data"])
 
@@ -123,6 +125,8 @@ def check_variant(out_heat, new: dict[str, Any], overwrite: bool) -> None:
         if keys == ("heatmap", "precision"):  # older metas recorded amp; unknown precision is not compared
             before, after = heatmap_precision(old), heatmap_precision(new)
             before = after if before is None else before
+        if keys == ("heatmap", "dtype"):  # older metas stored float32 without saying so
+            before, after = heatmap_dtype(old), heatmap_dtype(new)
         if before != after and not overwrite:
             raise ProvenanceError(
                 f"{out_heat} holds heatmaps with {label} {before!r}; this run would replace them with {after!r}. "
@@ -148,8 +152,9 @@ def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], cfg: Config, inp
              for s in ("test_id", "test_ood")}
     images = {s: [bench.splits[s].load_image(int(i)) for i in idx] for s, idx in picks.items()}
     titles = [bench.splits[s].class_names[int(i)] for s in ("test_id", "test_ood") for i in picks[s]]
-    plot_heatmap_gallery(images["test_id"], outputs["test_id"].heatmaps[picks["test_id"]], images["test_ood"],
-                         outputs["test_ood"].heatmaps[picks["test_ood"]], path, titles, input_size=input_size,
+    maps = {s: np.asarray(outputs[s].heatmaps[idx], np.float32)
+            for s, idx in picks.items()}
+    plot_heatmap_gallery(images["test_id"], maps["test_id"], images["test_ood"], maps["test_ood"], path, titles, input_size=input_size,
                          channel=cfg["gallery_channel"])
 
 
@@ -177,7 +182,8 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
                           f"valid values are {-depth}..{depth - 1}")
     check_gallery_channel(cfg, model)
     precision = resolve_precision(heat_cfg["precision"], device)
-    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "precision": precision}}
+    provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "precision": precision,
+                                         "dtype": heat_cfg["dtype"]}}
     if state.is_main:
         check_variant(out_heat, provenance, cfg["overwrite"])
     empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
@@ -191,28 +197,36 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
               f", {state.world_size} process(es); writing to {out_heat} "
               f"and {out_results}", flush=True)
 
-    def loader(dataset, batch_size):
-        return make_loader(dataset, batch_size, None, cfg["num_workers"], device)
+    def infer(name: str, sink) -> SplitArrays | None:
+        return infer_split_sharded(model, bench.splits[name], cfg["batch_size"],
+                                   lambda ds, bs: make_loader(ds, bs, None, cfg["num_workers"], device),
+                                   heat_cfg["kind"], heat_cfg["block"], device, state, precision, desc=name, sink=sink)
 
-    outputs = {name: infer_split_sharded(model, bench.splits[name], cfg["batch_size"], loader, heat_cfg["kind"],
-                                         heat_cfg["block"], device, state, precision, desc=name) for name in SPLITS}
     if not state.is_main:
+        for name in SPLITS:
+            infer(name, None)
         return None
     with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
+        outputs = {}
+        for name in SPLITS:  # each split straight into its .npy files in the staging folder
+            writer = SplitWriter(heat_stage, name, len(bench.splits[name]), heat_cfg["dtype"])
+            infer(name, writer.write)
+            outputs[name] = writer.close()
         return _write_outputs(cfg, device, model, bench, provenance, outputs, heat_stage, result_stage)
 
 
 def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, bench: Benchmark,
                    provenance: dict[str, Any], outputs: dict[str, SplitArrays], heat_stage: Staging,
                    result_stage: Staging) -> dict[str, Any]:
-    """Write every output into the two staging areas, then commit them (heatmaps' meta last)."""
+    """Write every output but the split arrays (`outputs`: memory-mapped from `heat_stage`, already written)
+    into the two staging areas, then commit them (heatmaps' meta last)."""
     heat_cfg = cfg["heatmap"]
     write_yaml(result_stage.path("config_test_classifier.yaml"), cfg)
     index: dict[str, SplitIndex] = {}
     for name in SPLITS:
         split = bench.splits[name]
         index[name] = SplitIndex(split.sources, split.labels.tolist(), split.class_names)
-        write_split(heat_stage, name, outputs[name], index[name], bench.id_class_names)
+        write_index(heat_stage, name, index[name], outputs[name].predictions, bench.id_class_names)
         if heat_cfg["export_png"]:
             export_heatmap_pngs(outputs[name].heatmaps, heat_stage.dir / name / "png",
                                 [f"{i:07d}" for i in range(len(split))], split.labels.tolist())

@@ -25,7 +25,7 @@ from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, sta
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.errors import ConfigError
-from wildcapture.heatmaps.channels import as_channels
+from wildcapture.cae.heatmap_data import channel_shape, training_source
 from wildcapture.paths import cae_dir
 from wildcapture.provenance import heatmap_provenance
 from wildcapture.run_lock import hold_lock
@@ -59,11 +59,10 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     train_cfg, cae_cfg = cfg["train"], cfg["cae"]
     meta = stage2_meta(cfg, TRAIN_SPLITS)
     provenance = heatmap_provenance(meta) if meta is not None else external_provenance(cfg, TRAIN_SPLITS)
-    # raw (N, [C,] h, w) heatmaps on the device, prepared batch by batch: N*C*h*w*4 bytes, not N*C*S*S*4
-    train_maps, val_maps = (torch.from_numpy(load_split_heatmaps(cfg, split, meta)).to(device)
-                            for split in TRAIN_SPLITS)
+    # raw (N, [C,] h, w) heatmaps memory-mapped (or on a GPU that holds them), prepared a chunk at a time
+    train_maps, val_maps = (training_source(load_split_heatmaps(cfg, split, meta), device) for split in TRAIN_SPLITS)
     fusion = FusionCalibration.from_stage2(cfg, meta)
-    model = cae_from_config(cae_cfg, as_channels(train_maps).shape[1:]).to(device)
+    model = cae_from_config(cae_cfg, channel_shape(train_maps.shape)).to(device)
     prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
     check_fits(model, prep, val_maps.shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])

@@ -24,6 +24,7 @@ import numpy as np
 from wildcapture.config import Config, parse_override
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.heatmap_store import read_baseline_scores, read_meta
+from wildcapture.outputs import read_marker
 from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run,
                                            summarise, to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
@@ -42,12 +43,13 @@ class StudyLayout:
     """The folders of one study: each method returns the folder of the layout in the module docstring."""
 
     root: Path
+    classifiers: Path | None = None  # another study's folder whose stage-1 classifiers this one reuses
 
     def seed_dir(self, seed: int) -> Path:
         return self.root / "runs" / f"seed{seed}"
 
     def vit(self, seed: int) -> Path:
-        return self.seed_dir(seed) / "vit"
+        return (StudyLayout(self.classifiers) if self.classifiers else self).seed_dir(seed) / "vit"
 
     def heatmaps(self, seed: int, variant: Variant) -> Path:
         return self.seed_dir(seed) / "heatmaps" / variant.heatmap_folder
@@ -97,16 +99,18 @@ def run_configs(benchmark: str, extra: Sequence[str], layout: StudyLayout, seed:
     return stage_configs(benchmark, False, [*GALLERIES_OFF, *extra, f"seed={seed}"], per_stage)
 
 
-def run_seed(configs: dict[str, list[Config]], variants: Sequence[Variant], seed: int) -> list[dict[str, Any]]:
-    """Run every stage of one seed (`configs`: variant name -> its four stage configs); returns the timings,
-    one {"seed", "step", "seconds"} per stage run."""
+def run_seed(configs: dict[str, list[Config]], variants: Sequence[Variant], seed: int,
+             train_classifier: bool = True) -> list[dict[str, Any]]:
+    """Run every stage of one seed (`configs`: variant name -> its four stage configs; stage 1 only when
+    `train_classifier`); returns the timings, one {"seed", "step", "seconds"} per stage run."""
     timings = []
 
     def step(index: int, cfg: Config, what: str) -> None:
         _, seconds = run_stage(index, cfg, f"seed {seed}, {what}")
         timings.append({"seed": seed, "step": f"stage {index + 1} {what}", "seconds": seconds})
 
-    step(0, configs[variants[0].name][0], "classifier")
+    if train_classifier:
+        step(0, configs[variants[0].name][0], "classifier")
     done: set[str] = set()
     for v in variants:
         if v.heatmap_folder not in done:
@@ -147,22 +151,27 @@ def collect_seed(layout: StudyLayout, seed: int,
 
 
 def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
-              root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0) -> dict[str, Any]:
-    """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}.
+              root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0,
+              classifiers: Path | None = None) -> dict[str, Any]:
+    """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}. With `classifiers` (another
+    study's folder), stage 1 is not run: each seed reuses that study's complete classifier.
 
     Every config is built and range-checked before the first stage runs. Returns {"summary": Summary,
     "markdown": the table with its caption, "timings": [{"seed", "step", "seconds"}], "paths": the files}.
     """
     if resamples < 1:
         raise ConfigError(f"--bootstrap must be >= 1, got {resamples}")
-    layout = StudyLayout(resolve_path(root) if root else default_root(benchmark, extra))
+    layout = StudyLayout(resolve_path(root) if root else default_root(benchmark, extra),
+                         resolve_path(classifiers) if classifiers else None)
+    for s in seeds if classifiers else ():
+        read_marker(layout.vit(s) / "train_classifier.complete.yaml", (), f"stage 1 of seed {s} in {classifiers}")
     configs = {s: {v.name: run_configs(benchmark, extra, layout, s, v) for v in variants} for s in seeds}
     for per_variant in configs.values():
         for cfgs in per_variant.values():
             check_stage_configs(cfgs)
     timings, runs, test_ids = [], {}, None
     for s in seeds:
-        timings += run_seed(configs[s], variants, s)
+        timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
         runs[s], ids = collect_seed(layout, s, variants)
         if test_ids is not None and ids != test_ids:
             raise DatasetError(f"seed {s} scores other test images than seed {seeds[0]}: the pairing over seeds "
@@ -174,6 +183,7 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
              "variants": [{"name": v.name, "heatmap": list(v.heatmap), "cae": list(v.cae)} for v in variants],
              "bootstrap": {"resamples": resamples, "seed": bootstrap_seed, "percentiles": list(CI_PERCENTILES)},
              "reference": summary.reference, "n_id": summary.n_id, "n_ood": summary.n_ood,
-             "runs": portable_path(layout.root / "runs"), "timings": timings}
+             "runs": portable_path(layout.root / "runs"), "timings": timings,
+             "classifiers": portable_path(layout.vit(seeds[0]).parent.parent) if classifiers else None}
     paths = write_summary(layout.root, study, summary.rows, text)
     return {"summary": summary, "markdown": to_markdown(summary.rows, text), "timings": timings, "paths": paths}
