@@ -18,7 +18,7 @@ def stage1_config(out: Path, *overrides: str) -> Config:
 
 # The stage tests below were written for the paper's heatmap and CAE (single-channel maps, 16x16 CAE); the
 # digits defaults (cls_all + the small CAE) run end to end in test_pipeline and test_cae_multichannel_stages.
-PAPER_HEATMAP = ["heatmap.kind=cls_last"]
+PAPER_HEATMAP = ["heatmap.kind=cls_last", "heatmap.dtype=float32"]  # float32: compared with attention recomputed
 PAPER_CAE = ["cae.arch=paper"]
 
 
