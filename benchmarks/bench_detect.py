@@ -34,7 +34,7 @@ from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.config import load_config
 from wildcapture.data import build_transforms, data_identity, load_rgb
 from wildcapture.data.fast_decode import load_rgb_at_least
-from wildcapture.detection.run import DetectOptions, detect
+from wildcapture.detection.run import DetectOptions, default_workers, detect
 from wildcapture.machine import cpu_name
 from wildcapture.paths import REPO_ROOT
 from wildcapture.provenance import classifier_identity
@@ -128,7 +128,10 @@ def main() -> None:
     parser.add_argument("--skip-vitb", action="store_true")
     parser.add_argument("--skip-digits", action="store_true")
     parser.add_argument("--device", default="cpu", help="detect's device: cpu, cuda, ... (the plain decode runs on the CPU)")
-    parser.add_argument("--workers", type=int, default=0, help="detect's decoding processes (--workers)")
+    parser.add_argument("--workers", type=int, default=None, help="detect's decoding processes (--workers; default "
+                        "detect's own: the CPUs but one)")
+    parser.add_argument("--html", action="store_true", help="also write the review page (its images for every "
+                        "flagged detection; the random detectors flag every image)")
     parser.add_argument("--batch-size", type=int, default=64, help="detect's --batch-size")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=PRECISIONS,
                         help="detect's --precision values to time (default: fp32 auto)")
@@ -136,7 +139,7 @@ def main() -> None:
                         "is reported")
     args = parser.parse_args()
     options = {p: DetectOptions(device=args.device, overwrite=True, workers=args.workers, batch_size=args.batch_size,
-                                precision=p) for p in args.precisions}
+                                precision=p, html=args.html) for p in args.precisions}
     device = pick_device(args.device)
     chosen = {p: resolve_precision(p, device) for p in args.precisions}
     print(f"CPU {cpu_name()}, native bf16 {cpu_has_native_bf16()} (AVX512-BF16 or AMX, as torch reports), torch "
@@ -161,7 +164,8 @@ def main() -> None:
                     runs[p] = min(runs.get(p, timed), timed)
             n, first = len(paths), args.precisions[0]
             for p, run in runs.items():
-                print(f"{kind} on {args.device}, precision {p} ({chosen[p]}), {args.workers} decoding workers, batch "
+                workers = default_workers() if args.workers is None else args.workers
+                print(f"{kind} on {args.device}, precision {p} ({chosen[p]}), {workers} decoding workers, batch "
                       f"{args.batch_size}: detect {n / run[0]:.2f} img/s ({1000 * run[1] / n:.1f} CPU ms/img), "
                       f"{runs[first][0] / run[0]:.2f}x {first}'s speed", flush=True)
             run = runs[first]
