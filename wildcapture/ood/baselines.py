@@ -11,7 +11,7 @@ to score again, as plain Python values and float64 tensors, so it fits in a chec
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +46,20 @@ def logsumexp(logits: np.ndarray) -> np.ndarray:
     """Row-wise log(sum(exp(logits))) of an (N, C) array, computed stably; shape (N,)."""
     m = logits.max(axis=1, keepdims=True)
     return (m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+FIT_ROWS = 8192  # rows of features converted to float64 at a time by the fits that stream
+
+
+def _row_chunks(features: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (row slice, float64 rows) of a 2-D array, FIT_ROWS at a time; ValueError for an empty array or a
+    non-finite value."""
+    if features.shape[0] == 0:
+        raise ValueError("features is empty (0 rows)")
+    for start in range(0, features.shape[0], FIT_ROWS):
+        rows = slice(start, start + FIT_ROWS)
+        chunk = _as_2d("features", features[rows])
+        yield rows, chunk
 
 
 def _covariance(centered: np.ndarray) -> np.ndarray:
@@ -144,15 +158,26 @@ class Mahalanobis(Detector):
         self._whiten: np.ndarray | None = None
 
     def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "Mahalanobis":
-        feats = _as_2d("features", features)
+        """Fit on train_id features (N, D) (read FIT_ROWS rows at a time, so a memory-mapped array is never
+        loaded whole) and labels (N,); returns self."""
         if labels is None:
             raise ValueError("Mahalanobis needs the train_id class labels to fit class means")
         labels = np.asarray(labels).reshape(-1)
-        if labels.shape[0] != feats.shape[0]:
-            raise ValueError(f"labels has {labels.shape[0]} entries but features has {feats.shape[0]} rows")
+        if np.ndim(features) != 2 or labels.shape[0] != features.shape[0]:
+            raise ValueError(f"labels has {labels.shape[0]} entries but features has shape {np.shape(features)}")
         self.classes_, inverse = np.unique(labels, return_inverse=True)
-        self.means_ = np.stack([feats[inverse == i].mean(axis=0) for i in range(len(self.classes_))])
-        cov = _covariance(feats - self.means_[inverse])
+        sums = np.zeros((len(self.classes_), features.shape[1]))
+        for rows, chunk in _row_chunks(features):
+            order = np.argsort(inverse[rows], kind="stable")
+            ids = inverse[rows][order]
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            sums[ids[starts]] += np.add.reduceat(chunk[order], starts, axis=0)
+        self.means_ = sums / np.bincount(inverse)[:, None]
+        cov = np.zeros((features.shape[1], features.shape[1]))
+        for rows, chunk in _row_chunks(features):
+            centered = chunk - self.means_[inverse[rows]]
+            cov += centered.T @ centered
+        cov /= features.shape[0]
         # pinv through the eigen-decomposition; eigenvalues below numpy's rank tolerance
         # (including tiny negative round-off) count as zero, as np.linalg.pinv would drop them.
         eigvals, eigvecs = np.linalg.eigh(cov)
