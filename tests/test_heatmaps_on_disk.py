@@ -7,7 +7,7 @@ import pytest
 import torch
 from stage_helpers import cae_config, stage2_config
 
-from wildcapture.cae import MappedHeatmaps, train_one_epoch
+from wildcapture.cae import HeatmapFile, train_one_epoch
 from wildcapture.cae.architectures import cae_from_config, heatmap_prep
 from wildcapture.errors import IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import read_array, read_meta
@@ -35,7 +35,7 @@ def test_memory_mapped_training_gives_the_in_memory_weights_bit_for_bit(tmp_path
     np.save(tmp_path / "h.npy", maps)
     in_memory = _train(torch.from_numpy(maps))
     monkeypatch.setattr("wildcapture.cae.heatmap_data.CHUNK_BYTES", 7 * 3 * 25 * 4 * 2)  # 2 batches per chunk
-    mapped = _train(MappedHeatmaps(tmp_path / "h.npy"))
+    mapped = _train(HeatmapFile(tmp_path / "h.npy"))
     assert in_memory.keys() == mapped.keys()
     for key in in_memory:
         assert torch.equal(in_memory[key], mapped[key]), key

@@ -188,7 +188,7 @@ def test_heatmaps_stay_on_disk_at_their_native_size(tiny_heatmaps, tmp_path, mon
     run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1"))
     n, h, w = np.load(tiny_heatmaps / "heatmaps" / "train_id" / "heatmaps.npy").shape
     assert (n, h, w) == (40, 4, 4)  # and the CAE input is 16 x 16: prepared, they would take 16x the bytes
-    assert seen == [(name, (40, 4, 4), np.float32, "MappedHeatmaps", PREP)
+    assert seen == [(name, (40, 4, 4), np.float32, "HeatmapFile", PREP)
                     for name in ("train_one_epoch", "reconstruction_errors")]
 
 

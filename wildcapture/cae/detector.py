@@ -6,7 +6,7 @@ import torch
 
 from wildcapture.cae.architectures import CAEModel, check_fits, heatmap_prep
 from wildcapture.cae.engine import reconstruction_errors
-from wildcapture.cae.heatmap_data import MappedHeatmaps, prepare_heatmaps
+from wildcapture.cae.heatmap_data import HeatmapFile, prepare_heatmaps
 from wildcapture.heatmap_store import SplitArrays
 from wildcapture.ood.baselines import Detector
 
@@ -31,17 +31,17 @@ class CAEDetector(Detector):
         gallery)."""
         return prepare_heatmaps(heatmaps, self.prep.size, self.prep.resize, self.prep.norm)
 
-    def score_heatmaps(self, heatmaps: np.ndarray | torch.Tensor | MappedHeatmaps, source: str = "the heatmaps to score"
+    def score_heatmaps(self, heatmaps: np.ndarray | torch.Tensor | HeatmapFile, source: str = "the heatmaps to score"
                        ) -> np.ndarray:
         """Return the reconstruction error of each heatmap (N, h, w) or (N, C, h, w), float32 or float16 (a
-        `MappedHeatmaps` is read a chunk at a time): float64 (N,).
+        `HeatmapFile` is read a chunk at a time): float64 (N,).
 
         Raises DatasetError naming `source` if the heatmaps' channels (or, for the small CAE, grid) do not fit
         the model.
         """
         check_fits(self.model, self.prep, tuple(heatmaps.shape), source)
         self.model.to(self.device)
-        source = heatmaps if isinstance(heatmaps, (MappedHeatmaps, torch.Tensor)) else torch.as_tensor(heatmaps)
+        source = heatmaps if isinstance(heatmaps, (HeatmapFile, torch.Tensor)) else torch.as_tensor(heatmaps)
         return reconstruction_errors(self.model, source, self.prep, self.batch_size, self.device)
 
     def score_split(self, split: SplitArrays) -> np.ndarray:

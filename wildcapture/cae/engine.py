@@ -30,7 +30,7 @@ def train_one_epoch(
 ) -> float:
     """Train one pass over the shuffled raw heatmaps (N, h, w) or (N, C, h, w) with the MSE reconstruction loss.
 
-    `heatmaps`: a tensor (anywhere) or a `MappedHeatmaps` (a stage-2 `.npy`, float32 or float16). Batches are
+    `heatmaps`: a tensor (anywhere) or a `HeatmapFile` (a stage-2 `.npy`, float32 or float16). Batches are
     gathered and prepared by `prep` into the CAE's input (B, C, S, S) on `device`, a chunk of batches at a time
     (`epoch_batches`); shuffling is one `torch.randperm(N, generator=generator)`.
     With `amp` on CUDA the forward pass runs under `autocast_context` (bf16, or fp16 with `scaler`, from
@@ -84,7 +84,7 @@ def reconstruction_errors(model: nn.Module, heatmaps: HeatmapSource, prep: Heatm
                           device: torch.device | str) -> np.ndarray:
     """Return each image's mean squared reconstruction error, shape (N,) float64.
 
-    heatmaps: raw (N, h, w) or (N, C, h, w), a tensor or `MappedHeatmaps`, prepared per batch on `device` by
+    heatmaps: raw (N, h, w) or (N, C, h, w), a tensor or `HeatmapFile`, prepared per batch on `device` by
     `prep` into x (B, C, S, S).
     The error of image i is the mean over its channels and pixels of (model(x)_i - x_i)^2, so it does not
     depend on batch_size (up to the convolution's float rounding).

@@ -1,7 +1,7 @@
 """Heatmaps for the CAE: load them, batch them, resize and normalise them on the training device.
 
 Raw heatmaps stay at their native size: a tensor (in memory, or on the device when it fits), or a stage-2
-`.npy` read through `MappedHeatmaps` (memory-mapped per read, so the rows read do not stay resident: a
+`.npy` read through `HeatmapFile` (plain reads of the rows asked for, so nothing of the file stays resident: a
 ViT-B/16 `cls_all` map is 144 x 14 x 14, 113 KB in float32). An epoch is one `torch.randperm`; `epoch_batches`
 gathers it chunk by chunk (about `CHUNK_BYTES` of prepared maps), converts each chunk to float32 (float16
 heatmaps included) and prepares it in one `HeatmapPrep` call on the device, then yields batches as views:
@@ -26,30 +26,54 @@ _PREP_CHUNK = 4096  # images per HeatmapPrep call in prepare_heatmaps: bounds it
 CHUNK_BYTES = 64 << 20  # prepared float32 bytes per chunk of epoch_batches
 
 
-class MappedHeatmaps:
-    """A `.npy` of heatmaps (N, [C,] h, w), float32 or float16, read by rows through a fresh memory map per read
-    (unmapped after it), so what was read does not count in this process's resident memory."""
+class HeatmapFile:
+    """A `.npy` of heatmaps (N, [C,] h, w), float32 or float16, read by rows with plain file reads into a fresh
+    array: neither the file nor the page cache's pages of it count in this process's resident memory (a
+    memory map would count every page the kernel maps around a fault, up to the whole file)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        self.shape, self.dtype, self.ndim = tuple(mapped.shape), mapped.dtype, mapped.ndim
-        del mapped
+        with open(self.path, "rb") as handle:
+            major, _ = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran or dtype.hasobject:
+            raise ValueError(f"{self.path} is not a C-ordered numeric array")
+        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def rows(self, index: np.ndarray | slice | int) -> np.ndarray:
-        """Return a copy of rows `index` (an int array, in its order; a slice; an int) in the stored dtype."""
-        mapped = np.load(self.path, mmap_mode="r", allow_pickle=False)
-        out = np.array(mapped[index])
-        del mapped
+        """Return rows `index` (an int array, in its order; a slice; an int) in the stored dtype."""
+        if isinstance(index, (int, np.integer)):
+            return self.rows(np.array([index]))[0]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.shape[0])
+            if step != 1:
+                return self.rows(np.arange(start, stop, step))
+            out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset + start * self.row_bytes)
+                handle.readinto(memoryview(out).cast("B"))
+            return out
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < -self.shape[0] or index.max() >= self.shape[0]):
+            raise IndexError(f"row index out of range for {self.shape[0]} rows of {self.path}")
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        flat = memoryview(out.reshape(len(index), -1)).cast("B")
+        with open(self.path, "rb") as handle:
+            for i, row in enumerate(index % self.shape[0]):
+                handle.seek(self.offset + int(row) * self.row_bytes)
+                handle.readinto(flat[i * self.row_bytes:(i + 1) * self.row_bytes])
         return out
 
     __getitem__ = rows
 
 
-HeatmapSource = Union[torch.Tensor, MappedHeatmaps]
+HeatmapSource = Union[torch.Tensor, HeatmapFile]
 
 
 def channel_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -57,11 +81,11 @@ def channel_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])
 
 
-def training_source(heatmaps: np.ndarray | MappedHeatmaps, device: torch.device) -> HeatmapSource:
+def training_source(heatmaps: np.ndarray | HeatmapFile, device: torch.device) -> HeatmapSource:
     """Return the heatmaps as stage 3 reads them: on CUDA, a device tensor when they take at most half its free
-    memory (copied a chunk at a time); otherwise a `MappedHeatmaps` stays mapped (its batches are gathered and
+    memory (copied a chunk at a time); otherwise a `HeatmapFile` is read batch by batch (its batches are gathered and
     prepared on the device) and an array becomes a CPU tensor."""
-    if isinstance(heatmaps, MappedHeatmaps):
+    if isinstance(heatmaps, HeatmapFile):
         nbytes = int(np.prod(heatmaps.shape)) * heatmaps.dtype.itemsize
         if device.type != "cuda" or nbytes > torch.cuda.mem_get_info(device)[0] // 2:
             return heatmaps
@@ -75,7 +99,7 @@ def training_source(heatmaps: np.ndarray | MappedHeatmaps, device: torch.device)
 
 def gather(source: HeatmapSource, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Return rows `index` (B,) int64 of `source`, in that order, on `device` in the stored dtype."""
-    if isinstance(source, MappedHeatmaps):
+    if isinstance(source, HeatmapFile):
         return torch.from_numpy(source.rows(index.numpy())).to(device)
     return source.index_select(0, index.to(source.device)).to(device)
 
@@ -238,7 +262,7 @@ def epoch_batches(source: HeatmapSource, prep: HeatmapPrep, batch_size: int, dev
         if shuffle:
             raw = gather(source, idx, device)
         else:
-            raw = (torch.from_numpy(source.rows(slice(start, start + len(idx)))) if isinstance(source, MappedHeatmaps)
+            raw = (torch.from_numpy(source.rows(slice(start, start + len(idx)))) if isinstance(source, HeatmapFile)
                    else source[start:start + len(idx)]).to(device)
         prepared = prep(raw)
         for b in range(0, len(idx), batch_size):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from wildcapture.cae.heatmap_data import MappedHeatmaps, load_heatmaps
+from wildcapture.cae.heatmap_data import HeatmapFile, load_heatmaps
 from wildcapture.errors import DatasetError
 from wildcapture.heatmap_store import SplitIndex, read_array, read_index, read_meta
 from wildcapture.paths import heatmaps_dir, portable_path, resolve_path
@@ -44,13 +44,13 @@ def stage2_meta(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Any] 
 
 
 def load_split_heatmaps(cfg: dict[str, Any], split: str, meta: dict[str, Any] | None
-                        ) -> np.ndarray | MappedHeatmaps:
+                        ) -> np.ndarray | HeatmapFile:
     """Return the split's raw heatmaps (N, h, w), or (N, C, h, w) for a multi-channel kind: from stage 2 when
-    `meta`, a `MappedHeatmaps` (float32 or float16 as stored, digest checked, never loaded whole), else
+    `meta`, a `HeatmapFile` (float32 or float16 as stored, digest checked, never loaded whole), else
     `inputs.<split>` as a float32 array."""
     if meta is not None:
         read_array(heatmaps_dir(cfg), meta, split, "heatmaps")  # digest, rows
-        heatmaps = MappedHeatmaps(heatmaps_dir(cfg) / split / "heatmaps.npy")
+        heatmaps = HeatmapFile(heatmaps_dir(cfg) / split / "heatmaps.npy")
         source = heatmaps_dir(cfg) / split
     else:
         source = external_source(cfg, split)
