@@ -1,6 +1,8 @@
 """Heatmaps on disk: stage 2 streams its splits into the final .npy files, float16 storage, stage 3 reads them
-memory-mapped with the same weights as in memory, a failed stage 2 leaves nothing passed off as complete."""
+from disk with the same weights as in memory, a failed or killed stage 2 leaves nothing passed off as complete."""
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pytest
@@ -84,3 +86,45 @@ def test_a_stage2_killed_mid_split_leaves_no_partial_npy_passed_off_as_complete(
     else:
         with pytest.raises(IncompleteOutputError):
             read_meta(tmp_path / "heatmaps")
+
+
+@pytest.mark.e2e
+def test_a_stage2_killed_with_sigkill_mid_split_leaves_the_complete_run_and_the_same_command_completes(
+        tiny_vit_checkpoint, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stage_helpers import PAPER_HEATMAP
+
+    from wildcapture.paths import REPO_ROOT
+
+    args = [f"checkpoint={tiny_vit_checkpoint}", f"heatmaps_dir={tmp_path / 'heatmaps'}",
+            f"results_dir={tmp_path / 'results'}", "device=cpu", "gallery_size=0", "baselines.knn_k=5",
+            "heatmap.precision=fp32", *PAPER_HEATMAP]
+    evaluate_classifier.run(stage2_config(tiny_vit_checkpoint, tmp_path, "gallery_size=0"))
+    before = _files(tmp_path / "heatmaps")
+    command = [sys.executable, str(REPO_ROOT / "Test_Classifier" / "test_classifier.py"), *args, "batch_size=1",
+               "overwrite=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    staged = tmp_path / "heatmaps" / ".heatmaps.incomplete"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(staged.glob("*/heatmaps.npy")) and proc.poll() is None:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-split: its .npy files exist, at full size, partly written
+    proc.wait()
+    assert list(staged.glob("*/heatmaps.npy")), "stage 2 finished before it could be killed"
+    # the staged files stay apart; the complete run is byte-identical and still reads as complete
+    assert {p: b for p, b in _files(tmp_path / "heatmaps").items() if staged not in p.parents} == before
+    read_array(tmp_path / "heatmaps", read_meta(tmp_path / "heatmaps"), "train_id", "heatmaps")
+    again = subprocess.run(command[:-2] + ["batch_size=16", "overwrite=true"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not staged.exists()
+    meta = read_meta(tmp_path / "heatmaps")
+    first = next(b for p, b in before.items() if p.name == "heatmaps.npy" and p.parent.name == "train_id")
+    np.testing.assert_array_equal(read_array(tmp_path / "heatmaps", meta, "train_id", "heatmaps"),
+                                  np.load(io.BytesIO(first)))  # the same classifier and batch size: the same maps
