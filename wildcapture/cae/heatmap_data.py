@@ -213,12 +213,17 @@ def _normalise(x: torch.Tensor, norm: str) -> torch.Tensor:
         return x
     hi = x.amax(dim=(-2, -1), keepdim=True)
     if norm == "max":
-        lo, scale = torch.zeros_like(hi), hi
+        scale = hi
+        out = None
     else:
         lo = x.amin(dim=(-2, -1), keepdim=True)
         scale = hi - lo
+        out = x - lo
     ok = scale > 0
-    return torch.where(ok, (x - lo) / torch.where(ok, scale, torch.ones_like(scale)), 0.0)
+    safe = torch.where(ok, scale, torch.ones_like(scale))
+    # one new tensor and in-place steps: the same values as where(ok, (x - lo) / scale, 0), in fewer passes
+    out = x.div(safe) if out is None else out.div_(safe)
+    return out.masked_fill_(~ok, 0.0)
 
 
 def iterate_batches(
