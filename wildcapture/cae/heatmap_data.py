@@ -186,6 +186,7 @@ class HeatmapPrep:
                 x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
             else:
                 x = F.interpolate(x, size=(self.size, self.size), mode="nearest-exact")
+            return _normalise(x, self.norm, in_place=True)  # x is a new tensor: no second allocation
         return _normalise(x, self.norm)
 
 
@@ -207,21 +208,22 @@ def prepare_heatmaps(
     return out
 
 
-def _normalise(x: torch.Tensor, norm: str) -> torch.Tensor:
-    """Return x (B, C, S, S) normalised per image and channel by `norm` (see `HeatmapPrep`), same shape."""
+def _normalise(x: torch.Tensor, norm: str, in_place: bool = False) -> torch.Tensor:
+    """Return x (B, C, S, S) normalised per image and channel by `norm` (see `HeatmapPrep`), same shape;
+    `in_place`: x itself, overwritten (for a tensor the caller owns)."""
     if norm == "none":
         return x
     hi = x.amax(dim=(-2, -1), keepdim=True)
     if norm == "max":
         scale = hi
-        out = None
+        out = x if in_place else None
     else:
         lo = x.amin(dim=(-2, -1), keepdim=True)
         scale = hi - lo
-        out = x - lo
+        out = x.sub_(lo) if in_place else x - lo
     ok = scale > 0
     safe = torch.where(ok, scale, torch.ones_like(scale))
-    # one new tensor and in-place steps: the same values as where(ok, (x - lo) / scale, 0), in fewer passes
+    # in-place steps: the same values as where(ok, (x - lo) / scale, 0), in fewer passes and allocations
     out = x.div(safe) if out is None else out.div_(safe)
     return out.masked_fill_(~ok, 0.0)
 
