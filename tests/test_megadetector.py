@@ -6,8 +6,25 @@ import pytest
 from PIL import Image
 
 from wildcapture.data import DatasetError, build_benchmark
-from wildcapture.megadetector import (WHOLE_IMAGE_DETECTOR, DetectionResult, MDDetection, pixel_box,
-                                      read_md_json, whole_image_batch, write_md_json)
+from wildcapture.megadetector import (WHOLE_IMAGE_DETECTOR, DetectionResult, MDDetection, MDWriter, pixel_box,
+                                      read_md_json, whole_image_batch)
+from wildcapture.storage import atomic_write
+
+
+def write_md_json(path, batch, results, class_names, extra_info, failures=None):
+    """Write `batch` with `results` (in image order) through `MDWriter`, as detect's report does."""
+    by_image = {}
+    for r in results:
+        by_image.setdefault(r.image, []).append(r)
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as handle:
+            writer = MDWriter(handle, batch.document, class_names, extra_info)
+            for i, raw in enumerate(batch.raw_images):
+                writer.add(raw, by_image.get(i, []), (failures or {}).get(i))
+            writer.close()
+
+    atomic_write(path, write)
 
 CATEGORIES = {"1": "animal", "2": "person", "3": "vehicle"}
 

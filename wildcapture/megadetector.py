@@ -33,10 +33,9 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Collection, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import IO, Any, Callable, Collection, Mapping, NamedTuple, Sequence
 
 from wildcapture.errors import DatasetError
-from wildcapture.storage import atomic_write
 
 TYPICAL_THRESHOLD = 0.2  # MegaDetector v5's typical_detection_threshold
 FORMAT_MAJOR = "1"
@@ -401,40 +400,3 @@ class MDWriter:
     def close(self) -> None:
         """Close ``images`` and the document."""
         self.handle.write("\n ]\n}\n")
-
-
-def _results_per_image(batch: MDBatch, results: Iterable[DetectionResult]) -> Iterator[list[DetectionResult]]:
-    """Yield, for each image of ``batch`` in order, its results; ``results`` must come in image order
-    (ValueError otherwise, or for an image index outside the batch)."""
-    stream = iter(results)
-    pending = next(stream, None)
-    for i in range(len(batch.images)):
-        mine = []
-        while pending is not None and pending.image == i:
-            mine.append(pending)
-            pending = next(stream, None)
-        if pending is not None and pending.image < i:
-            raise ValueError(f"results must come in image order; got image {pending.image} after image {i}")
-        yield mine
-    if pending is not None:
-        raise ValueError(f"result {pending.image, pending.detection} names no image of {batch.source}")
-
-
-def write_md_json(path: Path, batch: MDBatch, results: Iterable[DetectionResult], class_names: Sequence[str],
-                  extra_info: Mapping[str, Any], failures: Mapping[int, str] | None = None,
-                  unknown_label: str | None = None) -> None:
-    """Write ``batch`` with ``results`` to ``path`` (atomically) through `MDWriter`.
-
-    ``results`` must come in image order. ``failures``: {image index: reason} of images the detector could
-    not read. Raises ValueError for a result that does not fit the batch.
-    """
-    failures = failures or {}
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            writer = MDWriter(handle, batch.document, class_names, extra_info, unknown_label)
-            for i, mine in enumerate(_results_per_image(batch, results)):
-                writer.add(batch.raw_images[i], mine, failures.get(i))
-            writer.close()
-
-    atomic_write(path, write)

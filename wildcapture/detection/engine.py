@@ -38,7 +38,7 @@ from wildcapture.detection import SCORES
 from wildcapture.detection.dataset import DetectionImages
 from wildcapture.detection.gpu_decode import device_batches
 from wildcapture.detection.season import Item, Scan
-from wildcapture.detection.progress import ROWS_FORMAT, ShardProgress
+from wildcapture.detection.progress import ROWS_FORMAT, ShardProgress, failure_row
 from wildcapture.errors import CheckpointError
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.ood.fusion import FusionDetector
@@ -146,8 +146,7 @@ def _item_columns(item: Item, index: int) -> dict[str, Any]:
 
 
 def _failed_row(item: Item, index: int, reason: str) -> dict[str, Any]:
-    return {**_item_columns(item, index), "predicted_class": "", "confidence": "", "classifications": "",
-            "ood_score": "", "ood_flag": "", "unknown_confidence": "", "failure": reason}
+    return failure_row(reason, **_item_columns(item, index))
 
 
 def job_fingerprint(scan: Scan, detector: Detector, settings: dict[str, Any]) -> str:

@@ -25,6 +25,11 @@ PART_COLUMNS = ("item", "image", "detection", "bbox", "detection_conf", "predict
 ROWS_FORMAT = 2  # part of a job's fingerprint: progress written with other columns is not continued
 
 
+def failure_row(failure: str, **columns: Any) -> dict[str, Any]:
+    """A row of PART_COLUMNS without a score: `failure` says why, `columns` fills the others given ("" elsewhere)."""
+    return {**dict.fromkeys(PART_COLUMNS, ""), **columns, "failure": failure}
+
+
 class ShardProgress:
     """The rows file and checkpoint of rank `rank` in the work folder `work`."""
 

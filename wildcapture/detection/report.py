@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 if TYPE_CHECKING:
     from wildcapture.detection.engine import Detector
 
-from wildcapture.detection.progress import read_rows
+from wildcapture.detection.progress import failure_row, read_rows
 from wildcapture.detection.season import EMPTY, Scan, Season, SeasonImage
 from wildcapture.megadetector import DetectionResult, MDWriter
 
@@ -63,9 +63,10 @@ def merged_rows(parts: Sequence[Path]) -> Iterator[dict[str, str]]:
 
 
 def _plain_row(image: SeasonImage, failure: str, detection: int | None = None) -> dict[str, Any]:
-    return {"image": image.image.file, "detection": "" if detection is None else detection, "bbox": "",
-            "detection_conf": "", "predicted_class": "", "confidence": "", "classifications": "", "ood_score": "",
-            "ood_flag": "", "unknown_confidence": "", "failure": failure}
+    """The row of an image (or one of its detections) that no process scored; no `item`: not a loader's row."""
+    row = failure_row(failure, image=image.image.file, detection="" if detection is None else detection)
+    del row["item"]
+    return row
 
 
 def season_rows(season: Season, parts: Sequence[Path]) -> Iterator[tuple[SeasonImage, list[dict[str, Any]]]]:
