@@ -21,14 +21,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-from wildcapture.cae import ARCHS, HeatmapPrep, epoch_batches, prepare_heatmaps, train_one_epoch
-from wildcapture.cae.architectures import CAEModel, cae_from_config, heatmap_prep
+from wildcapture.cae import HeatmapPrep, epoch_batches, prepare_heatmaps, train_one_epoch
+from torch import nn
+
+from wildcapture.cae.architectures import ARCHITECTURES, cae_from_config, heatmap_prep
 
 
-def _fresh(args: argparse.Namespace) -> tuple[CAEModel, torch.optim.Optimizer]:
+def _fresh(args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    cae_cfg = {"arch": args.arch, "input_size": args.size, "zdim": args.zdim, "small_width": args.small_width,
-               "small_zdim": args.small_zdim}
+    cae_cfg = {"arch": args.arch, "paper": {"input_size": args.size, "zdim": args.zdim},
+               "small": {"width": args.small_width, "zdim": args.small_zdim}}
     model = cae_from_config(cae_cfg, (args.channels, args.grid, args.grid)).to(args.device)
     return model, torch.optim.Adam(model.parameters(), lr=1e-4)
 
@@ -82,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="number of heatmaps")
     parser.add_argument("--grid", type=int, default=14, help="heatmap side (14 for ViT-B/16 at 224)")
-    parser.add_argument("--arch", choices=ARCHS, default="paper", help="CAE architecture (cae.arch)")
+    parser.add_argument("--arch", choices=tuple(ARCHITECTURES), default="paper", help="CAE architecture (cae.arch)")
     parser.add_argument("--channels", type=int, default=1, help="heatmap channels (1: cls_last; heads or "
                         "blocks*heads for cls_heads/cls_all)")
     parser.add_argument("--size", type=int, default=128, help="paper CAE input side (the small one takes the grid)")

@@ -30,7 +30,7 @@ def stage2_config(checkpoint: Path, out: Path, *overrides: str) -> Config:
                         f"results_dir={out / 'results'}", "device=cpu", "batch_size=16", "gallery_size=2",
                         "baselines.knn_k=5", *PAPER_HEATMAP, *overrides])
 
-TINY_CAE = [*PAPER_CAE, "cae.input_size=16", "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16",
+TINY_CAE = [*PAPER_CAE, "cae.paper.input_size=16", "train.epochs=2", "train.batch_size=8", "train.eval_batch_size=16",
             "test.batch_size=16", "test.gallery_size=2", "device=cpu"]
 
 

@@ -32,7 +32,7 @@ def test_paper_round_trip_with_channels(tmp_path):
     torch.manual_seed(0)
     model = ConvAutoencoder(16, 8, in_channels=3)
     path = _save(tmp_path / "paper.pth", model, threshold=0.5)
-    loaded, meta = load_cae(path, _cae_cfg("cae.input_size=16", "cae.zdim=8"))
+    loaded, meta = load_cae(path, _cae_cfg("cae.paper.input_size=16", "cae.paper.zdim=8"))
     assert isinstance(loaded, ConvAutoencoder) and loaded.constructor_args() == model.constructor_args()
     assert _same_weights(loaded, model) and not loaded.training
     assert meta["model_args"] == {"arch": "paper", "input_size": 16, "zdim": 8, "in_channels": 3}
@@ -43,7 +43,7 @@ def test_small_round_trip_ignores_input_size_and_resize(tmp_path):
     torch.manual_seed(0)
     model = SmallAutoencoder(16, (4, 4), width=8, zdim=4)
     path = _save(tmp_path / "small.pth", model)
-    cfg = _cae_cfg("cae.arch=small", "cae.small_width=8", "cae.small_zdim=4", "cae.input_size=48",
+    cfg = _cae_cfg("cae.arch=small", "cae.small.width=8", "cae.small.zdim=4", "cae.paper.input_size=48",
                    "cae.resize=nearest")
     loaded, meta = load_cae(path, cfg)
     assert isinstance(loaded, SmallAutoencoder) and loaded.input_shape == (16, 4, 4)
@@ -55,25 +55,25 @@ def test_small_round_trip_ignores_input_size_and_resize(tmp_path):
 
 @pytest.mark.parametrize("overrides, key, saved, configured", [
     (["cae.arch=small"], "arch", "paper", "small"),
-    (["cae.zdim=16"], "zdim", 8, 16),
-    (["cae.input_size=32"], "input_size", 16, 32),
+    (["cae.paper.zdim=16"], "paper.zdim", 8, 16),
+    (["cae.paper.input_size=32"], "paper.input_size", 16, 32),
     (["cae.norm=minmax"], "norm", "max", "minmax"),
 ])
 def test_config_mismatch_with_a_paper_checkpoint_names_key_and_values(tmp_path, overrides, key, saved, configured):
     path = _save(tmp_path / "paper.pth", ConvAutoencoder(16, 8))
-    cfg = _cae_cfg("cae.input_size=16", "cae.zdim=8", *overrides)
+    cfg = _cae_cfg("cae.paper.input_size=16", "cae.paper.zdim=8", *overrides)
     with pytest.raises(WeightsMismatchError, match=rf"cae\.{key}={saved} but the config has cae\.{key}={configured}"):
         load_cae(path, cfg)
 
 
 @pytest.mark.parametrize("overrides, key, saved, configured", [
     (["cae.arch=paper"], "arch", "small", "paper"),
-    (["cae.small_width=16"], "small_width", 8, 16),
-    (["cae.small_zdim=2"], "small_zdim", 4, 2),
+    (["cae.small.width=16"], "small.width", 8, 16),
+    (["cae.small.zdim=2"], "small.zdim", 4, 2),
 ])
 def test_config_mismatch_with_a_small_checkpoint_names_key_and_values(tmp_path, overrides, key, saved, configured):
     path = _save(tmp_path / "small.pth", SmallAutoencoder(2, (4, 4), width=8, zdim=4))
-    cfg = _cae_cfg("cae.arch=small", "cae.small_width=8", "cae.small_zdim=4", *overrides)
+    cfg = _cae_cfg("cae.arch=small", "cae.small.width=8", "cae.small.zdim=4", *overrides)
     with pytest.raises(WeightsMismatchError, match=rf"cae\.{key}={saved} but the config has cae\.{key}={configured}"):
         load_cae(path, cfg)
 
@@ -82,7 +82,7 @@ def test_checkpoint_from_before_arch_loads_as_the_one_channel_paper_cae(tmp_path
     model = ConvAutoencoder(16, 8)
     torch.save({"format": CAE_FORMAT, "model_args": {"input_size": 16, "zdim": 8},
                 "prep": {"resize": "bilinear", "norm": "max"}, "model": model.state_dict()}, tmp_path / "old.pth")
-    loaded, _ = load_cae(tmp_path / "old.pth", _cae_cfg("cae.input_size=16", "cae.zdim=8"))
+    loaded, _ = load_cae(tmp_path / "old.pth", _cae_cfg("cae.paper.input_size=16", "cae.paper.zdim=8"))
     assert isinstance(loaded, ConvAutoencoder) and loaded.input_shape == (1, 16, 16)
     assert _same_weights(loaded, model)
     with pytest.raises(WeightsMismatchError, match=r"cae\.arch=paper"):
@@ -103,9 +103,9 @@ def test_unknown_or_broken_model_args_are_checkpoint_errors(tmp_path):
                tmp_path / "huge.pth")
     with pytest.raises(CheckpointError, match="huge.*paper, small"):
         load_cae(tmp_path / "huge.pth")
-    torch.save({"format": CAE_FORMAT, "model_args": {"arch": "small", "in_channels": 1, "grid": [4, 4], "zdim": 8},
+    torch.save({"format": CAE_FORMAT, "model_args": {"arch": "small", "in_channels": 1, "grid": [4, 4], "depth": 3},
                 "model": state}, tmp_path / "cut.pth")
-    with pytest.raises(CheckpointError, match="width"):
+    with pytest.raises(CheckpointError, match="depth"):
         load_cae(tmp_path / "cut.pth", _cae_cfg("cae.arch=small"))
 
 

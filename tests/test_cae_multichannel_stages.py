@@ -59,9 +59,9 @@ def _errors(model, x):
         return np.array([((model(x[i:i + 1]) - x[i:i + 1]) ** 2).mean().item() for i in range(len(x))])
 
 
-ARCHS = {"small": (["cae.arch=small", "cae.small_width=8", "cae.small_zdim=4"], None,
+ARCHS = {"small": (["cae.arch=small", "cae.small.width=8", "cae.small.zdim=4"], None,
                    {"arch": "small", "in_channels": CHANNELS, "grid": [4, 4], "width": 8, "zdim": 4}),
-         "paper": (["cae.zdim=16"], 16, {"arch": "paper", "input_size": 16, "zdim": 16, "in_channels": CHANNELS})}
+         "paper": (["cae.paper.zdim=16"], 16, {"arch": "paper", "input_size": 16, "zdim": 16, "in_channels": CHANNELS})}
 
 
 @pytest.fixture(scope="module", params=sorted(ARCHS))

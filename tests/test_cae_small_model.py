@@ -98,11 +98,11 @@ def test_config_checks_of_the_architecture_keys():
         return load_config(REPO_ROOT / "AutoEncoder" / "config", None, ["cae.arch=paper", *overrides])["cae"]
 
     assert cae()["arch"] == "paper"
-    check_cae_settings(cae("cae.arch=small", "cae.input_size=30"))  # input_size is ignored by the small CAE
-    with pytest.raises(ConfigError, match="cae.input_size must be a positive multiple of 16, got 30"):
-        check_cae_settings(cae("cae.input_size=30"))
+    check_cae_settings(cae("cae.arch=small", "cae.paper.input_size=30"))  # input_size is ignored by the small CAE
+    with pytest.raises(ConfigError, match="cae.paper.input_size must be a positive multiple of 16, got 30"):
+        check_cae_settings(cae("cae.paper.input_size=30"))
     with pytest.raises(ConfigError, match="cae.arch must be one of paper, small; got 'tiny'"):
         check_cae_settings(cae("cae.arch=tiny"))
-    for key, bad in (("small_width", 0), ("small_width", 2048), ("small_zdim", 0), ("small_zdim", 5000)):
-        with pytest.raises(ConfigError, match=f"cae.{key} must be an integer .*got {bad}"):
+    for key, bad in (("small.width", 0), ("small.width", 2048), ("small.zdim", 0), ("small.zdim", 5000)):
+        with pytest.raises(ConfigError, match=f"cae.{key} must be a positive integer.*got {bad}"):
             check_cae_settings(cae("cae.arch=small", f"cae.{key}={bad}"))

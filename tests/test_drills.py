@@ -76,8 +76,8 @@ def test_failed_runs_leave_the_complete_experiment_byte_identical(experiment, mo
     with pytest.raises(IncompleteOutputError):
         train_cae.run(_stage34(root, f"heatmaps_dir={damaged}"))
     shutil.rmtree(damaged)
-    with pytest.raises(Exception, match="cae.input_size"):
-        score_cae.run(_stage34(root, "cae.input_size=32"))
+    with pytest.raises(Exception, match="cae.paper.input_size"):
+        score_cae.run(_stage34(root, "cae.paper.input_size=32"))
     assert snapshot(root) == before
     assert not list(root.rglob(".evaluate_classifier.incomplete")) and not list(root.rglob(".score_cae.incomplete"))
 
@@ -151,7 +151,7 @@ def test_resume_refuses_a_changed_model_or_optimisation(tmp_path, tiny_heatmaps)
         train_classifier.run(stage1_config(tmp_path / "vit", "train.epochs=2", "train.resume=true"))
     cfg = cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1")
     train_cae.run(cfg)
-    for changed, before in (("cae.input_size=32", "cae.input_size=16"), ("train.accept_fraction=0.9",
+    for changed, before in (("cae.paper.input_size=32", "cae.paper.input_size=16"), ("train.accept_fraction=0.9",
                                                                           "train.accept_fraction=0.95")):
         with pytest.raises(ConfigError, match=rf"{changed} differs .*{before}"):
             train_cae.run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=2", "train.resume=true",
@@ -297,7 +297,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_previous_results(experiment, sma
     before = snapshot(disk)
     cmd = [sys.executable, str(REPO_ROOT / "AutoEncoder" / "test_autoencoder.py"),
            *(f"{k}={v}" for k, v in (("heatmaps_dir", root / "heatmaps"), ("output_dir", root / "cae"),
-                                     ("results_dir", disk), ("cae.arch", "paper"), ("cae.input_size", 16),
+                                     ("results_dir", disk), ("cae.arch", "paper"), ("cae.paper.input_size", 16),
                                      ("device", "cpu"),
                                      ("test.baseline_scores", root / "results" / "baseline_scores.csv")))]
     result = _run(cmd)  # a second run needs room for its new files before it replaces the old ones

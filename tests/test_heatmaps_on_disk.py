@@ -23,7 +23,7 @@ def _files(folder) -> dict:
 
 def _train(source, epochs: int = 2) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = cae_from_config({"arch": "small", "small_width": 8, "small_zdim": 4}, (3, 5, 5))
+    model = cae_from_config({"arch": "small", "small": {"width": 8, "zdim": 4}}, (3, 5, 5))
     prep = heatmap_prep(model, "bilinear", "max")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     for epoch in range(epochs):

@@ -34,13 +34,13 @@ def test_stage_configs_load_the_benchmark_presets_and_apply_extra_keys_where_the
     cfgs = stage_configs("cifar10")
     assert [c["exp"] for c in cfgs] == ["cifar10"] * 4
     assert cfgs[0]["model"]["name"] == "vit_base_patch16_224.augreg_in21k" and cfgs[0]["data"]["name"] == "cifar10"
-    assert cfgs[2]["cae"]["input_size"] == cfgs[3]["cae"]["input_size"] == 128
+    assert cfgs[2]["cae"]["paper"]["input_size"] == cfgs[3]["cae"]["paper"]["input_size"] == 128
 
-    cfgs = stage_configs("digits", extra=["device=cpu", "train.epochs=3", "heatmap.kind=rollout", "cae.zdim=64"])
+    cfgs = stage_configs("digits", extra=["device=cpu", "train.epochs=3", "heatmap.kind=rollout", "cae.paper.zdim=64"])
     assert [c["device"] for c in cfgs] == ["cpu"] * 4
     assert [cfgs[i]["train"]["epochs"] for i in (0, 2, 3)] == [3, 3, 3] and "train" not in cfgs[1]
     assert cfgs[1]["heatmap"]["kind"] == "rollout"
-    assert cfgs[2]["cae"]["zdim"] == cfgs[3]["cae"]["zdim"] == 64
+    assert cfgs[2]["cae"]["paper"]["zdim"] == cfgs[3]["cae"]["paper"]["zdim"] == 64
 
     with pytest.raises(ValueError, match="unknown benchmark 'mnist'"):
         stage_configs("mnist")
@@ -57,8 +57,8 @@ def test_per_stage_items_go_to_their_stage_only():
 
 
 def test_stage_values_are_checked_before_any_stage_runs():
-    with pytest.raises(ConfigError, match="cae.input_size must be a positive multiple of 16, got 20"):
-        check_stage_configs(stage_configs("digits", extra=["cae.arch=paper", "cae.input_size=20"]))
+    with pytest.raises(ConfigError, match="cae.paper.input_size must be a positive multiple of 16, got 20"):
+        check_stage_configs(stage_configs("digits", extra=["cae.arch=paper", "cae.paper.input_size=20"]))
     with pytest.raises(ConfigError, match="heatmap.kind"):
         check_stage_configs(stage_configs("digits", extra=["heatmap.kind=cls_first"]))
     check_stage_configs(stage_configs("digits"))

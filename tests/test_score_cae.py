@@ -224,7 +224,7 @@ def test_empty_ood_split_is_named(tiny_heatmaps, tiny_cae, tmp_path):
 
 def test_cae_checkpoint_of_another_input_size_is_named(tiny_heatmaps, tiny_cae, tmp_path):
     with pytest.raises(WeightsMismatchError, match=r"cae\.input_size=16"):
-        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "cae.input_size=32"))
+        run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "cae.paper.input_size=32"))
     assert _files(tmp_path / "results") == []
 
 

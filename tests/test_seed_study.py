@@ -18,7 +18,7 @@ from wildcapture.study.variants import Variant, pick_variants
 CLS_LAST, ROLLOUT = Variant("cls_last", ("heatmap.kind=cls_last",)), Variant("rollout", ("heatmap.kind=rollout",))
 TINY = ["device=cpu", "data.limit_per_split=40", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=16",
         "model.img_size=8", "model.patch_size=2", "model.embed_dim=16", "model.depth=2", "model.num_heads=2",
-        "batch_size=16", "gallery_size=0", "baselines.knn_k=5", "cae.input_size=16", "test.batch_size=16",
+        "batch_size=16", "gallery_size=0", "baselines.knn_k=5", "cae.paper.input_size=16", "test.batch_size=16",
         "test.gallery_size=0"]
 
 
@@ -49,7 +49,7 @@ def test_run_configs_place_each_run_in_its_folders(tmp_path):
 
 
 def test_variants_are_picked_by_name(monkeypatch):
-    paper = Variant("cls_last/paper", ("heatmap.kind=cls_last",), ("cae.zdim=64",))
+    paper = Variant("cls_last/paper", ("heatmap.kind=cls_last",), ("cae.paper.zdim=64",))
     clash = Variant("other", ("heatmap.block=cls_last",))  # another setting, the same folder name
     monkeypatch.setattr(variants, "VARIANTS", (CLS_LAST, ROLLOUT, paper, clash))
     assert pick_variants(["rollout", "cls_last"]) == [ROLLOUT, CLS_LAST]

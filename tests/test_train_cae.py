@@ -77,7 +77,7 @@ def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_che
     assert (errors <= best["threshold"] * (1 + 1e-6)).sum() >= k
 
     saved = yaml.safe_load((folder / "config.yaml").read_text())
-    assert saved["cae"]["input_size"] == 16 and saved["train"]["epochs"] == 3
+    assert saved["cae"]["paper"]["input_size"] == 16 and saved["train"]["epochs"] == 3
 
 
 def _stage2(tiny_heatmaps, split, name):

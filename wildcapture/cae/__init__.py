@@ -1,5 +1,5 @@
 """The convolutional autoencoder over attention heatmaps: models, data, training and scoring."""
-from wildcapture.cae.architectures import ARCHS, build_cae
+from wildcapture.cae.architectures import ARCHITECTURES, build_cae
 from wildcapture.cae.engine import (
     ood_threshold,
     unknown_confidence,
@@ -21,7 +21,7 @@ from wildcapture.cae.model import ConvAutoencoder
 from wildcapture.cae.small_model import SmallAutoencoder
 
 __all__ = [
-    "ARCHS",
+    "ARCHITECTURES",
     "ConvAutoencoder",
     "HeatmapPrep",
     "NORMS",

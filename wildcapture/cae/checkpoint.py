@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from wildcapture.cae.architectures import CAEModel, build_cae, config_values
+from torch import nn
+
+from wildcapture.cae.architectures import build_cae, configured_settings, settings_of
 from wildcapture.errors import CheckpointError, WeightsMismatchError
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.outputs import check_completed_file
@@ -37,12 +39,12 @@ def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any
 
 
 def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete: bool = False
-             ) -> tuple[CAEModel, dict[str, Any]]:
+             ) -> tuple[nn.Module, dict[str, Any]]:
     """Return the CAE stored at `path` (either architecture; eval mode, CPU) and the checkpoint's metadata
     (everything but the weights, plus `path`; {"path"} alone for a bare state dict).
 
     With `cae_cfg` (the config's `cae.*`), raises WeightsMismatchError naming the key and both values if the
-    checkpoint was made with another arch, input size, zdim, small_width, small_zdim, resize or norm. A
+    checkpoint was made with another arch, another argument of its architecture (`cae.<arch>.*`), resize or norm. A
     checkpoint of an older format is a CheckpointError that says to rerun stage 3. The file must be the one
     stage 3's completion marker beside it lists (when there is one; always with `require_complete`).
     """
@@ -64,17 +66,11 @@ def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete
     except KeyError as err:
         raise CheckpointError(f"{path} is not a CAE checkpoint (no {err} entry)") from err
     try:
-        settings = config_values(args, obj.get("prep", {}))
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read its model_args {args} ({err!s})") from err
-    for key, value in settings.items() if cae_cfg is not None else ():
-        if cae_cfg[key] != value:
-            raise WeightsMismatchError(f"CAE checkpoint {path} was made with cae.{key}={value} but the config has "
-                                       f"cae.{key}={cae_cfg[key]}; set cae.{key}={value}")
-    try:
         model = build_cae(**args)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot build a CAE from its model_args {args} ({err})") from err
+    if cae_cfg is not None:
+        _check_settings(path, settings_of(model, obj.get("prep", {})), cae_cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -82,6 +78,15 @@ def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete
         raise WeightsMismatchError(f"{path} does not fit the CAE of {args}: {first}") from err
     meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")} if ours else {}
     return model.eval(), {**meta, "path": str(path)}
+
+
+def _check_settings(path: Path, settings: dict[str, Any], cae_cfg: dict[str, Any]) -> None:
+    """Raise WeightsMismatchError naming the first `cae.*` key whose config value differs from the checkpoint's."""
+    configured = configured_settings(cae_cfg)
+    for key, value in settings.items():
+        if configured.get(key) != value:
+            raise WeightsMismatchError(f"CAE checkpoint {path} was made with cae.{key}={value} but the config has "
+                                       f"cae.{key}={configured.get(key)}; set cae.{key}={value}")
 
 
 def fusion_of(ckpt: dict[str, Any]) -> FusionDetector | None:

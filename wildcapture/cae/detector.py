@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wildcapture.cae.architectures import CAEModel, check_fits, heatmap_prep
+from torch import nn
+
+from wildcapture.cae.architectures import check_fits, heatmap_prep
 from wildcapture.cae.engine import reconstruction_errors
 from wildcapture.cae.heatmap_data import HeatmapFile, prepare_heatmaps
 from wildcapture.heatmap_store import SplitArrays
@@ -21,7 +23,7 @@ class CAEDetector(Detector):
 
     name = "cae"
 
-    def __init__(self, model: CAEModel, resize: str, norm: str, batch_size: int = 256,
+    def __init__(self, model: nn.Module, resize: str, norm: str, batch_size: int = 256,
                  device: str | torch.device = "cpu") -> None:
         self.model, self.prep = model, heatmap_prep(model, resize, norm)
         self.batch_size, self.device = batch_size, torch.device(device)

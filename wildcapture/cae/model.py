@@ -8,6 +8,7 @@ last transposed conv depend on the number of heatmap channels (1 for the paper).
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -27,9 +28,9 @@ class ConvAutoencoder(nn.Module):
     stride-2 transposed convs back to S. LeakyReLU(0.2) after every layer but the last.
     """
 
-    arch = "paper"
-
-    def __init__(self, input_size: int = 128, zdim: int = 512, in_channels: int = 1) -> None:
+    def __init__(self, input_size: int = 128, zdim: int = 512, in_channels: int = 1,
+                 grid: Sequence[int] | None = None) -> None:
+        """`grid`, the heatmaps' patch grid, is not used: every heatmap is resized to `input_size`."""
         super().__init__()
         if not isinstance(input_size, int) or input_size < 16 or input_size % 16:
             raise ValueError(f"input_size must be a positive multiple of 16, got {input_size!r}")

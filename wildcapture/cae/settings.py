@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wildcapture.cae.architectures import ARCHS
+from wildcapture.cae.architectures import check_arch_settings
 from wildcapture.cae.heatmap_data import NORMS, RESIZE_MODES
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
 from wildcapture.errors import ConfigError
@@ -12,15 +12,9 @@ from wildcapture.runtime import pick_device
 
 
 def check_cae_settings(cae_cfg: dict[str, Any]) -> None:
-    """Raise ConfigError naming the key if `cae.*` holds a value the CAE cannot use (`cae.input_size` is
-    checked only for the paper's architecture: the small one works at the heatmaps' native grid)."""
-    check_choice({"cae": cae_cfg}, "cae.arch", ARCHS)
-    size = cae_cfg["input_size"]
-    if cae_cfg["arch"] == "paper" and (not isinstance(size, int) or isinstance(size, bool) or size < 16 or size % 16):
-        raise ConfigError(f"cae.input_size must be a positive multiple of 16, got {size!r}")
-    check_number({"cae": cae_cfg}, "cae.zdim", minimum=1, integer=True)
-    check_number({"cae": cae_cfg}, "cae.small_width", minimum=1, maximum=1024, integer=True)
-    check_number({"cae": cae_cfg}, "cae.small_zdim", minimum=1, maximum=4096, integer=True)
+    """Raise ConfigError naming the key if `cae.*` holds a value the CAE cannot use (only the section of the
+    chosen `cae.arch` is checked)."""
+    check_arch_settings(cae_cfg)
     check_choice({"cae": cae_cfg}, "cae.resize", RESIZE_MODES)
     check_choice({"cae": cae_cfg}, "cae.norm", NORMS)
 

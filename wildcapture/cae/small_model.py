@@ -27,14 +27,15 @@ class SmallAutoencoder(nn.Module):
     LeakyReLU(0.2) after every layer but the last, as in the paper's CAE.
     """
 
-    arch = "small"
+    LIMITS = {"width": 1024, "zdim": 4096}  # upper bounds of its own arguments
 
     def __init__(self, in_channels: int, grid: Sequence[int], width: int = 32, zdim: int = 8) -> None:
         super().__init__()
         grid = tuple(grid)
         for name, value in (("in_channels", in_channels), ("width", width), ("zdim", zdim), *zip(("grid",) * 2, grid)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= self.LIMITS.get(name, value):
+                limit = f" <= {self.LIMITS[name]}" if name in self.LIMITS else ""
+                raise ValueError(f"{name} must be a positive integer{limit}, got {value!r}")
         if len(grid) != 2:
             raise ValueError(f"grid must be (h, w), got {grid!r}")
         self.in_channels, self.grid, self.width, self.zdim = in_channels, grid, width, zdim

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from wildcapture.cae import ood_threshold, reconstruction_errors
-from wildcapture.cae.architectures import cae_from_config, check_fits, heatmap_prep, model_args
+from wildcapture.cae.architectures import arch_of, cae_from_config, check_fits, heatmap_prep, model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT, sorted_scores
 from wildcapture.cae.engine import train_one_epoch
 from wildcapture.cae.fusion_inputs import FusionCalibration
@@ -79,7 +79,7 @@ def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     write_yaml(training.path("config.yaml"), cfg)
     ckpt_meta = {"format": CAE_FORMAT, "model_args": model_args(model),
                  "prep": {"resize": prep.resize, "norm": prep.norm}, "heatmaps": provenance, "config": cfg}
-    print(f"stage 3: {model.arch} CAE, input {'x'.join(map(str, model.input_shape))}, "
+    print(f"stage 3: {arch_of(model)} CAE, input {'x'.join(map(str, model.input_shape))}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, on {len(train_maps)} train_id / "
           f"{len(val_maps)} val_id heatmaps, device {device}; writing to {out}", flush=True)
 
