@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from wildcapture.config import load_config
-from wildcapture.ood import read_table
+from wildcapture.ood.table import read_table
 from wildcapture.paths import REPO_ROOT
 from wildcapture.stages import evaluate_classifier, score_cae, train_cae
 

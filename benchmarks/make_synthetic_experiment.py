@@ -27,7 +27,7 @@ from wildcapture.data import data_identity
 from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
                                        results_staging, write_baseline_scores, write_index)
 from wildcapture.heatmaps import HEATMAP_KINDS, heatmap_channels
-from wildcapture.ood import fit_baselines, score_all
+from wildcapture.ood.baselines import fit_detectors, score_all
 from wildcapture.paths import REPO_ROOT, classifier_dir, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity
 from wildcapture.storage import load_checkpoint_with_digest, write_yaml
@@ -107,7 +107,8 @@ def make_experiment(overrides: Sequence[str], model: str, kind: str, sizes: dict
         arrays = {s: write_split(heat, s, n, n_classes, s == "test_ood", dtype, rng, shapes) for s, n in sizes.items()}
         index = {s: SplitIndex([f"synthetic/{s}/{i:07d}" for i in range(n)], [], []) for s, n in sizes.items()}
         labels = np.arange(sizes["train_id"]) % n_classes
-        detectors = fit_baselines(arrays["train_id"].features, arrays["train_id"].logits, labels, *head, knn_k=50)
+        detectors = fit_detectors({"features": arrays["train_id"].features, "logits": arrays["train_id"].logits,
+                                   "labels": labels, "head": head}, {"knn": {"k": 50}})
         scores = {s: score_all(detectors, arrays[s]) for s in ("test_id", "test_ood")}
         for s in scores:
             index[s].labels = (np.full(sizes[s], -1) if s == "test_ood" else np.arange(sizes[s]) % n_classes).tolist()

@@ -74,7 +74,7 @@ def mixed_runs(study: StudyLayout, bf16: StudyLayout, seed: int, variants: Seque
         cae = CAEDetector(model, ckpt["prep"]["resize"], ckpt["prep"]["norm"], 256, "cpu")
         recon = read_recon_errors(study.scores(seed, v) / "recon_errors.pkl")
         split, rows = np.asarray(recon["split"]), np.asarray(recon["rows"])
-        scores = {s: cae.score_heatmaps(np.load(bf16.heatmaps(seed, v) / s / "heatmaps.npy"))[rows[split == s]]
+        scores = {s: cae.score(np.load(bf16.heatmaps(seed, v) / s / "heatmaps.npy"))[rows[split == s]]
                   for s in ("test_id", "test_ood")}
         runs[f"cae[{v.name}] mixed"] = detector_run(scores["test_id"], scores["test_ood"])
     return runs

@@ -10,6 +10,7 @@ from wildcapture.cae.detector import CAEDetector
 from wildcapture.config import load_config
 from wildcapture.errors import CheckpointError, DatasetError, WeightsMismatchError
 from wildcapture.paths import REPO_ROOT
+from wildcapture.storage import sha256_file
 
 
 def _cae_cfg(*overrides):
@@ -94,7 +95,8 @@ def test_bare_state_dict_gives_its_channel_count(tmp_path):
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     loaded, meta = load_cae(tmp_path / "bare.pt")
     assert loaded.constructor_args() == {"input_size": 32, "zdim": 8, "in_channels": 4}
-    assert _same_weights(loaded, model) and meta == {"path": str(tmp_path / "bare.pt")}
+    assert _same_weights(loaded, model) and meta == {"path": str(tmp_path / "bare.pt"),
+                                                     "sha256": sha256_file(tmp_path / "bare.pt")}
 
 
 def test_unknown_or_broken_model_args_are_checkpoint_errors(tmp_path):
@@ -122,13 +124,13 @@ def test_detector_scores_multichannel_heatmaps_and_names_a_shape_that_does_not_f
     maps = np.random.default_rng(0).random((5, 3, 4, 4)).astype(np.float32)
     small = CAEDetector(SmallAutoencoder(3, (4, 4)).eval(), "bilinear", "minmax", batch_size=2)
     assert small.prep == HeatmapPrep(None, "bilinear", "minmax")
-    np.testing.assert_array_equal(small.score_heatmaps(maps),
+    np.testing.assert_array_equal(small.score(maps),
                                   reconstruction_errors(small.model, torch.from_numpy(maps), small.prep, 2, "cpu"))
     assert small.prepare(maps).shape == (5, 3, 4, 4)
     shapes = r"heatmaps of shape \(5, 3, 5, 5\).*\(3, 5, 5\).*\(3, 4, 4\)"
     with pytest.raises(DatasetError, match=rf"split test_ood: {shapes}"):
-        small.score_heatmaps(np.zeros((5, 3, 5, 5), np.float32), "split test_ood")
+        small.score(np.zeros((5, 3, 5, 5), np.float32), "split test_ood")
     paper = CAEDetector(ConvAutoencoder(16, 8).eval(), "bilinear", "max")
-    assert paper.prep == HeatmapPrep(16, "bilinear", "max") and paper.score_heatmaps(maps[:, 0]).shape == (5,)
+    assert paper.prep == HeatmapPrep(16, "bilinear", "max") and paper.score(maps[:, 0]).shape == (5,)
     with pytest.raises(DatasetError, match=r"\(3, 16, 16\).*\(1, 16, 16\)"):
-        paper.score_heatmaps(maps)
+        paper.score(maps)

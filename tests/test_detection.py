@@ -83,7 +83,7 @@ def _reference_scores(cae_path: Path, image: Image.Image) -> tuple[np.ndarray, f
         logits, features, heatmaps = forward_with_heatmaps(classifier.eval(), eval_tf(image)[None],
                                                            source["heatmap"]["kind"], source["heatmap"]["block"])
     detector = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], 4, "cpu")
-    return (logits.softmax(1)[0].double().numpy(), float(detector.score_heatmaps(heatmaps)[0]),
+    return (logits.softmax(1)[0].double().numpy(), float(detector.score(heatmaps)[0]),
             features[0].double().numpy())
 
 

@@ -8,7 +8,7 @@ from wildcapture.heatmap_store import SplitArrays
 from sklearn.covariance import EmpiricalCovariance
 
 from wildcapture.ood.baselines import (
-    KNN, MSP, Energy, Mahalanobis, MaxLogit, ViM, fit_baselines, score_all,
+    DETECTORS, KNN, MSP, Energy, Mahalanobis, MaxLogit, ViM, fit_detectors, score_all,
 )
 
 LOGITS = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
@@ -123,7 +123,7 @@ def _vim_data(seed=3, n=200, d=8, c=3):
 def test_vim_matches_reference_implementation():
     feats, logits, w, b = _vim_data()
     train_f, train_l, test_f, test_l = feats[:150], logits[:150], feats[150:], logits[150:]
-    det = ViM(w, b, dim=4).fit(train_f, train_l, np.zeros(150))
+    det = ViM(dim=4).fit(train_f, train_l, np.zeros(150), head=(w, b))
     expected = reference_vim(w, b, 4, train_f, train_l, test_f, test_l)
     np.testing.assert_allclose(det.score(test_f, test_l), expected, rtol=1e-9, atol=1e-9)
     assert det.residual_basis_.shape == (8, 4)
@@ -131,7 +131,7 @@ def test_vim_matches_reference_implementation():
 
 def test_vim_score_grows_off_the_principal_subspace():
     feats, logits, w, b = _vim_data()
-    det = ViM(w, b, dim=4).fit(feats, logits, np.zeros(len(feats)))
+    det = ViM(dim=4).fit(feats, logits, np.zeros(len(feats)), head=(w, b))
     ns = det.residual_basis_
     x0 = feats[0] - ((feats[0] - det.origin_) @ ns) @ ns.T  # no residual component
     t = np.array([0.0, 1.0, 2.0, 4.0])
@@ -145,24 +145,26 @@ def test_vim_score_grows_off_the_principal_subspace():
 def test_vim_default_dim_and_bad_dim():
     assert [ViM.default_dim(d) for d in (4096, 2048, 1024, 768, 512, 8)] == [1000, 1000, 512, 512, 256, 4]
     feats, logits, w, b = _vim_data()
-    assert ViM(w, b).fit(feats, logits, np.zeros(200)).dim_ == 4
+    assert ViM().fit(feats, logits, np.zeros(200), head=(w, b)).dim_ == 4
     with pytest.raises(ValueError, match="dim must be in"):
-        ViM(w, b, dim=8).fit(feats, logits, np.zeros(200))
+        ViM(dim=8).fit(feats, logits, np.zeros(200), head=(w, b))
     with pytest.raises(ValueError, match="head_weight expects 8"):
-        ViM(w, b).fit(feats[:, :5], logits, np.zeros(200))
+        ViM().fit(feats[:, :5], logits, np.zeros(200), head=(w, b))
 
 
 def test_registry_fit_and_score_all():
     feats, logits, w, b = _vim_data(n=60)
     labels = logits.argmax(1)
-    dets = fit_baselines(feats, logits, labels, w, b, knn_k=5, vim_dim=3)
+    train = {"features": feats, "logits": logits, "labels": labels, "head": (w, b)}
+    dets = fit_detectors(train, {"knn": {"k": 5}, "vim": {"dim": 3}})
     expected = {"msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "mahalanobis": Mahalanobis, "knn": KNN, "vim": ViM}
-    assert set(dets) == set(expected) and all(isinstance(dets[n], cls) for n, cls in expected.items())
+    assert list(dets) == list(DETECTORS) == list(expected)
+    assert all(isinstance(dets[n], cls) for n, cls in expected.items()) and dets["knn"].k_ == 5 and dets["vim"].dim_ == 3
     scores = score_all(dets, SplitArrays(logits[:7], feats[:7], np.zeros((7, 2, 2))))
     for name, s in scores.items():
         assert s.shape == (7,) and s.dtype == np.float64 and np.all(np.isfinite(s)), name
         np.testing.assert_array_equal(s, dets[name].score(feats[:7], logits[:7]))
-    assert "vim" not in fit_baselines(feats, logits, labels, None, None, knn_k=5)
+    assert "vim" not in fit_detectors({**train, "head": None}, {"knn": {"k": 5}})
 
 
 def test_bad_inputs_raise_clear_errors():

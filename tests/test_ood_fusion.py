@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from wildcapture.ood import (FUSION_PARTNERS, KNN, FusionDetector, Mahalanobis, ZScoreFusion, fit_baselines,
-                             fit_partner)
+from wildcapture.ood.baselines import KNN, Mahalanobis, fit_detectors
+from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner, fusion_partners
 
 
 def _features(rank_deficient: bool = False):
@@ -72,23 +72,25 @@ def test_mahalanobis_state_round_trip_gives_identical_scores(tmp_path, rank_defi
 
 def test_every_partner_is_fit_as_stage_2_fits_its_baseline_and_survives_a_checkpoint(tmp_path):
     feats, logits, labels = _features()
-    baselines = fit_baselines(feats, logits, labels, None, None, knn_k=3)
+    train = {"features": feats, "logits": logits, "labels": labels}
+    baselines = fit_detectors(train, {"knn": {"k": 3}})
     queries, query_logits = feats[::3] + 0.1, logits[::3] - 0.2
-    for name in FUSION_PARTNERS:
-        partner = fit_partner(name, feats, logits, labels)
+    assert list(fusion_partners()) == ["msp", "maxlogit", "energy", "mahalanobis"]
+    for name in fusion_partners():
+        partner = fit_partner(name, train)
         expected = baselines[name].score(queries, query_logits)
         assert np.array_equal(partner.score(queries, query_logits), expected), name
-        restored = FUSION_PARTNERS[name].from_state(_reload(partner.state_dict(), tmp_path))
+        restored = fusion_partners()[name].from_state(_reload(partner.state_dict(), tmp_path))
         assert np.array_equal(restored.score(queries, query_logits), expected), name
     with pytest.raises(ValueError, match="unknown fusion partner 'knn'"):
-        fit_partner("knn", feats, logits, labels)
+        fit_partner("knn", train)
     with pytest.raises(NotImplementedError, match="KNN cannot be stored"):
         KNN(k=3).fit(feats, logits, labels).state_dict()
 
 
 def test_fusion_detector_entry_round_trip(tmp_path):
     feats, logits, labels = _features()
-    partner = fit_partner("mahalanobis", feats, logits, labels)
+    partner = fit_partner("mahalanobis", {"features": feats, "logits": logits, "labels": labels})
     val_errors = np.linspace(0.1, 0.5, 12)
     zscore = ZScoreFusion().fit(val_errors, partner.score(feats[:12], logits[:12]))
     fusion = FusionDetector("mahalanobis", partner, zscore, 1.25)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from wildcapture.cae import ConvAutoencoder, build_cae
 from wildcapture.data import DatasetError
-from wildcapture.ood import auroc, ood_metrics
+from wildcapture.ood.metrics import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.errors import IncompleteOutputError
@@ -223,7 +223,7 @@ def test_empty_ood_split_is_named(tiny_heatmaps, tiny_cae, tmp_path):
 
 
 def test_cae_checkpoint_of_another_input_size_is_named(tiny_heatmaps, tiny_cae, tmp_path):
-    with pytest.raises(WeightsMismatchError, match=r"cae\.input_size=16"):
+    with pytest.raises(WeightsMismatchError, match=r"cae\.paper\.input_size=16"):
         run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "cae.paper.input_size=32"))
     assert _files(tmp_path / "results") == []
 
@@ -235,7 +235,7 @@ def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_
     torch.save({k: torch.randn(shape, generator=generator) * 0.01 for k, shape in paper.items()},
                tmp_path / "AutoEncoderW.pt")
     assert "encoder.0.weight" in paper
-    with pytest.raises(WeightsMismatchError, match=r"cae\.input_size=128"):
+    with pytest.raises(WeightsMismatchError, match=r"cae\.paper\.input_size=128"):
         run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", f"test.checkpoint={tmp_path / 'AutoEncoderW.pt'}"))
 
     # one of the config's size loads strictly, and has no threshold

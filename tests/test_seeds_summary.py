@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from wildcapture.ood import auroc, fpr_at_tpr
+from wildcapture.ood.metrics import auroc, fpr_at_tpr
 from wildcapture.ood.bootstrap import resample_counts, resampled_auroc
 from wildcapture.ood.seeds_summary import (COLUMNS, DetectorRun, caption, detector_run, family, paired_delta,
                                            summarise, to_markdown, write_summary)

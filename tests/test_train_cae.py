@@ -11,11 +11,11 @@ import torch
 import yaml
 
 from wildcapture.cae import HeatmapPrep, build_cae, ood_threshold, prepare_heatmaps, reconstruction_errors
-from wildcapture.cae.inputs import load_split_heatmaps
+from wildcapture.cae.inputs import heatmap_source
 from wildcapture.data import DatasetError
 from wildcapture.errors import IncompleteOutputError
 from wildcapture.heatmaps import export_heatmap_pngs
-from wildcapture.ood import Mahalanobis
+from wildcapture.ood.baselines import Mahalanobis
 from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run
 from wildcapture.training_run import epoch_summary
@@ -133,7 +133,7 @@ def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny
 
     run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1", "fusion.partner=null"))
     assert "fusion" not in _load(tmp_path / "cae" / "best.pth")
-    with pytest.raises(ConfigError, match="fusion.partner must be one of mahalanobis, energy, msp, maxlogit or "
+    with pytest.raises(ConfigError, match="fusion.partner must be one of msp, maxlogit, energy, mahalanobis or "
                                           "null; got 'knn'"):
         run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.partner=knn"))
     assert not (tmp_path / "x").exists()
@@ -221,7 +221,7 @@ def test_heatmap_png_csv_inputs(tiny_heatmaps, tmp_path):
 
     best = _load(tmp_path / "cae" / "best.pth")
     png_cfg = cae_config(tiny_heatmaps / "heatmaps", tmp_path, f"inputs.val_id={csvs['val_id']}")
-    raw_png = load_split_heatmaps(png_cfg, "val_id", None)
+    raw_png = heatmap_source(png_cfg, ("val_id",)).heatmaps("val_id")
     x_png = prepare_heatmaps(raw_png, 16, "bilinear", "max")
     # the 8-bit PNGs are the npy heatmaps scaled by their max, to within rounding
     x_npy = prepare_heatmaps(raws["val_id"], 16, "bilinear", "max")

@@ -40,8 +40,8 @@ def cae_args_of_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, Any
 
 def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete: bool = False
              ) -> tuple[nn.Module, dict[str, Any]]:
-    """Return the CAE stored at `path` (either architecture; eval mode, CPU) and the checkpoint's metadata
-    (everything but the weights, plus `path`; {"path"} alone for a bare state dict).
+    """Return the CAE stored at `path` (eval mode, CPU) and the checkpoint's metadata (everything but the
+    weights, plus `path` and the file's `sha256`; only those two for a bare state dict).
 
     With `cae_cfg` (the config's `cae.*`), raises WeightsMismatchError naming the key and both values if the
     checkpoint was made with another arch, another argument of its architecture (`cae.<arch>.*`), resize or norm. A
@@ -77,7 +77,7 @@ def load_cae(path: Path, cae_cfg: dict[str, Any] | None = None, require_complete
         first = " ".join(line.strip() for line in str(err).splitlines()[:2])  # the header and the first difference
         raise WeightsMismatchError(f"{path} does not fit the CAE of {args}: {first}") from err
     meta = {k: v for k, v in obj.items() if k not in ("model", "optimizer")} if ours else {}
-    return model.eval(), {**meta, "path": str(path)}
+    return model.eval(), {**meta, "path": str(path), "sha256": digest}
 
 
 def _check_settings(path: Path, settings: dict[str, Any], cae_cfg: dict[str, Any]) -> None:

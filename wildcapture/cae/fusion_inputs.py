@@ -1,11 +1,9 @@
 """The fusion detector (`wildcapture.ood.fusion`) in stages 3 and 4, fed with stage 2's features and logits.
 
-Stage 3 fits the partner `fusion.partner` on train_id and scores val_id once
-(`FusionCalibration.from_stage2`); each time it saves best.pth, it fits the z-scores on that epoch's
-val_id reconstruction errors and the partner's val_id scores and stores the detector with its threshold
-(`FusionCalibration.entry`). Stage 4 rebuilds it from best.pth and scores the test splits
-(`fused_test_scores`). Heatmaps given as `inputs.*` files have no stage-2 features beside them: then
-there is no fusion (a note says so).
+Stage 3 fits the partner on train_id and scores val_id once (`FusionCalibration.fit`); each time it saves
+best.pth it stores the detector calibrated on that epoch's val_id errors (`FusionCalibration.entry`).
+Stage 4 rebuilds it from best.pth and scores the test splits (`fused_test_scores`). Heatmap files
+(`inputs.*`) have no features beside them: then there is no fusion, and a note says so.
 """
 from __future__ import annotations
 
@@ -16,16 +14,9 @@ import numpy as np
 
 from wildcapture.cae.checkpoint import fusion_of, sorted_scores
 from wildcapture.cae.engine import ood_threshold
-from wildcapture.heatmap_store import read_array, read_index
-from wildcapture.ood.baselines import Detector
+from wildcapture.cae.inputs import HeatmapSource
+from wildcapture.ood.detector import Detector, score_on
 from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner
-from wildcapture.paths import heatmaps_dir
-
-
-def partner_inputs(cfg: dict[str, Any], meta: dict[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return stage 2's (features (N, D), logits (N, C)) float32 of `split` (digests checked)."""
-    folder = heatmaps_dir(cfg)
-    return read_array(folder, meta, split, "features"), read_array(folder, meta, split, "logits")
 
 
 def _external_note(what: str) -> None:
@@ -41,18 +32,17 @@ class FusionCalibration:
     val_scores: np.ndarray
 
     @classmethod
-    def from_stage2(cls, cfg: dict[str, Any], meta: dict[str, Any] | None) -> "FusionCalibration | None":
-        """Fit `fusion.partner` on stage 2's train_id features, logits and labels, as stage 2 fits its
-        baselines, and score val_id; None when `fusion.partner` is null or `meta` is None (external heatmaps)."""
-        name = cfg["fusion"]["partner"]
+    def fit(cls, name: str | None, source: HeatmapSource) -> "FusionCalibration | None":
+        """Fit the partner `name` (`fusion.partner`) on the source's train_id features, logits and labels, as
+        stage 2 fits its baselines, and score val_id; None when `name` is None or the source has no features."""
         if name is None:
             return None
-        if meta is None:
+        if not source.from_stage2:
             _external_note(f"no fusion detector is fit (fusion.partner={name} is ignored)")
             return None
-        labels = np.asarray(read_index(heatmaps_dir(cfg), meta, "train_id").labels)
-        partner = fit_partner(name, *partner_inputs(cfg, meta, "train_id"), labels)
-        return cls(name, partner, partner.score(*partner_inputs(cfg, meta, "val_id")))
+        train = {**source.features_and_logits("train_id"), "labels": np.asarray(source.index("train_id").labels)}
+        partner = fit_partner(name, train)
+        return cls(name, partner, score_on(partner, source.features_and_logits("val_id")))
 
     def entry(self, val_errors: np.ndarray, accept_fraction: float) -> dict[str, Any]:
         """best.pth's `fusion` entry for the CAE whose val_id errors are `val_errors` (N,): the z-scores fit
@@ -64,15 +54,16 @@ class FusionCalibration:
                                  ).state_dict(), "val_scores": sorted_scores(fused)}
 
 
-def fused_test_scores(cfg: dict[str, Any], ckpt: dict[str, Any], meta: dict[str, Any] | None,
-                      errors: dict[str, np.ndarray]) -> tuple[FusionDetector | None, dict[str, np.ndarray]]:
+def fused_test_scores(ckpt: dict[str, Any], source: HeatmapSource, errors: dict[str, np.ndarray]
+                      ) -> tuple[FusionDetector | None, dict[str, np.ndarray]]:
     """Return the fusion detector of the CAE checkpoint `ckpt` (as `load_cae` returns it) and its fused score
     of every image of each split of `errors` ({split: CAE errors (N,)}): {split: float64 (N,)}; (None, {})
-    when the checkpoint has none, or the test heatmaps are external files (`meta` None)."""
+    when the checkpoint has none, or the source has no features."""
     fusion = fusion_of(ckpt)
     if fusion is None:
         return None, {}
-    if meta is None:
+    if not source.from_stage2:
         _external_note(f"the fusion detector of {ckpt['path']} is left out")
         return None, {}
-    return fusion, {split: fusion.score(errs, *partner_inputs(cfg, meta, split)) for split, errs in errors.items()}
+    return fusion, {split: score_on(fusion, {"cae_error": errs, **source.features_and_logits(split)})
+                    for split, errs in errors.items()}

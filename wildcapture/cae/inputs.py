@@ -1,8 +1,9 @@
-"""The heatmaps stages 3 and 4 read: stage 2's output of the experiment, or heatmap files named in `inputs.*`.
+"""Where stages 3 and 4 read their heatmaps: `heatmap_source(cfg, splits)` returns one of two sources.
 
-Stage 2's files are read through `wildcapture.heatmap_store` (completion marker and SHA-256 checked);
-their provenance travels into the CAE checkpoint. External files (a `.npy`, or the paper's `img,label`
-CSV of heatmap images) carry none: their path and digest are recorded instead.
+- `Stage2Heatmaps`: stage 2's run of the experiment (`wildcapture.heatmap_store`: marker and SHA-256
+  checked); its provenance travels into the CAE checkpoint, and its features and logits feed the fusion.
+- `ExternalHeatmaps`: files named in `inputs.*` (a `.npy`, or the paper's `img,label` CSV of heatmap
+  images); they carry no provenance (their path and digest are recorded instead) and no features.
 """
 from __future__ import annotations
 
@@ -16,48 +17,11 @@ from wildcapture.cae.heatmap_data import HeatmapFile, load_heatmaps
 from wildcapture.errors import DatasetError
 from wildcapture.heatmap_store import SplitIndex, read_array, read_index, read_meta
 from wildcapture.paths import heatmaps_dir, portable_path, resolve_path
+from wildcapture.provenance import heatmap_provenance
 from wildcapture.storage import sha256_file
 
 
-def uses_external_heatmaps(cfg: dict[str, Any], splits: tuple[str, ...]) -> bool:
-    """True when the heatmaps of `splits` come from `inputs.*` files rather than this experiment's stage 2
-    (DatasetError if only some of them do)."""
-    given = [split for split in splits if cfg["inputs"][split]]
-    if given and len(given) != len(splits):
-        missing = [f"inputs.{s}" for s in splits if s not in given]
-        raise DatasetError(f"{', '.join(f'inputs.{s}' for s in given)} set but {', '.join(missing)} not: "
-                           "give every split this stage reads as a file, or none")
-    return bool(given)
-
-
-def external_source(cfg: dict[str, Any], split: str) -> Path:
-    """Return the heatmap file `inputs.<split>`; FileNotFoundError if it is missing."""
-    path = resolve_path(cfg["inputs"][split])
-    if not path.is_file():
-        raise FileNotFoundError(f"heatmaps of split {split} not found: {path} (inputs.{split})")
-    return path
-
-
-def stage2_meta(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Any] | None:
-    """Return stage 2's checked meta of the experiment, or None when `splits` come from external files."""
-    return None if uses_external_heatmaps(cfg, splits) else read_meta(heatmaps_dir(cfg))
-
-
-def load_split_heatmaps(cfg: dict[str, Any], split: str, meta: dict[str, Any] | None
-                        ) -> np.ndarray | HeatmapFile:
-    """Return the split's raw heatmaps (N, h, w), or (N, C, h, w) for a multi-channel kind: from stage 2 when
-    `meta`, a `HeatmapFile` (float32 or float16 as stored, digest checked, never loaded whole), else
-    `inputs.<split>` as a float32 array."""
-    if meta is not None:
-        read_array(heatmaps_dir(cfg), meta, split, "heatmaps")  # digest, rows
-        heatmaps = HeatmapFile(heatmaps_dir(cfg) / split / "heatmaps.npy")
-        source = heatmaps_dir(cfg) / split
-    else:
-        source = external_source(cfg, split)
-        try:
-            heatmaps = load_heatmaps(source)
-        except ValueError as err:
-            raise DatasetError(f"cannot use the heatmaps of split {split}: {err}") from err
+def _checked(heatmaps: np.ndarray | HeatmapFile, split: str, source: Path) -> np.ndarray | HeatmapFile:
     if heatmaps.ndim not in (3, 4):
         raise DatasetError(f"heatmaps of split {split} in {source} have shape {heatmaps.shape}, expected (N, h, w) "
                            "or (N, C, h, w)")
@@ -66,26 +30,96 @@ def load_split_heatmaps(cfg: dict[str, Any], split: str, meta: dict[str, Any] | 
     return heatmaps
 
 
-def external_provenance(cfg: dict[str, Any], splits: tuple[str, ...]) -> dict[str, Any]:
-    """Return {"external": {split: {"path", "sha256"}}} for heatmaps given as files."""
-    return {"external": {split: {"path": portable_path(p), "sha256": sha256_file(p)}
-                         for split in splits for p in [external_source(cfg, split)]}}
+class Stage2Heatmaps:
+    """The heatmaps, index, features and logits stage 2 wrote to `folder`, with its checked `meta`."""
+
+    from_stage2 = True  # with stage 2's provenance, features, logits and baseline scores
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.meta = read_meta(self.folder)
+
+    @property
+    def run_id(self) -> str:
+        """The stage-2 run the files come from."""
+        return self.meta["run_id"]
+
+    def describe(self) -> str:
+        return f"the heatmaps in {self.folder}"
+
+    def provenance(self) -> dict[str, Any]:
+        """What the CAE records about the heatmaps it learns (`provenance.heatmap_provenance`)."""
+        return heatmap_provenance(self.meta)
+
+    def heatmaps(self, split: str) -> HeatmapFile:
+        """The split's raw heatmaps (N, [C,] h, w), float32 or float16 as stored, digest checked, never loaded
+        whole."""
+        read_array(self.folder, self.meta, split, "heatmaps")  # digest, rows
+        return _checked(HeatmapFile(self.folder / split / "heatmaps.npy"), split, self.folder / split)
+
+    def index(self, split: str) -> SplitIndex:
+        return read_index(self.folder, self.meta, split)
+
+    def features_and_logits(self, split: str) -> dict[str, np.ndarray]:
+        """{"features": (N, D), "logits": (N, C)} float32 of `split` (digests checked)."""
+        return {name: read_array(self.folder, self.meta, split, name) for name in ("features", "logits")}
 
 
-def load_split_index(cfg: dict[str, Any], split: str, meta: dict[str, Any] | None) -> SplitIndex:
-    """Return the split's items: stage 2's `index.csv`, or the rows of an `img,label` heatmap CSV (ids are
-    the heatmap files; OOD items get label -1 like ours). A `.npy` input has no index: ids are row numbers."""
-    if meta is not None:
-        return read_index(heatmaps_dir(cfg), meta, split)
-    source = external_source(cfg, split)
-    if source.suffix.lower() != ".csv":
-        n = len(load_heatmaps(source))
-        return SplitIndex([f"{source}#{i}" for i in range(n)], [-1 if split == "test_ood" else 0] * n, [""] * n)
-    with open(source, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return SplitIndex([str((source.parent / r["img"]).resolve()) for r in rows],
-                      [-1 if split == "test_ood" else _as_label(r["label"]) for r in rows],
-                      [r["label"] for r in rows])
+class ExternalHeatmaps:
+    """Heatmap files named in `inputs.<split>` for each split a stage reads."""
+
+    from_stage2 = False
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+        self.run_id = None
+
+    def describe(self) -> str:
+        return "heatmap files (inputs.*)"
+
+    def provenance(self) -> dict[str, Any]:
+        """{"external": {split: {"path", "sha256"}}}: files carry no classifier or heatmap settings."""
+        return {"external": {split: {"path": portable_path(p), "sha256": sha256_file(p)}
+                             for split, p in self.files.items()}}
+
+    def heatmaps(self, split: str) -> np.ndarray:
+        """The split's heatmaps (N, [C,] h, w) as a float32 array."""
+        try:
+            return _checked(load_heatmaps(self.files[split]), split, self.files[split])
+        except ValueError as err:
+            raise DatasetError(f"cannot use the heatmaps of split {split}: {err}") from err
+
+    def index(self, split: str) -> SplitIndex:
+        """The rows of an `img,label` heatmap CSV (ids are the heatmap files; OOD items get label -1 like ours).
+        A `.npy` input has no index: ids are row numbers."""
+        source = self.files[split]
+        if source.suffix.lower() != ".csv":
+            n = len(load_heatmaps(source))
+            return SplitIndex([f"{source}#{i}" for i in range(n)], [-1 if split == "test_ood" else 0] * n, [""] * n)
+        with open(source, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return SplitIndex([str((source.parent / r["img"]).resolve()) for r in rows],
+                          [-1 if split == "test_ood" else _as_label(r["label"]) for r in rows],
+                          [r["label"] for r in rows])
+
+HeatmapSource = Stage2Heatmaps | ExternalHeatmaps
+
+
+def heatmap_source(cfg: dict[str, Any], splits: tuple[str, ...]) -> HeatmapSource:
+    """The source of the heatmaps of `splits`: the files of `inputs.<split>` when they are set (all or none:
+    DatasetError otherwise; FileNotFoundError naming a missing one), else stage 2's run in `heatmaps_dir`."""
+    given = [split for split in splits if cfg["inputs"][split]]
+    if not given:
+        return Stage2Heatmaps(heatmaps_dir(cfg))
+    if len(given) != len(splits):
+        missing = [f"inputs.{s}" for s in splits if s not in given]
+        raise DatasetError(f"{', '.join(f'inputs.{s}' for s in given)} set but {', '.join(missing)} not: "
+                           "give every split this stage reads as a file, or none")
+    files = {split: resolve_path(cfg["inputs"][split]) for split in splits}
+    for split, path in files.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"heatmaps of split {split} not found: {path} (inputs.{split})")
+    return ExternalHeatmaps(files)
 
 
 def _as_label(text: str) -> int | str:

@@ -7,7 +7,7 @@ from wildcapture.cae.architectures import check_arch_settings
 from wildcapture.cae.heatmap_data import NORMS, RESIZE_MODES
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
 from wildcapture.errors import ConfigError
-from wildcapture.ood.fusion import FUSION_PARTNERS
+from wildcapture.ood.fusion import fusion_partners
 from wildcapture.runtime import pick_device
 
 
@@ -29,5 +29,5 @@ def check_config(cfg: dict[str, Any]) -> None:
     check_number(cfg, "train.accept_fraction", above=0, maximum=1)
     check_number(cfg, "test.gallery_size", minimum=0, integer=True)
     check_number(cfg, "seed", minimum=0, integer=True)
-    check_choice(cfg, "fusion.partner", tuple(FUSION_PARTNERS), optional=True)
+    check_choice(cfg, "fusion.partner", tuple(fusion_partners()), optional=True)
     pick_device(cfg["device"])

@@ -72,7 +72,7 @@ class Detector:
 
     def ood_scores(self, logits: torch.Tensor, features: torch.Tensor, heatmaps: torch.Tensor) -> np.ndarray:
         """OOD scores of a batch from its classifier outputs (N, C), (N, D), (N, h, w): float64 (N,)."""
-        errors = self.cae.score_heatmaps(heatmaps.float())
+        errors = self.cae.score(heatmaps.float())
         if self.fusion is None:
             return errors
         return self.fusion.score(errors, features.float().cpu().numpy(), logits.float().cpu().numpy())

@@ -1,23 +1,18 @@
-"""Post-hoc OOD detectors on a trained classifier's pre-logit features and logits.
+"""Post-hoc OOD detectors on a trained classifier's pre-logit features and logits, and their registry.
 
-One small class per detector, pytorch-ood style: `fit(features, logits, labels)` on the
-train_id split returns the detector; `score(features, logits)` returns one float64 OOD
-score per image, shape (N,), higher = more OOD. Features are (N, D) pre-logits, logits are
-(N, C) and labels (N,) integer class ids. Every array is converted to float64.
-
-MSP, MaxLogit, Energy and Mahalanobis can be stored: `state_dict()` returns what `from_state` needs
-to score again, as plain Python values and float64 tensors, so it fits in a checkpoint loaded with
-`torch.load(weights_only=True)`; the restored detector gives the same scores, bit for bit.
+Each is a `wildcapture.ood.detector.Detector`: `fit(features, logits, labels)` on train_id (ViM also
+takes the classifier's `head`), then `score(features, logits)`: float64 (N,), higher = more OOD; arrays
+are converted to float64. Stage 2 fits and scores every detector of DETECTORS: a new one is a class
+and a line there.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from wildcapture.heatmap_store import SplitArrays
+from wildcapture.ood.detector import Detector, fit_on, score_on
 
 # Upper bound on the float64 entries of one KNN similarity block (2**25 -> 256 MiB).
 _BLOCK_ENTRIES = 2**25
@@ -67,41 +62,15 @@ def _covariance(centered: np.ndarray) -> np.ndarray:
     return centered.T @ centered / centered.shape[0]
 
 
-class Detector:
-    """Base class: `fit` on ID training data, `score` new data (higher = more OOD)."""
-
-    name = "detector"
-
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "Detector":
-        """Fit on train_id features (N, D), logits (N, C), labels (N,); returns self."""
-        return self
-
-    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """OOD scores, float64 of shape (N,), higher = more OOD."""
-        raise NotImplementedError
-
-    def score_split(self, split: "SplitArrays") -> np.ndarray:
-        """OOD scores of every image of a stage-2 split (features, logits, heatmaps), float64 (N,).
-        Detectors of other inputs than features and logits (the CAE's heatmaps) override this."""
-        return np.asarray(self.score(split.features, split.logits), dtype=np.float64)
-
-    def _require_fitted(self, attr: str) -> None:
-        if getattr(self, attr, None) is None:
-            raise RuntimeError(f"{type(self).__name__} must be fit on train_id data before score()")
-
-    def state_dict(self) -> dict[str, Any]:
-        """What `from_state` needs to score again (plain values and tensors); NotImplementedError for a
-        detector that cannot be stored."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be stored")
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Detector":
-        """The fitted detector whose `state_dict()` was `state`."""
-        raise NotImplementedError(f"{cls.__name__} cannot be stored")
-
-
 class _Stateless(Detector):
     """A detector of the logits alone: nothing to fit, nothing to store."""
+
+    storable = True
+
+    def fit(self, features: np.ndarray | None = None, logits: np.ndarray | None = None,
+            labels: np.ndarray | None = None) -> "Detector":
+        """Nothing to fit; returns self."""
+        return self
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -150,6 +119,8 @@ class Mahalanobis(Detector):
     """
 
     name = "mahalanobis"
+    fit_inputs = ("features", "logits", "labels")
+    storable = True
 
     def __init__(self) -> None:
         self.classes_: np.ndarray | None = None
@@ -231,6 +202,7 @@ class KNN(Detector):
     """
 
     name = "knn"
+    fit_inputs = ("features", "logits", "labels")
 
     def __init__(self, k: int = 50, device: str | torch.device = "cpu",
                  block_entries: int = _BLOCK_ENTRIES) -> None:
@@ -277,15 +249,12 @@ class ViM(Detector):
     """
 
     name = "vim"
+    fit_inputs = ("features", "logits", "labels", "head")
 
-    def __init__(self, head_weight: np.ndarray, head_bias: np.ndarray, dim: int | None = None) -> None:
-        self.head_weight = _as_2d("head_weight", head_weight)
-        self.head_bias = np.asarray(head_bias, dtype=np.float64).reshape(-1)
-        if self.head_bias.shape[0] != self.head_weight.shape[0]:
-            raise ValueError(f"head_bias has {self.head_bias.shape[0]} entries, head_weight has "
-                             f"{self.head_weight.shape[0]} rows (classes)")
+    def __init__(self, dim: int | None = None) -> None:
         self.dim = dim
-        self.origin_ = -np.linalg.pinv(self.head_weight) @ self.head_bias
+        self.head_weight: np.ndarray | None = None
+        self.origin_: np.ndarray | None = None
         self.dim_: int | None = None
         self.residual_basis_: np.ndarray | None = None
         self.alpha_: float | None = None
@@ -311,7 +280,18 @@ class ViM(Detector):
         self._check_features(feats)
         return np.linalg.norm((feats - self.origin_) @ self.residual_basis_, axis=1)
 
-    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "ViM":
+    def _set_head(self, head: tuple[np.ndarray, np.ndarray]) -> None:
+        self.head_weight = _as_2d("head_weight", head[0])
+        bias = np.asarray(head[1], dtype=np.float64).reshape(-1)
+        if bias.shape[0] != self.head_weight.shape[0]:
+            raise ValueError(f"head_bias has {bias.shape[0]} entries, head_weight has "
+                             f"{self.head_weight.shape[0]} rows (classes)")
+        self.origin_ = -np.linalg.pinv(self.head_weight) @ bias
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray,
+            head: tuple[np.ndarray, np.ndarray]) -> "ViM":
+        """Fit on train_id features (N, D) and logits (N, C) for the classifier `head` (weight (C, D), bias (C,))."""
+        self._set_head(head)
         feats, logs = _check_pair(features, logits)
         self._check_features(feats)
         d = feats.shape[1]
@@ -335,35 +315,29 @@ class ViM(Detector):
         return self.alpha_ * self.vlogit(feats) - logsumexp(logs)
 
 
-def fit_baselines(
-    train_features: np.ndarray,
-    train_logits: np.ndarray,
-    train_labels: np.ndarray,
-    head_weight: np.ndarray | None,
-    head_bias: np.ndarray | None,
-    knn_k: int = 50,
-    vim_dim: int | None = None,
-    device: str | torch.device = "cpu",
-) -> dict[str, Detector]:
-    """Fit every post-hoc baseline on train_id data; returns {name: fitted detector}.
-
-    ViM needs the classifier head (W (C, D), b (C,)); it is left out when either is None.
-    `device` is where KNN runs its neighbour search.
-    """
-    detectors: dict[str, Detector] = {
-        "msp": MSP(),
-        "maxlogit": MaxLogit(),
-        "energy": Energy(),
-        "mahalanobis": Mahalanobis(),
-        "knn": KNN(k=knn_k, device=device),
-    }
-    if head_weight is not None and head_bias is not None:
-        detectors["vim"] = ViM(head_weight, head_bias, dim=vim_dim)
-    for det in detectors.values():
-        det.fit(train_features, train_logits, train_labels)
-    return detectors
+# The detectors stage 2 fits on train_id and scores on the test splits, in the OOD table's order.
+DETECTORS: dict[str, type[Detector]] = {"msp": MSP, "maxlogit": MaxLogit, "energy": Energy,
+                                        "mahalanobis": Mahalanobis, "knn": KNN, "vim": ViM}
 
 
-def score_all(detectors: dict[str, Detector], split: "SplitArrays") -> dict[str, np.ndarray]:
-    """Score one split with every detector: {name: float64 scores (N,)}, higher = more OOD."""
-    return {name: det.score_split(split) for name, det in detectors.items()}
+def fit_detectors(train: Mapping[str, Any], options: Mapping[str, dict[str, Any]] | None = None
+                  ) -> dict[str, Detector]:
+    """Every detector of DETECTORS, built with its `options` (name -> constructor keywords, e.g.
+    {"knn": {"k": 50, "device": "cuda"}}) and fit on `train` (train_id's inputs by name); returns
+    {name: fitted detector}. A detector whose fit input is None in `train` (ViM without the classifier's
+    head) is left out."""
+    options = options or {}
+    detectors = {name: cls(**options.get(name, {})) for name, cls in DETECTORS.items()}
+    return {name: fit_on(det, train) for name, det in detectors.items()
+            if all(train.get(k) is not None for k in det.fit_inputs)}
+
+
+def score_all(detectors: Mapping[str, Detector], split: Any) -> dict[str, np.ndarray]:
+    """Score one split (its inputs by name, e.g. a stage-2 `SplitArrays`) with every detector: {name: float64
+    scores (N,)}, higher = more OOD."""
+    return {name: score_on(det, split) for name, det in detectors.items()}
+
+
+def storable_detectors() -> dict[str, type[Detector]]:
+    """The registered detectors that can be stored in a checkpoint (the fusion's possible partners)."""
+    return {name: cls for name, cls in DETECTORS.items() if cls.storable}

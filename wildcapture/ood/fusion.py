@@ -11,16 +11,14 @@ float}, plain values and tensors, so it loads with `torch.load(weights_only=True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .baselines import MSP, Detector, Energy, Mahalanobis, MaxLogit
+from .baselines import storable_detectors
+from .detector import Detector, fit_on, score_on
 from .metrics import _as_scores
 
-# The partners that can be stored in a checkpoint and scored again outside stage 2.
-FUSION_PARTNERS: dict[str, type[Detector]] = {"mahalanobis": Mahalanobis, "energy": Energy, "msp": MSP,
-                                              "maxlogit": MaxLogit}
 # A standard deviation below STD_FLOOR * max(1, |mean|) is raised to it (see ZScoreFusion.fit).
 STD_FLOOR = 1e-12
 
@@ -82,31 +80,39 @@ class ZScoreFusion:
         return fusion
 
 
-def fit_partner(name: str, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> Detector:
-    """The partner `name` (a key of FUSION_PARTNERS) fit on train_id features (N, D), logits (N, C) and
-    labels (N,), as `fit_baselines` fits it."""
-    if name not in FUSION_PARTNERS:
-        raise ValueError(f"unknown fusion partner {name!r}; choose one of {', '.join(FUSION_PARTNERS)}")
-    return FUSION_PARTNERS[name]().fit(features, logits, labels)
+def fusion_partners() -> dict[str, type[Detector]]:
+    """The detectors a fusion can pair the CAE with: the registered ones that can be stored in a checkpoint."""
+    return storable_detectors()
+
+
+def fit_partner(name: str, train: Mapping[str, Any]) -> Detector:
+    """The partner `name` (a key of `fusion_partners()`), built with its defaults and fit on train_id's inputs
+    (`train`: features, logits, labels by name), as stage 2 fits it."""
+    partners = fusion_partners()
+    if name not in partners:
+        raise ValueError(f"unknown fusion partner {name!r}; choose one of {', '.join(partners)}")
+    return fit_on(partners[name](), train)
 
 
 @dataclass
-class FusionDetector:
+class FusionDetector(Detector):
     """The CAE's error fused with a fitted partner by val_id z-scores, with its OOD threshold."""
 
     partner_name: str
     partner: Detector
     zscore: ZScoreFusion
     threshold: float  # fused score above it = OOD
+    inputs = ("cae_error", "features", "logits")
+    storable = True
 
     @property
     def name(self) -> str:
         """Its row in the OOD table, e.g. "cae+mahalanobis"."""
         return f"cae+{self.partner_name}"
 
-    def score(self, attention: np.ndarray, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def score(self, cae_error: np.ndarray, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Fused scores of N images from their CAE errors (N,), features (N, D) and logits (N, C): float64 (N,)."""
-        return self.zscore.score(attention, self.partner.score(features, logits))
+        return self.zscore.score(cae_error, score_on(self.partner, {"features": features, "logits": logits}))
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's `fusion` entry (see the module docstring)."""
@@ -116,8 +122,8 @@ class FusionDetector:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "FusionDetector":
         """The detector of a checkpoint's `fusion` entry; ValueError naming an unknown partner."""
-        name = state["partner"]
-        if name not in FUSION_PARTNERS:
-            raise ValueError(f"the fusion entry names partner {name!r}, not one of {', '.join(FUSION_PARTNERS)}")
-        return cls(name, FUSION_PARTNERS[name].from_state(state["partner_state"]),
+        name, partners = state["partner"], fusion_partners()
+        if name not in partners:
+            raise ValueError(f"the fusion entry names partner {name!r}, not one of {', '.join(partners)}")
+        return cls(name, partners[name].from_state(state["partner_state"]),
                    ZScoreFusion.from_state(state["zscore"]), float(state["threshold"]))

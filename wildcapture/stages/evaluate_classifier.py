@@ -36,7 +36,7 @@ from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceErr
 from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
                                        read_meta, results_staging, write_baseline_scores, write_index)
 from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, heatmap_channels, plot_heatmap_gallery
-from wildcapture.ood import fit_baselines, score_all
+from wildcapture.ood.baselines import fit_detectors, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity, heatmap_dtype, heatmap_precision, lookup
@@ -237,10 +237,11 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
     print(f"test_id accuracy {report['accuracy']:.4f} over {report['n']} images", flush=True)
 
     train, head = outputs["train_id"], model.head
-    detectors = fit_baselines(train.features, train.logits, bench.splits["train_id"].labels,
-                              head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
-                              knn_k=cfg["baselines"]["knn_k"], vim_dim=cfg["baselines"]["vim_dim"],
-                              device=str(device))
+    detectors = fit_detectors({"features": train.features, "logits": train.logits,
+                               "labels": bench.splits["train_id"].labels,
+                               "head": (head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())},
+                              {"knn": {"k": cfg["baselines"]["knn_k"], "device": str(device)},
+                               "vim": {"dim": cfg["baselines"]["vim_dim"]}})
     scores = {s: score_all(detectors, outputs[s]) for s in ("test_id", "test_ood")}
     write_baseline_scores(result_stage.path("baseline_scores.csv"), index, scores)
     if cfg["gallery_size"]:

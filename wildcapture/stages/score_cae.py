@@ -5,7 +5,7 @@ is written last):
 - `recon_errors.pkl`: a dict of equal-length lists/arrays, one entry per test image
   (`test_id` first, then `test_ood`): `ids` (source image), `rows` (row in the split's stage-2
   files), `split`, `labels` (ID class index, -1 for OOD), `class_names`, `is_ood` (0/1),
-  `errors` (float64 mean squared reconstruction error per pixel: the OOD score), `flagged_ood`
+  `errors` (float64 squared reconstruction error averaged over channels and pixels: the OOD score), `flagged_ood`
   (errors > threshold), `fusion_scores` (float64: the fusion detector's score, the CAE error plus
   its partner's score, each z-scored on val_id; NaN when the checkpoint has no `fusion` entry or the
   heatmaps are `inputs.*` files) and `fusion_flagged_ood` (fusion_scores > fusion_threshold); plus
@@ -33,16 +33,18 @@ from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
 from wildcapture.cae.fusion_inputs import fused_test_scores
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
-from wildcapture.cae.inputs import load_split_heatmaps, load_split_index, stage2_meta
+from wildcapture.cae.inputs import HeatmapSource, heatmap_source
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.data import DatasetError, build_benchmark
 from wildcapture.heatmap_store import SplitIndex, read_baseline_scores
 from wildcapture.errors import IncompleteOutputError
-from wildcapture.ood import ood_rows, plot_roc_curves, plot_score_histograms, to_markdown, write_table
+from wildcapture.ood.fusion import FusionDetector
+from wildcapture.ood.plots import plot_roc_curves, plot_score_histograms
+from wildcapture.ood.table import ood_rows, to_markdown, write_table
 from wildcapture.outputs import Staging, read_marker, verify_file
-from wildcapture.paths import baseline_scores_path, cae_checkpoint, heatmaps_dir, portable_path, results_dir
-from wildcapture.provenance import check_same_heatmaps, heatmap_provenance
+from wildcapture.paths import baseline_scores_path, cae_checkpoint, portable_path, results_dir
+from wildcapture.provenance import check_same_heatmaps
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import pick_device
 from wildcapture.storage import atomic_write, write_csv, write_yaml
@@ -82,20 +84,41 @@ def read_recon_errors(path: Path) -> dict[str, Any]:
     return result
 
 
-def _check_provenance(ckpt: dict[str, Any], meta: dict[str, Any] | None, cfg: Config) -> None:
+def _check_provenance(ckpt: dict[str, Any], source: HeatmapSource) -> None:
     """Refuse test heatmaps made otherwise than those the CAE learned; say so when it cannot be checked."""
     learned = ckpt.get("heatmaps")
-    if meta is None or not learned or "external" in learned:
+    if not source.from_stage2 or not learned or "external" in learned:
         print("note: the CAE's training heatmaps or the test heatmaps are external files: their classifier and "
               "heatmap settings cannot be compared", flush=True)
         return
-    check_same_heatmaps(learned, heatmap_provenance(meta), f"the heatmaps CAE {ckpt['path']} learned",
-                        f"the test heatmaps in {heatmaps_dir(cfg)}",
+    check_same_heatmaps(learned, source.provenance(), f"the heatmaps CAE {ckpt['path']} learned",
+                        f"the test heatmaps in {source.folder}",
                         "retrain the CAE on these heatmaps (AutoEncoder/train.py), or point heatmaps_dir/exp at "
                         "the heatmaps it was trained on")
 
 
-def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], meta: dict[str, Any] | None,
+def _test_splits(source: HeatmapSource) -> tuple[dict[str, Any], dict[str, SplitIndex]]:
+    """The raw heatmaps and the index of each test split; DatasetError when their lengths differ."""
+    raw = {s: source.heatmaps(s) for s in TEST_SPLITS}
+    index = {s: source.index(s) for s in TEST_SPLITS}
+    for s in TEST_SPLITS:
+        if len(index[s].sources) != len(raw[s]):
+            raise DatasetError(f"split {s}: {len(raw[s])} heatmaps but {len(index[s].sources)} index rows")
+    return raw, index
+
+
+def _baseline_scores(cfg: Config, source: HeatmapSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Stage 2's {detector: (test_id scores, test_ood scores)}, or {} when off or the heatmaps are files."""
+    if not cfg["test"]["baselines"]:
+        return {}
+    if not source.from_stage2:
+        print("note: heatmaps from inputs.*: stage 2's baseline scores belong to other images and are left out",
+              flush=True)
+        return {}
+    return read_baseline_scores(baseline_scores_path(cfg), source.meta)
+
+
+def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, Any], source: HeatmapSource,
              result: dict[str, Any], path: Path) -> None:
     """Plot the `test.gallery_size` most and least OOD test images."""
     n, errors = cfg["test"]["gallery_size"], result["errors"]
@@ -104,7 +127,7 @@ def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], met
     order = np.argsort(errors, kind="stable")
     picks = [*order[::-1][:n], *order[:n]]
     try:
-        bench = build_benchmark(meta["data"]) if meta else None
+        bench = build_benchmark(source.meta["data"]) if source.from_stage2 else None
     except DatasetError:
         bench = None  # images moved since stage 2: the gallery shows heatmaps only
     maps = np.stack([raw[result["split"][i]][result["rows"][i]] for i in picks])
@@ -120,44 +143,17 @@ def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, np.ndarray], met
     plot_reconstruction_gallery(rows, path, f"{cfg['exp']}: most and least OOD test images by CAE error")
 
 
-def run(cfg: Config) -> dict[str, Any]:
-    """Run stage 4 for `cfg`; returns {"rows": the OOD table rows, "markdown": the table}."""
-    check_config(cfg)
-    device = pick_device(cfg["device"])
-    out = results_dir(cfg)
-    with hold_lock(out, f"stage 4 {STAGE}, exp {cfg['exp']}"):
-        return _score(cfg, device, out)
-
-
-def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
-    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
-    meta = stage2_meta(cfg, TEST_SPLITS)
-    _check_provenance(ckpt, meta, cfg)
-    detector = CAEDetector(model, ckpt.get("prep", cfg["cae"])["resize"], ckpt.get("prep", cfg["cae"])["norm"],
-                           cfg["test"]["batch_size"], device)
-    raw = {s: load_split_heatmaps(cfg, s, meta) for s in TEST_SPLITS}
-    index: dict[str, SplitIndex] = {s: load_split_index(cfg, s, meta) for s in TEST_SPLITS}
-    for s in TEST_SPLITS:
-        if len(index[s].sources) != len(raw[s]):
-            raise DatasetError(f"split {s}: {len(raw[s])} heatmaps but {len(index[s].sources)} index rows")
-    baselines: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    if cfg["test"]["baselines"] and meta is None:
-        print("note: heatmaps from inputs.*: stage 2's baseline scores belong to other images and are left out",
-              flush=True)
-    elif cfg["test"]["baselines"]:
-        baselines = read_baseline_scores(baseline_scores_path(cfg), meta)
-
-    errors = {s: detector.score_heatmaps(raw[s], f"split {s}") for s in TEST_SPLITS}
-    detector.model.cpu()
+def _recon_result(ckpt: dict[str, Any], index: dict[str, SplitIndex], errors: dict[str, np.ndarray],
+                  fusion: FusionDetector | None, fused: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The dict `write_recon_errors` writes: one entry per test image (test_id first), then the run's values."""
     threshold = ckpt.get("threshold", float("nan"))
     if np.isnan(threshold):
         print(f"note: {ckpt['path']} stores no OOD threshold (not a stage-3 checkpoint): flagged_ood is all False",
               flush=True)
     all_errors = np.concatenate([errors[s] for s in TEST_SPLITS])
-    fusion, fused = fused_test_scores(cfg, ckpt, meta, errors)
     all_fused = np.concatenate([fused[s] for s in TEST_SPLITS]) if fusion else np.full(len(all_errors), np.nan)
     fusion_threshold = fusion.threshold if fusion else float("nan")
-    result: dict[str, Any] = {
+    return {
         "ids": [i for s in TEST_SPLITS for i in index[s].sources],
         "rows": [r for s in TEST_SPLITS for r in range(len(errors[s]))],
         "split": [s for s in TEST_SPLITS for _ in range(len(errors[s]))],
@@ -173,6 +169,29 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
         "fusion": fusion.name if fusion else None,
         "checkpoint": portable_path(ckpt["path"]),
     }
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """Run stage 4 for `cfg`; returns {"rows": the OOD table rows, "markdown": the table}."""
+    check_config(cfg)
+    device = pick_device(cfg["device"])
+    out = results_dir(cfg)
+    with hold_lock(out, f"stage 4 {STAGE}, exp {cfg['exp']}"):
+        return _score(cfg, device, out)
+
+
+def _score(cfg: Config, device: torch.device, out: Path) -> dict[str, Any]:
+    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
+    source = heatmap_source(cfg, TEST_SPLITS)
+    _check_provenance(ckpt, source)
+    prep = ckpt.get("prep", cfg["cae"])
+    detector = CAEDetector(model, prep["resize"], prep["norm"], cfg["test"]["batch_size"], device)
+    raw, index = _test_splits(source)
+    baselines = _baseline_scores(cfg, source)
+    errors = {s: detector.score(raw[s], f"split {s}") for s in TEST_SPLITS}
+    detector.model.cpu()
+    fusion, fused = fused_test_scores(ckpt, source, errors)
+    result = _recon_result(ckpt, index, errors, fusion, fused)
     scores = {detector.name: (errors["test_id"], errors["test_ood"]),
               **({fusion.name: (fused["test_id"], fused["test_ood"])} if fusion else {}), **baselines}
     rows = ood_rows(scores)
@@ -180,16 +199,15 @@ def _score(cfg: Config, device, out: Path) -> dict[str, Any]:
                f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps"
                + (f"; {fusion.name} = the CAE error plus the {fusion.partner_name} score, each z-scored on val_id"
                   if fusion else ""))
-
     with Staging(out, STAGE, MARKER) as staging:
         write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
         plot_roc_curves(scores, staging.path("roc_curves.png"))
         plot_score_histograms(scores, staging.path("score_histograms.png"))
-        _gallery(cfg, detector, raw, meta, result, staging.path("reconstruction_gallery.png"))
+        _gallery(cfg, detector, raw, source, result, staging.path("reconstruction_gallery.png"))
         write_recon_errors(result, staging.dir)
         write_table(rows, staging.dir, caption=caption)
-        staging.commit({"exp": cfg["exp"], "checkpoint": result["checkpoint"],
-                        "heatmaps_run_id": meta["run_id"] if meta else None})
+        staging.commit({"exp": cfg["exp"], "checkpoint": result["checkpoint"], "checkpoint_sha256": ckpt["sha256"],
+                        "heatmaps_run_id": source.run_id})
     markdown = to_markdown(rows, caption)
     print(markdown, flush=True)
     return {"rows": rows, "markdown": markdown}

@@ -21,13 +21,12 @@ from wildcapture.cae.architectures import arch_of, cae_from_config, check_fits, 
 from wildcapture.cae.checkpoint import CAE_FORMAT, sorted_scores
 from wildcapture.cae.engine import train_one_epoch
 from wildcapture.cae.fusion_inputs import FusionCalibration
-from wildcapture.cae.inputs import external_provenance, load_split_heatmaps, stage2_meta
+from wildcapture.cae.inputs import heatmap_source
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.errors import ConfigError
 from wildcapture.cae.heatmap_data import channel_shape, training_source
 from wildcapture.paths import cae_dir
-from wildcapture.provenance import heatmap_provenance
 from wildcapture.run_lock import hold_lock
 from wildcapture.runtime import epoch_seed, grad_scaler, pick_device, seed_everything
 from wildcapture.storage import write_yaml
@@ -57,11 +56,11 @@ def run(cfg: Config) -> dict[str, Any]:
 def _train(cfg: Config, device: torch.device, out) -> dict[str, Any]:
     seed_everything(cfg["seed"])
     train_cfg, cae_cfg = cfg["train"], cfg["cae"]
-    meta = stage2_meta(cfg, TRAIN_SPLITS)
-    provenance = heatmap_provenance(meta) if meta is not None else external_provenance(cfg, TRAIN_SPLITS)
+    source = heatmap_source(cfg, TRAIN_SPLITS)
+    provenance = source.provenance()
     # raw (N, [C,] h, w) heatmaps memory-mapped (or on a GPU that holds them), prepared a chunk at a time
-    train_maps, val_maps = (training_source(load_split_heatmaps(cfg, split, meta), device) for split in TRAIN_SPLITS)
-    fusion = FusionCalibration.from_stage2(cfg, meta)
+    train_maps, val_maps = (training_source(source.heatmaps(split), device) for split in TRAIN_SPLITS)
+    fusion = FusionCalibration.fit(cfg["fusion"]["partner"], source)
     model = cae_from_config(cae_cfg, channel_shape(train_maps.shape)).to(device)
     prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
     check_fits(model, prep, val_maps.shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
