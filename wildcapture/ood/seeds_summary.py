@@ -20,7 +20,6 @@ from .bootstrap import resample_counts, resampled_auroc
 from .metrics import auroc, fpr_at_tpr
 from .table import CONVENTION
 
-FAMILIES = ("attention", "feature", "fusion")
 COLUMNS = ("detector", "family", "auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std", "n_seeds",
            "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high")
 CI_PERCENTILES = (2.5, 97.5)
