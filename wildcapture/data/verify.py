@@ -17,7 +17,8 @@ from typing import NamedTuple
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import DatasetError
+from wildcapture.errors import DatasetError
+
 from .images import FileImages, clip_box, displayed_size, parse_source
 from .splits import Benchmark
 
