@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from wildcapture.errors import DatasetError
+from wildcapture.runtime import available_cpus
 
 from .images import FileImages, clip_box, displayed_size, parse_source
 from .splits import Benchmark
@@ -33,13 +34,6 @@ class BadImage(NamedTuple):
     split: str
     source: str
     reason: str
-
-
-def available_cpus() -> int:
-    """Return the number of CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def probe_image(path: str) -> tuple[int, int] | str:
