@@ -25,7 +25,8 @@ from PIL import Image
 
 from wildcapture.data.images import FileImages
 from wildcapture.data.splits import SPLITS, Benchmark, ImageSplit
-from wildcapture.data.verify import available_cpus, find_unreadable
+from wildcapture.data.verify import find_unreadable
+from wildcapture.runtime import available_cpus
 
 
 def _cpu_seconds() -> float:

@@ -49,3 +49,5 @@ def test_chosen_channel_and_shape_check(tmp_path):
     rows[1].reconstruction = rows[1].reconstruction[:2]
     with pytest.raises(ValueError, match="row 1"):
         draw_reconstruction_gallery(rows)
+    with pytest.raises(ValueError, match="^draw_reconstruction_gallery needs at least one row"):
+        plot_reconstruction_gallery([], tmp_path / "empty.png")

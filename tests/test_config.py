@@ -85,11 +85,58 @@ def test_data_section_is_filled_from_its_one_definition(tmp_path):
         load_config(tmp_path, None, ["data.sed=3"])
 
 
-def test_every_stage_preset_is_valid():
+def _stage_checks() -> dict[str, list]:
+    """Return config folder name -> the `check_config` of every stage that reads that folder (pipeline.STAGES)."""
+    import importlib
+
+    from wildcapture.pipeline import STAGES
+    checks: dict[str, list] = {}
+    for _, folder, module, _ in STAGES:
+        checks.setdefault(folder, []).append(importlib.import_module(module).check_config)
+    return checks
+
+
+def _presets() -> list[tuple[str, str]]:
     from wildcapture.paths import REPO_ROOT
-    for config_dir in sorted(REPO_ROOT.glob("*/config")):
-        for preset in config_dir.glob("*.yaml"):
-            load_config(config_dir, preset.name)
+    return [(path.parent.parent.name, path.name) for path in sorted(REPO_ROOT.glob("*/config/*.yaml"))]
+
+
+def test_every_config_folder_belongs_to_a_stage():
+    folders = {folder for folder, _ in _presets()}
+    assert folders == set(_stage_checks()) == {"Train_Vit_Classifier", "Test_Classifier", "AutoEncoder"}
+    assert len(_presets()) >= 13
+
+
+@pytest.mark.parametrize(("folder", "preset"), _presets())
+def test_every_stage_preset_passes_its_stages_checks(folder, preset, monkeypatch):
+    import torch
+
+    from wildcapture.paths import REPO_ROOT
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # device=auto must pass on a CPU-only machine
+    cfg = load_config(REPO_ROOT / folder / "config", None if preset == "config.yaml" else preset)
+    if preset != "config.yaml":
+        assert cfg != load_config(REPO_ROOT / folder / "config")  # the preset changes something
+    assert cfg["device"] == "auto"
+    for check in _stage_checks()[folder]:
+        check(cfg)  # range and choice checks only: no file is needed
+
+
+@pytest.mark.parametrize(("folder", "override", "key"), [
+    ("Train_Vit_Classifier", "train.lr=-1e-3", "train.lr"),
+    ("Train_Vit_Classifier", "train.optimizer=adagrad", "train.optimizer"),
+    ("Test_Classifier", "batch_size=0", "batch_size"),
+    ("Test_Classifier", "heatmap.kind=cls_first", "heatmap.kind"),
+    ("AutoEncoder", "train.lr=-1e-4", "train.lr"),
+    ("AutoEncoder", "train.accept_fraction=1.5", "train.accept_fraction"),
+    ("AutoEncoder", "device=tpu", "device"),
+])
+def test_a_broken_value_in_a_preset_fails_every_check_of_its_stage(folder, override, key):
+    from wildcapture.paths import REPO_ROOT
+    preset = next(name for f, name in _presets() if f == folder and name != "config.yaml")
+    cfg = load_config(REPO_ROOT / folder / "config", preset, [override])
+    for check in _stage_checks()[folder]:  # AutoEncoder: stages 3 and 4
+        with pytest.raises(ConfigError, match=key):
+            check(cfg)
 
 
 def test_exponent_floats_are_numbers_even_where_the_default_is_null(config_dir):

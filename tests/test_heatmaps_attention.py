@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from attention_reference import manual_attention
 from timm.models.vision_transformer import VisionTransformer
 
 from wildcapture.heatmaps import HEATMAP_KINDS, forward_with_heatmaps, heatmap_channels
@@ -26,24 +27,6 @@ def _vit(seed: int = 0, **kw) -> VisionTransformer:
     return model.eval()
 
 
-def _manual_attn(model: VisionTransformer, images: torch.Tensor, b: int) -> torch.Tensor:
-    """Post-softmax attention (N, heads, T, T) of block b, computed outside timm's Attention."""
-    x = model.patch_embed(images)
-    x = model._pos_embed(x)
-    x = model.patch_drop(x)
-    x = model.norm_pre(x)
-    for blk in model.blocks[:b]:
-        x = blk(x)
-    blk = model.blocks[b]
-    attn = blk.attn
-    y = blk.norm1(x)
-    n, t, _ = y.shape
-    qkv = attn.qkv(y).reshape(n, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, _v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    return torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1)
-
-
 VARIANTS = {
     "cls": {},
     "cls+4reg": {"reg_tokens": 4},
@@ -62,7 +45,7 @@ def test_cls_last_matches_manual_attention(variant, block):
     x = torch.randn(3, 3, h, w)
     with torch.no_grad():
         _, _, hm = forward_with_heatmaps(model, x, kind="cls_last", block=block)
-        a = _manual_attn(model, x, block % len(model.blocks))
+        a = manual_attention(model, x, block % len(model.blocks))
     npt = model.num_prefix_tokens
     gh, gw = model.patch_embed.grid_size
     expected = a[:, :, 0, npt:].mean(1).reshape(3, gh, gw)
@@ -85,7 +68,7 @@ def test_cls_heads_matches_manual_attention_per_head(variant, block):
     with torch.no_grad():
         _, _, hm = forward_with_heatmaps(model, x, kind="cls_heads", block=block)
         _, _, mean_map = forward_with_heatmaps(model, x, kind="cls_last", block=block)
-        a = _manual_attn(model, x, block % len(model.blocks))
+        a = manual_attention(model, x, block % len(model.blocks))
     npt, heads = model.num_prefix_tokens, model.blocks[0].attn.num_heads
     gh, gw = model.patch_embed.grid_size
     assert hm.shape == (3, heads, gh, gw) == (3, heatmap_channels("cls_heads", len(model.blocks), heads), gh, gw)
@@ -102,7 +85,7 @@ def test_cls_all_matches_manual_attention_per_block_and_head(variant):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _, _, hm = forward_with_heatmaps(model, x, kind="cls_all")
-        manual = [_manual_attn(model, x, b) for b in range(3)]
+        manual = [manual_attention(model, x, b) for b in range(3)]
     npt, heads = model.num_prefix_tokens, model.blocks[0].attn.num_heads
     assert hm.shape == (2, 3 * heads, 4, 4) and hm.dtype == torch.float32
     for b in range(3):
@@ -118,7 +101,7 @@ def test_default_is_last_block_and_timm_factory_model():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         logits, feats, hm = forward_with_heatmaps(model, x)
-        a = _manual_attn(model, x, len(model.blocks) - 1)
+        a = manual_attention(model, x, len(model.blocks) - 1)
         torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=0)
     assert feats.shape == (2, 192) and hm.shape == (2, 4, 4)
     torch.testing.assert_close(hm, a[:, :, 0, 1:].mean(1).reshape(2, 4, 4), atol=1e-5, rtol=0)
@@ -130,8 +113,8 @@ def test_rollout_matches_hand_computation(variant):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _, _, hm = forward_with_heatmaps(model, x, kind="rollout")
-        a1 = _manual_attn(model, x, 0).mean(1).double().numpy()
-        a2 = _manual_attn(model, x, 1).mean(1).double().numpy()
+        a1 = manual_attention(model, x, 0).mean(1).double().numpy()
+        a2 = manual_attention(model, x, 1).mean(1).double().numpy()
     eye = np.eye(a1.shape[-1])
     r1 = (a1 + eye) / (a1 + eye).sum(-1, keepdims=True)
     r2 = (a2 + eye) / (a2 + eye).sum(-1, keepdims=True)
@@ -197,7 +180,7 @@ def test_dynamic_img_size_uses_input_grid():
     x = torch.randn(2, 3, 48, 32)
     with torch.no_grad():
         logits, _, hm = forward_with_heatmaps(model, x)
-        a = _manual_attn(model, x, 1)
+        a = manual_attention(model, x, 1)
     assert hm.shape == (2, 6, 4)
     torch.testing.assert_close(hm, a[:, :, 0, 1:].mean(1).reshape(2, 6, 4), atol=1e-5, rtol=0)
 

@@ -50,6 +50,8 @@ def test_multichannel_heatmaps_show_the_mean_or_a_chosen_channel():
 
 def test_gallery_checks_counts(tmp_path):
     img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="^draw_heatmap_gallery needs at least one image"):
+        plot_heatmap_gallery([], None, [], None, tmp_path / "g.png", input_size=(8, 8))
     with pytest.raises(ValueError, match="ID heatmaps"):
         plot_heatmap_gallery([img, img], np.zeros((1, 2, 2)), [], np.zeros((0, 2, 2)),
                              tmp_path / "g.png", input_size=(8, 8))

@@ -1,8 +1,12 @@
-"""OOD plots are written off-screen as non-empty image files."""
+"""OOD plots: the ROC curves drawn are `roc_points` with the AUROC in the legend, the histograms are
+np.histogram densities of the scores, and the PNG files are written off-screen."""
 import numpy as np
 import pytest
 
-from wildcapture.ood.plots import draw_score_histograms, histogram_range, plot_roc_curves, plot_score_histograms
+from wildcapture.ood.metrics import auroc, roc_points
+from wildcapture.ood.plots import (
+    draw_roc_curves, draw_score_histograms, histogram_range, plot_roc_curves, plot_score_histograms,
+)
 
 
 def _scores():
@@ -11,17 +15,53 @@ def _scores():
             for name, shift in (("cae", 2.0), ("msp", 0.5), ("energy", 1.0), ("knn", 1.5))}
 
 
-def test_roc_and_histogram_files_are_written(tmp_path):
+def test_roc_lines_are_the_roc_points_and_the_legend_has_each_auroc():
+    scores = _scores()
+    scores["tied"] = (np.array([0.0, 1.0, 1.0, 2.0]), np.array([1.0, 2.0, 2.0]))  # ties: one point per score
+    ax = draw_roc_curves(scores, title="t").axes[0]
+    curves, chance = ax.lines[:len(scores)], ax.lines[len(scores)]
+    for line, (name, (id_s, ood_s)) in zip(curves, scores.items()):
+        fpr, tpr, _ = roc_points(id_s, ood_s)
+        np.testing.assert_array_equal(line.get_xdata(), fpr)
+        np.testing.assert_array_equal(line.get_ydata(), tpr)
+        assert line.get_label() == f"{name} (AUROC {auroc(id_s, ood_s):.4f})"
+    np.testing.assert_array_equal(curves[-1].get_xdata(), [0, 0.25, 0.75, 1])  # thresholds inf, 2, 1, 0
+    np.testing.assert_array_equal(curves[-1].get_ydata(), [0, 2 / 3, 1, 1])
+    assert curves[-1].get_label() == "tied (AUROC 0.7500)"  # (2 + 2 * 3.5) / 12 pairs, a tie counts 0.5
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [line.get_label() for line in curves]
+    assert list(chance.get_xdata()) == [0, 1] and list(chance.get_ydata()) == [0, 1]
+    assert list(ax.lines[-1].get_ydata()) == [0.95, 0.95] and ax.get_title() == "t"
+
+
+def test_histogram_bars_are_the_density_of_each_split_on_shared_bins():
+    scores = _scores()
+    fig = draw_score_histograms(scores, bins=20)
+    assert [ax.get_title() for ax in fig.axes] == list(scores)
+    for ax, (id_s, ood_s) in zip(fig.axes, scores.values()):
+        lo, hi = histogram_range(np.concatenate([id_s, ood_s]))
+        edges = np.linspace(lo, hi, 21)
+        for bars, split in zip(ax.containers, (id_s, ood_s)):
+            density, _ = np.histogram(split, bins=edges, density=True)  # nothing is clipped for these scores
+            np.testing.assert_allclose([bar.get_height() for bar in bars], density)
+            np.testing.assert_allclose([bar.get_x() for bar in bars], edges[:-1])
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == [f"ID (n={id_s.size})", f"OOD (n={ood_s.size})"]
+
+
+def test_constant_scores_fill_one_bin_of_a_unit_range():
+    ax = draw_score_histograms({"flat": (np.ones(5), np.ones(3))}, bins=4).axes[0]
+    for bars in ax.containers:  # range 0.5..1.5, the value 1.0 on the edge between bins 1 and 2
+        assert [bar.get_height() for bar in bars] == [0, 0, 4.0, 0]
+        assert bars[0].get_x() == 0.5
+
+
+def test_png_files_are_written_and_errors_name_the_draw_function(tmp_path):
     roc = plot_roc_curves(_scores(), tmp_path / "plots" / "roc.png")
     hist = plot_score_histograms(_scores(), tmp_path / "plots" / "hist.png")
     for path in (roc, hist):
-        assert path.is_file() and path.stat().st_size > 1000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_histogram_with_constant_scores(tmp_path):
-    path = plot_score_histograms({"flat": (np.ones(5), np.ones(3))}, tmp_path / "flat.png")
-    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match="^draw_score_histograms: no detectors"):
+        plot_score_histograms({}, tmp_path / "empty.png")
 
 
 def test_one_huge_score_does_not_squeeze_the_rest_into_one_bin():

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from wildcapture.ood.table import CONVENTION, ood_rows, read_table, to_markdown, write_table
+from wildcapture.ood.table import CONVENTION, markdown_table, ood_rows, read_table, to_markdown, write_table
 
 SCORES = {
     "cae": (np.array([0.1, 0.4, 0.35]), np.array([0.8, 0.6, 0.2])),
@@ -27,6 +27,15 @@ def test_markdown_has_caption_convention_and_4_decimals():
     assert "| Detector | AUROC | AUPR-IN | AUPR-OUT | FPR@95TPR | N ID | N OOD |" in md
     assert "| cae | 0.7778 | 0.8056 | 0.8667 | 0.6667 | 3 | 3 |" in md
     assert "| msp | 1.0000 | 1.0000 | 1.0000 | 0.0000 | 3 | 2 |" in md
+
+
+def test_markdown_table_lines_and_the_whole_uncaptioned_table():
+    assert markdown_table(("A", "B", "C"), [("x", "1", "p"), ("y", "22", "q")], "lrl") == [
+        "| A | B | C |", "|---|---:|---|", "| x | 1 | p |", "| y | 22 | q |"]
+    assert to_markdown(ood_rows(SCORES)) == "\n".join([
+        CONVENTION, "", "| Detector | AUROC | AUPR-IN | AUPR-OUT | FPR@95TPR | N ID | N OOD |",
+        "|---|---:|---:|---:|---:|---:|---:|", "| cae | 0.7778 | 0.8056 | 0.8667 | 0.6667 | 3 | 3 |",
+        "| msp | 1.0000 | 1.0000 | 1.0000 | 0.0000 | 3 | 2 |"]) + "\n"
 
 
 def test_write_table_round_trip(tmp_path):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from wildcapture.classifier import data_setup
-from wildcapture.classifier.data_setup import available_cpus, make_loader
+from wildcapture.classifier.data_setup import make_loader
 from wildcapture.errors import ConfigError
-from wildcapture.runtime import pick_device
+from wildcapture.runtime import available_cpus, pick_device
 
 
 @pytest.fixture

@@ -1,19 +1,12 @@
-"""Stage 2's on-disk format, written and read only here: the stage 2 -> 3/4 and detect hand-off.
-
-    <heatmaps_dir>/heatmaps_meta.yaml     completion marker + provenance (META_KEYS; written by stage 2 last)
-    <heatmaps_dir>/<split>/heatmaps.npy   (N, grid_h, grid_w) float32 or float16 (meta heatmap.dtype), row-major
-                                          patch grid; (N, C, grid_h, grid_w) for the multi-channel kinds
-                                          (`wildcapture.heatmaps.channels`)
-    <heatmaps_dir>/<split>/logits.npy     (N, num_classes) float32
-    <heatmaps_dir>/<split>/features.npy   (N, D) float32 pre-logits
-    <heatmaps_dir>/<split>/index.csv      INDEX_COLUMNS; row i of every file is the same image
-    <results_dir>/baseline_scores.csv     BASELINE_KEY_COLUMNS + one column per detector (higher = more OOD)
-    <results_dir>/evaluate_classifier.complete.yaml   marker of stage 2's results (names the same run_id)
-
-Stage 2 writes each array batch by batch into its final `.npy` in the staging folder (`SplitWriter`), so no
-split is ever held in memory, and a killed run leaves only a staging folder no reader looks at. Readers
-check the marker's keys, the SHA-256 of every file they read (hashed in chunks), and that the results folder's
-baseline scores come from the same stage-2 run as the heatmaps; they get the arrays memory-mapped.
+"""Stage 2's output, the stage 2 -> 3/4 and detect hand-off: its format, writers (batch by batch, into staging) and
+readers (which check the markers' keys, one run_id in both, every file's SHA-256). Row i of a split = one image.
+    <heatmaps_dir>/heatmaps_meta.yaml    completion marker + provenance (META_KEYS), written last
+    <heatmaps_dir>/<split>/heatmaps.npy  (N, [C,] grid_h, grid_w), row-major patch grid, stored as meta heatmap.dtype
+    <heatmaps_dir>/<split>/              logits.npy (N, K), features.npy (N, D) float32, index.csv (INDEX_COLUMNS)
+    <results_dir>/baseline_scores.csv    BASELINE_KEY_COLUMNS + per detector (higher = more OOD); marker RESULTS_MARKER
+Not only here: stage 2 and benchmarks/make_synthetic_experiment.py compose and commit both markers; cae/inputs.py
+reads heatmaps.npy as a HeatmapFile after `read_array` checked it; provenance.py takes its digests from the meta;
+benchmarks/precision_agreement.py and bench_scale.py open heatmaps.npy directly.
 """
 from __future__ import annotations
 

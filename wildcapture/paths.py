@@ -19,7 +19,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DEFAULTS_FILE = Path(__file__).resolve().parent / "data" / "defaults.yaml"  # the `data:` config section
 
 HEATMAPS_META = "heatmaps_meta.yaml"  # stage 2's completion marker and the heatmaps' provenance
-SPLIT_FILES = ("heatmaps.npy", "logits.npy", "features.npy", "index.csv")
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Process set-up shared by the stages: seeding, device choice, torchrun (DDP) state and precision."""
+"""Process set-up shared by the stages: seeding, CPUs, device choice, torchrun (DDP) state and precision."""
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +24,13 @@ def seed_everything(seed: int) -> None:
 def epoch_seed(seed: int, epoch: int) -> int:
     """Return the RNG seed of one epoch: it depends on (seed, epoch) only, so resumed runs repeat it."""
     return seed * 100_003 + epoch
+
+
+def available_cpus() -> int:
+    """Return how many CPUs this process may run on (its CPU affinity where the OS reports it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"

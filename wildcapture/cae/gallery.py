@@ -48,7 +48,7 @@ def draw_reconstruction_gallery(rows: Sequence[GalleryRow], heading: str = "", c
     one). An image that cannot be loaded is a text panel.
     """
     if not rows:
-        raise ValueError("plot_reconstruction_gallery needs at least one row")
+        raise ValueError("draw_reconstruction_gallery needs at least one row")
     panels = [row_panels(row, channel) for row in rows]
     limits = [(min(float(p[c].min()) for p in panels), max(float(p[c].max()) for p in panels))
               for c in range(len(COLUMNS) - 1)]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Callable
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wildcapture.data import Benchmark, build_transforms
+from wildcapture.runtime import available_cpus
 
 
 def input_spec(model: nn.Module, data_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -35,13 +35,6 @@ def attach_transforms(bench: Benchmark, data_cfg: dict[str, Any], spec: dict[str
                                          spec["interpolation"])
     for name, split in bench.splits.items():
         split.transform = train_tf if name == "train_id" and augment_train else eval_tf
-
-
-def available_cpus() -> int:
-    """Return how many CPUs this process may run on (its CPU affinity where the OS reports it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 @functools.cache

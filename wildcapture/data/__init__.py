@@ -5,10 +5,11 @@
 """
 from __future__ import annotations
 
+from wildcapture.errors import DatasetError
+
 from .cifar import build_cifar
 from .config import BENCHMARK_NAMES, DATA_DEFAULTS, data_identity, resolve_data_cfg
 from .digits import build_digits
-from .errors import DatasetError
 from .images import load_rgb
 from .splits import SPLITS, Benchmark, ImageSplit, limit_split
 from .transforms import build_transforms

@@ -24,9 +24,9 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from wildcapture.errors import DatasetError
 from wildcapture.megadetector import TYPICAL_THRESHOLD, BBox, pixel_box, read_md_json
 
-from .errors import DatasetError
 from .images import read_displayed_size
 
 ANNOTATION_COLUMNS = ("path", "x_min", "y_min", "x_max", "y_max")

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from ..errors import DatasetError
 from ..paths import resolve_path
 from .classes import match_classes
-from .errors import DatasetError
 from .images import ArrayImages
 from .splits import Benchmark, ImageSplit, stratified_split
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from .errors import DatasetError
+from wildcapture.errors import DatasetError
 
 
 def normalize_class_name(name: str | int) -> str:

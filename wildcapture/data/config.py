@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
+from wildcapture.errors import DatasetError
 from wildcapture.paths import DATA_DEFAULTS_FILE
 
-from .errors import DatasetError
 
 BENCHMARK_NAMES = ("digits", "cifar10", "cifar100", "wildcapture", "imagefolder")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.datasets import load_digits
 
+from wildcapture.errors import DatasetError
+
 from .classes import check_disjoint, match_classes
-from .errors import DatasetError
 from .images import ArrayImages
 from .splits import Benchmark, ImageSplit, split_id_pool
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from wildcapture.errors import DatasetError
 from wildcapture.megadetector import pixel_box
 
-from .errors import DatasetError
 from .images import displayed_size, open_image, to_rgb
 
 DRAFT_REDUCTIONS = (8, 4, 2, 1)  # the scales 1/k libjpeg decodes at (Image.draft), smallest scale first

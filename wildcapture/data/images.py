@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from .errors import DatasetError
+from wildcapture.errors import DatasetError
 
 _BOX_RE = re.compile(r"^(?P<path>.*)#box=(?P<box>-?\d+,-?\d+,-?\d+,-?\d+)$")
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height

@@ -12,9 +12,9 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torchvision.transforms import functional as TF
 
+from wildcapture.errors import DatasetError
 from wildcapture.storage import write_csv
 
-from .errors import DatasetError
 
 SPLITS = ("train_id", "val_id", "test_id", "test_ood")
 

@@ -14,8 +14,9 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from wildcapture.errors import DatasetError
+
 from .config import resolve_augment
-from .errors import DatasetError
 
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
                    "nearest": InterpolationMode.NEAREST, "lanczos": InterpolationMode.LANCZOS,

@@ -17,7 +17,9 @@ from typing import NamedTuple
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .errors import DatasetError
+from wildcapture.errors import DatasetError
+from wildcapture.runtime import available_cpus
+
 from .images import FileImages, clip_box, displayed_size, parse_source
 from .splits import Benchmark
 
@@ -32,13 +34,6 @@ class BadImage(NamedTuple):
     split: str
     source: str
     reason: str
-
-
-def available_cpus() -> int:
-    """Return the number of CPUs this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def probe_image(path: str) -> tuple[int, int] | str:

@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import DatasetError
 from ..paths import resolve_path
 from .annotations import Annotations, normalize_relpath, read_annotation_file
 from .classes import check_disjoint, match_classes, normalize_class_name
-from .errors import DatasetError
 from .images import FileImages, box_source
 from .splits import Benchmark, ImageSplit, split_id_pool
 

@@ -83,7 +83,7 @@ def draw_heatmap_gallery(
     rows = [("ID", im, hm) for im, hm in zip(id_images, id_hm)]
     rows += [("OOD", im, hm) for im, hm in zip(ood_images, ood_hm)]
     if not rows:
-        raise ValueError("plot_heatmap_gallery needs at least one image.")
+        raise ValueError("draw_heatmap_gallery needs at least one image.")
     if titles is not None and len(titles) != len(rows):
         raise ValueError(f"got {len(titles)} titles for {len(rows)} images.")
     if id_images and ood_images and id_hm.shape[1] != ood_hm.shape[1]:

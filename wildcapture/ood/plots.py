@@ -24,10 +24,11 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_roc_curves(scores: Scores, path: str | Path, title: str = "ROC (OOD = positive)") -> Path:
-    """Every detector's ROC curve (x: FPR on ID, y: TPR on OOD) in one figure, AUROC in the legend.
+def draw_roc_curves(scores: Scores, title: str = "ROC (OOD = positive)") -> Figure:
+    """Return a figure with every detector's ROC curve (x: FPR on ID, y: TPR on OOD, the points of
+    `roc_points`), AUROC in its legend label, plus the chance diagonal and a dashed TPR = 0.95 line.
 
-    `scores` maps detector name -> (id_scores, ood_scores), higher = more OOD. Returns `path`.
+    `scores` maps detector name -> (id_scores, ood_scores), higher = more OOD.
     """
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
@@ -39,7 +40,13 @@ def plot_roc_curves(scores: Scores, path: str | Path, title: str = "ROC (OOD = p
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (fraction of ID flagged)",
            ylabel="TPR (fraction of OOD flagged)", title=title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return fig
+
+
+def plot_roc_curves(scores: Scores, path: str | Path, title: str = "ROC (OOD = positive)") -> Path:
+    """Save `draw_roc_curves(scores, title)` (every detector's ROC curve, AUROC in the legend) as a PNG at
+    `path` (parent folders are created); returns `path`."""
+    return _save(draw_roc_curves(scores, title), path)
 
 
 def histogram_range(values: np.ndarray, tail: float = TAIL_PERCENT, reach: float = REACH) -> tuple[float, float]:
@@ -65,7 +72,7 @@ def draw_score_histograms(scores: Scores, bins: int = 50) -> Figure:
     `scores` maps detector name -> (id_scores, ood_scores), higher = more OOD.
     """
     if not scores:
-        raise ValueError("plot_score_histograms: no detectors to plot")
+        raise ValueError("draw_score_histograms: no detectors to plot")
     n = len(scores)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)

@@ -18,12 +18,13 @@ from wildcapture.storage import write_text
 
 from .bootstrap import resample_counts, resampled_auroc
 from .metrics import auroc, fpr_at_tpr
-from .table import CONVENTION
+from .table import CONVENTION, markdown_table
 
-FAMILIES = ("attention", "feature", "fusion")
 COLUMNS = ("detector", "family", "auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std", "n_seeds",
            "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high")
 CI_PERCENTILES = (2.5, 97.5)
+_HEADERS = ("Detector", "Family", "AUROC mean", "AUROC std", "FPR@95TPR mean", "FPR@95TPR std", "Seeds", "dAUROC",
+            "95% CI")
 
 
 def family(detector: str) -> str:
@@ -150,16 +151,14 @@ def _cell(value: float, digits: int = 4) -> str:
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], text: str) -> str:
     """Return the Markdown table of summary `rows` preceded by `text` (the caption) and the metric convention."""
-    lines = [text, "", CONVENTION, "",
-             "| Detector | Family | AUROC mean | AUROC std | FPR@95TPR mean | FPR@95TPR std | Seeds | dAUROC "
-             "| 95% CI |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    cells = []
     for r in rows:
         interval = ("n/a" if r["delta_auroc_ci_low"] != r["delta_auroc_ci_low"]
                     else f"[{r['delta_auroc_ci_low']:+.4f}, {r['delta_auroc_ci_high']:+.4f}]")
         delta = "n/a" if r["delta_auroc"] != r["delta_auroc"] else f"{r['delta_auroc']:+.4f}"
-        lines.append(f"| {r['detector']} | {r['family']} | {_cell(r['auroc_mean'])} | {_cell(r['auroc_std'])} | "
-                     f"{_cell(r['fpr95_mean'])} | {_cell(r['fpr95_std'])} | {r['n_seeds']} | {delta} | {interval} |")
-    return "\n".join(lines) + "\n"
+        cells.append([str(r["detector"]), str(r["family"]), _cell(r["auroc_mean"]), _cell(r["auroc_std"]),
+                      _cell(r["fpr95_mean"]), _cell(r["fpr95_std"]), str(r["n_seeds"]), delta, interval])
+    return "\n".join([text, "", CONVENTION, "", *markdown_table(_HEADERS, cells, "llrrrrrrl")]) + "\n"
 
 
 def _json_ready(value: Any) -> Any:

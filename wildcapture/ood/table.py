@@ -5,7 +5,7 @@ import csv
 import io
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,15 +39,19 @@ def ood_rows(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[dict]:
     return rows
 
 
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> list[str]:
+    """Return the lines of a Markdown table: `headers`, the alignment row (`align` has one letter per column:
+    "l" left, "r" right) and one line per row of cells."""
+    return ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+            *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
 def to_markdown(rows: list[dict], caption: str = "") -> str:
     """A Markdown table (metrics to 4 decimals) preceded by `caption` and the metric convention."""
+    cells = ([str(row["detector"]), *(f"{float(row[m]):.4f}" for m in METRIC_NAMES), str(int(row["n_id"])),
+              str(int(row["n_ood"]))] for row in rows)
     lines = [*([caption.strip(), ""] if caption.strip() else []), CONVENTION, "",
-             "| " + " | ".join(_HEADERS) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(_HEADERS) - 1)) + "|"]
-    for row in rows:
-        cells = [str(row["detector"])] + [f"{float(row[m]):.4f}" for m in METRIC_NAMES]
-        cells += [str(int(row["n_id"])), str(int(row["n_ood"]))]
-        lines.append("| " + " | ".join(cells) + " |")
+             *markdown_table(_HEADERS, cells, "l" + "r" * (len(_HEADERS) - 1))]
     return "\n".join(lines) + "\n"
 
 
