@@ -139,7 +139,7 @@ def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny
     assert not (tmp_path / "x").exists()
 
 
-def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmaps, tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmaps, tmp_path, monkeypatch, capsys):
     original = train_cae.train_one_epoch
 
     def interrupted(*args, **kwargs):
@@ -154,9 +154,11 @@ def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmap
     staged = folder / ".train_cae.incomplete"
     assert [r["epoch"] for r in _log(staged)] == [0, 1] and _load(staged / "last.pth")["epoch"] == 1
     assert not (folder / "last.pth").exists()  # nothing published before the run completes
+    assert f"note: the unfinished run stays in {staged}: train.resume=true continues it" in capsys.readouterr().out
     monkeypatch.setattr(train_cae, "train_one_epoch", original)
 
     record = run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=3", "train.resume=true"))
+    assert f"resuming at epoch 3/3 from {staged / 'last.pth'}\n" in capsys.readouterr().out  # epochs 1-2 done
     reference = tiny_cae / "cae"  # the same config run for 3 epochs without a break
     assert record["epoch"] == 2
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in _log(folder)]
@@ -245,7 +247,7 @@ def test_missing_heatmaps_name_the_folder_and_stage_2(tmp_path):
         run(cae_config(tmp_path / "nowhere", tmp_path))
     message = str(info.value)
     assert str(tmp_path / "nowhere") in message and "heatmaps_meta.yaml" in message and "stage 2" in message
-    assert not (tmp_path / "cae").exists() or not (tmp_path / "cae" / "best.pth").exists()
+    assert not (tmp_path / "cae").exists()  # no folder is left by a run that failed before it trained
 
 
 def test_corrupt_heatmaps_name_the_file(tiny_heatmaps, tmp_path):
@@ -263,7 +265,7 @@ def test_corrupt_heatmaps_name_the_file(tiny_heatmaps, tmp_path):
         run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "out", f"inputs.val_id={tmp_path / 'nan.npy'}",
                        f"inputs.train_id={tiny_heatmaps / 'heatmaps' / 'train_id' / 'heatmaps.npy'}"))
     assert str(tmp_path / "nan.npy") in str(info.value)
-    assert not (tmp_path / "out" / "cae" / "best.pth").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_incomplete_stage_2_output_is_refused(tiny_heatmaps, tmp_path):

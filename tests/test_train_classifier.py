@@ -41,7 +41,7 @@ def test_outputs_hold_what_stage_2_needs(tmp_path, capsys):
     assert best["input_spec"]["input_size"] == [8, 8]
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch, capsys):
     stage1.run(stage1_config(tmp_path / "full", *AUGMENTED))
     real_epoch = stage1.train_one_epoch
 
@@ -53,11 +53,14 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     monkeypatch.setattr(stage1, "train_one_epoch", crash_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         stage1.run(stage1_config(tmp_path / "cut", *AUGMENTED))
-    # the unfinished run lives in its staging folder; nothing is published in cut/ yet
-    assert [r["epoch"] for r in _log(tmp_path / "cut" / ".train_classifier.incomplete")] == [0, 1]
+    # the unfinished run lives in its staging folder, kept for a resume; nothing is published in cut/ yet
+    staged = tmp_path / "cut" / ".train_classifier.incomplete"
+    assert f"note: the unfinished run stays in {staged}: train.resume=true continues it" in capsys.readouterr().out
+    assert [r["epoch"] for r in _log(staged)] == [0, 1]
     assert not (tmp_path / "cut" / "last.pth").exists()
     monkeypatch.setattr(stage1, "train_one_epoch", real_epoch)
     stage1.run(stage1_config(tmp_path / "cut", *AUGMENTED, "train.resume=true"))
+    assert f"resuming at epoch 3/3 from {staged / 'last.pth'}\n" in capsys.readouterr().out  # epochs 1-2 done
 
     full, resumed = load_checkpoint(tmp_path / "full/last.pth"), load_checkpoint(tmp_path / "cut/last.pth")
     assert resumed["epoch"] == 2
@@ -67,9 +70,11 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, monkeypatch)
     assert _log(tmp_path / "full")[-1]["val_loss"] == _log(tmp_path / "cut")[-1]["val_loss"]
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
-    with pytest.raises(NonFiniteLossError, match="non-finite training loss.*train.lr"):
-        stage1.run(stage1_config(tmp_path, "train.epochs=2", "train.lr=1e30", "train.optimizer=sgd"))
+def test_non_finite_loss_stops_with_a_clear_message_and_leaves_no_folder(tmp_path):
+    # it fails in epoch 0: nothing to resume, so neither the staging folder nor the folders created for it stay
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss.*at epoch 0.*train.lr"):
+        stage1.run(stage1_config(tmp_path / "new" / "vit", "train.epochs=2", "train.lr=1e30", "train.optimizer=sgd"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_reports_a_misspelled_key_without_traceback(capsys):
@@ -110,4 +115,5 @@ def test_empty_validation_split_is_a_clear_error(tmp_path):
     from wildcapture.data import DatasetError
 
     with pytest.raises(DatasetError, match="val_id is empty.*data.val_fraction"):
-        stage1.run(stage1_config(tmp_path, "train.epochs=1", "data.val_fraction=0.0"))
+        stage1.run(stage1_config(tmp_path / "vit", "train.epochs=1", "data.val_fraction=0.0"))
+    assert not (tmp_path / "vit").exists()

@@ -3,20 +3,29 @@
 Checkpoints and the log of a run go to `<out>/.<stage>.incomplete/` (see `wildcapture.outputs`); the
 previous complete run in `<out>` stays untouched until this one finishes. `train.resume=true`
 continues a killed run from its staged `last.pth`, or extends the complete run from `<out>/last.pth`,
-and refuses a config that changes the model or its optimisation.
+and refuses a config that changes the model or its optimisation; it prints `resuming at epoch N/E`
+(N counted from 1, as the epoch lines count).
+
+A run that fails with an exception inside `TrainingRun.hold` (a bad value found late, a non-finite loss, a
+bug, Ctrl-C) keeps its staging folder only if it holds a `last.pth` (an epoch completed, or the killed run
+being resumed), and says that `train.resume=true` continues from it; otherwise, e.g. when it fails before
+its first epoch completes, the staging folder goes, and so does `<out>` if the run created it. A killed run
+(kill -9) leaves its staging folder as it is, for `train.resume=true`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tqdm import tqdm
 
 from wildcapture.errors import ConfigError
 from wildcapture.outputs import Staging
 from wildcapture.provenance import check_resume_config
+from wildcapture.run_lock import LOCK_NAME, hold_lock
 from wildcapture.storage import load_checkpoint, save_checkpoint, write_text
 
 LOG_NAME = "log.jsonl"
@@ -74,6 +83,7 @@ class TrainingRun:
                     if (self.out / name).is_file():
                         shutil.copy2(self.out / name, self.staging.path(name))
             self._truncate_log(state["epoch"])
+            print(f"resuming at epoch {state['epoch'] + 2}/{cfg['train']['epochs']} from {source}", flush=True)
         return state
 
     def _truncate_log(self, last_epoch: int) -> None:
@@ -102,3 +112,38 @@ class TrainingRun:
     def commit(self, marker: dict[str, Any]) -> dict[str, Any]:
         """Move the run's files into `out`, then write its completion marker; returns the marker."""
         return self.staging.commit(marker)
+
+    @contextlib.contextmanager
+    def hold(self, what: str) -> Iterator["TrainingRun"]:
+        """Hold the run lock of `out` (`what` names the run, see `wildcapture.run_lock`) for the `with` block;
+        yields self. If the block raises, keep the staged run only if it can be resumed (see the module)."""
+        created = _missing_folders(self.out)
+        with hold_lock(self.out, what):
+            try:
+                yield self
+            except BaseException:
+                self._clean_up_failure(created)
+                raise
+
+    def _clean_up_failure(self, created: list[Path]) -> None:
+        """After an exception: keep a staging folder holding a `last.pth` (and say so), else remove it and then
+        the folders in `created` (deepest first) that hold nothing else but the run's lock."""
+        if (self.staging.dir / "last.pth").is_file():
+            print(f"note: the unfinished run stays in {self.staging.dir}: train.resume=true continues it from its "
+                  "last completed epoch", flush=True)
+            return
+        shutil.rmtree(self.staging.dir, ignore_errors=True)
+        if created and [p.name for p in self.out.iterdir()] == [LOCK_NAME]:
+            (self.out / LOCK_NAME).unlink()
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """Return `path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing

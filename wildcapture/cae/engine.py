@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from wildcapture.cae.heatmap_data import HeatmapPrep, HeatmapSource, epoch_batches
+from wildcapture.cae.heatmap_data import HeatmapPrep, RawHeatmaps, epoch_batches
 from wildcapture.errors import NonFiniteLossError
 from wildcapture.runtime import autocast_context
 
 
 def train_one_epoch(
     model: nn.Module,
-    heatmaps: HeatmapSource,
+    heatmaps: RawHeatmaps,
     prep: HeatmapPrep,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
@@ -66,7 +66,7 @@ def train_one_epoch(
     return total / seen
 
 
-def _outputs(model: nn.Module, heatmaps: HeatmapSource, prep: HeatmapPrep, batch_size: int,
+def _outputs(model: nn.Module, heatmaps: RawHeatmaps, prep: HeatmapPrep, batch_size: int,
              device: torch.device | str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (prepared batch, reconstruction), both (B, C, S, S) on `device`, for the raw heatmaps (N, h, w) or
     (N, C, h, w) in order, in eval mode without grad."""
@@ -80,7 +80,7 @@ def _outputs(model: nn.Module, heatmaps: HeatmapSource, prep: HeatmapPrep, batch
         model.train(was_training)
 
 
-def reconstruction_errors(model: nn.Module, heatmaps: HeatmapSource, prep: HeatmapPrep, batch_size: int,
+def reconstruction_errors(model: nn.Module, heatmaps: RawHeatmaps, prep: HeatmapPrep, batch_size: int,
                           device: torch.device | str) -> np.ndarray:
     """Return each image's mean squared reconstruction error, shape (N,) float64.
 

@@ -73,7 +73,7 @@ class HeatmapFile:
     __getitem__ = rows
 
 
-HeatmapSource = Union[torch.Tensor, HeatmapFile]
+RawHeatmaps = Union[torch.Tensor, HeatmapFile]
 
 
 def channel_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -81,7 +81,7 @@ def channel_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return (1, *shape[1:]) if len(shape) == 3 else tuple(shape[1:])
 
 
-def training_source(heatmaps: np.ndarray | HeatmapFile, device: torch.device) -> HeatmapSource:
+def training_source(heatmaps: np.ndarray | HeatmapFile, device: torch.device) -> RawHeatmaps:
     """Return the heatmaps as stage 3 reads them: on CUDA, a device tensor when they take at most half its free
     memory (copied a chunk at a time); otherwise a `HeatmapFile` is read batch by batch (its batches are gathered and
     prepared on the device) and an array becomes a CPU tensor."""
@@ -97,7 +97,7 @@ def training_source(heatmaps: np.ndarray | HeatmapFile, device: torch.device) ->
     return torch.from_numpy(np.ascontiguousarray(heatmaps)).to(device)
 
 
-def gather(source: HeatmapSource, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def gather(source: RawHeatmaps, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Return rows `index` (B,) int64 of `source`, in that order, on `device` in the stored dtype."""
     if isinstance(source, HeatmapFile):
         return torch.from_numpy(source.rows(index.numpy())).to(device)
@@ -249,7 +249,7 @@ def iterate_batches(
             yield idx, x.index_select(0, idx.to(x.device))
 
 
-def epoch_batches(source: HeatmapSource, prep: HeatmapPrep, batch_size: int, device: torch.device | str,
+def epoch_batches(source: RawHeatmaps, prep: HeatmapPrep, batch_size: int, device: torch.device | str,
                   shuffle: bool, generator: Optional[torch.Generator] = None, chunk_bytes: int = CHUNK_BYTES
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (indices (B,) int64, prepared batch float32 (B, C, S, S) on `device`) covering every row once.

@@ -5,17 +5,20 @@ Outputs in `output_dir` (default `weights/<exp>/vit/`): `best.pth` (best val acc
 `config.yaml` (the resolved config), `log.jsonl` (one JSON line per epoch), `manifest.csv`
 (every item of every split) and, written last, `train_classifier.complete.yaml`. While the run
 trains they live in `.train_classifier.incomplete/` (see `wildcapture.training_run`), so a failed
-run leaves the previous one untouched.
+run leaves the previous one untouched; it keeps that folder, for `train.resume=true`, only if an epoch
+completed.
 """
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
@@ -23,13 +26,13 @@ from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
 from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
-from wildcapture.data import DatasetError, build_benchmark, resolve_data_cfg
+from wildcapture.data import Benchmark, DatasetError, build_benchmark, resolve_data_cfg
 from wildcapture.data.verify import verify_benchmark_images
 from wildcapture.paths import classifier_dir, resolve_path
-from wildcapture.run_lock import hold_lock
-from wildcapture.runtime import (cleanup_distributed, epoch_seed, grad_scaler, init_distributed, pick_device,
-                                 seed_everything)
+from wildcapture.runtime import (DistState, cleanup_distributed, epoch_seed, grad_scaler, init_distributed,
+                                 pick_device, seed_everything)
 from wildcapture.storage import write_yaml
+from wildcapture.training_checkpoint import TrainingState
 from wildcapture.training_run import TrainingRun, epoch_summary
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
 
@@ -83,29 +86,67 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def run(cfg: Config) -> dict[str, Any]:
     """Train the classifier described by `cfg`; returns the last epoch's log record plus `best_val_acc`.
 
     Every check (config, data, images, weights, resume) runs before any file is written; only the
-    main process of a torchrun job holds the folder's lock and writes.
+    main process of a torchrun job holds the folder's lock and writes. A run that fails keeps its
+    staging folder only if an epoch completed (see `wildcapture.training_run`).
     """
     check_config(cfg)
     dist_state, device = init_distributed(cfg["device"])
-    out = classifier_dir(cfg)
+    training = TrainingRun(classifier_dir(cfg), STAGE)
     try:
-        with hold_lock(out, f"stage 1 {STAGE}, exp {cfg['exp']}") if dist_state.is_main else contextlib.nullcontext():
-            return _train(cfg, dist_state, device)
+        with training.hold(f"stage 1 {STAGE}, exp {cfg['exp']}") if dist_state.is_main else contextlib.nullcontext():
+            return _train(cfg, dist_state, device, training)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
-    train_cfg, out = cfg["train"], classifier_dir(cfg)
+@dataclass
+class _Loop:
+    """What every epoch of a run uses."""
+
+    cfg: Config
+    training: TrainingRun
+    state: TrainingState
+    net: nn.Module  # state.model, wrapped in DistributedDataParallel under torchrun
+    train_loader: DataLoader
+    val_loader: DataLoader
+    device: torch.device
+    amp: bool
+    is_main: bool
+    meta: dict[str, Any]  # the checkpoints' own entries (model_args, class_names, input_spec)
+
+
+def _train(cfg: Config, dist_state: DistState, device: torch.device, training: TrainingRun) -> dict[str, Any]:
+    """Train from scratch or from the run resumed, then (main process) commit; returns the last epoch's
+    log record plus `best_val_acc`."""
     seed_everything(cfg["seed"])
+    bench, model, meta = _benchmark_and_model(cfg, dist_state, device)
+    train_loader, val_loader = _loaders(cfg, bench, dist_state, device)
+    amp = cfg["train"]["amp"] and device.type == "cuda"
+    state = _training_state(model, cfg["train"], grad_scaler(device, amp))
+    start_epoch, saved = state.restore(training.start(cfg, free_on_resume(cfg), prepare=dist_state.is_main))
+    net = model
+    if dist_state.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if dist_state.is_main:
+        _write_run_files(training, cfg, bench, net, f"device {device}, {dist_state.world_size} process(es)")
+    loop = _Loop(cfg, training, state, net, train_loader, val_loader, device, amp, dist_state.is_main, meta)
+    record = _fit(loop, start_epoch, saved.get("best_val_acc", -1.0))
+    if dist_state.is_main:
+        best_acc = record["best_val_acc"]
+        training.commit({"exp": cfg["exp"], "epochs": cfg["train"]["epochs"], "best_val_acc": best_acc})
+        print(f"stage 1 done: best val accuracy {best_acc:.4f}; wrote {training.out}", flush=True)
+    return record
+
+
+def _benchmark_and_model(cfg: Config, dist_state: DistState,
+                         device: torch.device) -> tuple[Benchmark, nn.Module, dict[str, Any]]:
+    """Build the data (its images checked if data.verify_images) and the model on `device`; returns (the
+    benchmark with the model's transforms, the model, the checkpoints' own entries: model_args,
+    class_names, input_spec). DatasetError if val_id is empty."""
     bench = build_benchmark(cfg["data"])
     if cfg["data"]["verify_images"] and dist_state.is_main:
         verify_benchmark_images(bench)
@@ -117,72 +158,80 @@ def _train(cfg: Config, dist_state, device: torch.device) -> dict[str, Any]:
     model.to(device)
     spec = input_spec(model, cfg["data"])
     attach_transforms(bench, cfg["data"], spec)
-
-    train_split, val_split = bench.splits["train_id"], bench.splits["val_id"]
-    if len(val_split) == 0:
+    if len(bench.splits["val_id"]) == 0:
         raise DatasetError("val_id is empty, so no checkpoint could be selected: set data.val_fraction > 0 "
                            "(and data.limit_per_split large enough)")
-    rank, world = dist_state.rank, dist_state.world_size
+    return bench, model, {"model_args": model_args, "class_names": bench.id_class_names, "input_spec": spec}
+
+
+def _loaders(cfg: Config, bench: Benchmark, dist_state: DistState,
+             device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """Return this rank's loaders: train_id (shuffled per epoch, balanced if train.balanced_sampling) and
+    val_id (in order)."""
+    train_cfg, rank, world = cfg["train"], dist_state.rank, dist_state.world_size
+    train_split, val_split = bench.splits["train_id"], bench.splits["val_id"]
     train_sampler = EpochSampler(train_split.labels, shuffle=True, balanced=train_cfg["balanced_sampling"],
                                  seed=cfg["seed"], rank=rank, world_size=world)
     val_sampler = EpochSampler(val_split.labels, shuffle=False, rank=rank, world_size=world, pad=False)
     workers = cfg["num_workers"]
-    train_loader = make_loader(train_split, train_cfg["batch_size"], train_sampler, workers, device)
-    val_loader = make_loader(val_split, train_cfg["eval_batch_size"], val_sampler, workers, device)
+    return (make_loader(train_split, train_cfg["batch_size"], train_sampler, workers, device),
+            make_loader(val_split, train_cfg["eval_batch_size"], val_sampler, workers, device))
 
+
+def _training_state(model: nn.Module, train_cfg: dict[str, Any], scaler: torch.amp.GradScaler) -> TrainingState:
+    """Return `model` with the optimizer and LR scheduler of `train_cfg`, and `scaler`."""
     optimizer = build_optimizer(model.parameters(), train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg)
-    amp = train_cfg["amp"] and device.type == "cuda"
-    scaler = grad_scaler(device, amp)
-    start_epoch, best_acc = 0, -1.0
-    training = TrainingRun(out, STAGE)
-    state = training.start(cfg, free_on_resume(cfg), prepare=dist_state.is_main)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best_acc = state["epoch"] + 1, state["best_val_acc"]
-    if dist_state.enabled:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return TrainingState(model, optimizer, build_scheduler(optimizer, train_cfg), scaler)
 
-    is_main = dist_state.is_main
-    if is_main:
-        write_yaml(training.path("config.yaml"), cfg)
-        bench.write_manifest(training.path("manifest.csv"))
-        print(f"stage 1: {len(train_split)} train / {len(val_split)} val images, "
-              f"{len(bench.id_class_names)} ID classes, {sum(p.numel() for p in model.parameters()):,} parameters, "
-              f"device {device}, {world} process(es); writing to {out}", flush=True)
+
+def _write_run_files(training: TrainingRun, cfg: Config, bench: Benchmark, model: nn.Module, where: str) -> None:
+    """Stage the run's config.yaml and manifest.csv, and print what the run trains on `where`."""
+    write_yaml(training.path("config.yaml"), cfg)
+    bench.write_manifest(training.path("manifest.csv"))
+    print(f"stage 1: {len(bench.splits['train_id'])} train / {len(bench.splits['val_id'])} val images, "
+          f"{len(bench.id_class_names)} ID classes, {sum(p.numel() for p in model.parameters()):,} parameters, "
+          f"{where}; writing to {training.out}", flush=True)
+
+
+def _fit(loop: _Loop, start_epoch: int, best_acc: float) -> dict[str, Any]:
+    """Train epochs start_epoch .. train.epochs - 1 (counted from 0), the main process saving and logging each;
+    returns the last epoch's log record, with `best_val_acc` on the main process."""
+    epochs = loop.cfg["train"]["epochs"]
     record: dict[str, Any] = {"best_val_acc": best_acc}
-    meta = {"model_args": model_args, "class_names": bench.id_class_names, "input_spec": spec, "config": cfg,
-            "format": "wildcapture-vit-1"}
-    epochs = tqdm(range(start_epoch, train_cfg["epochs"]), desc="stage 1 epochs", initial=start_epoch,
-                  total=train_cfg["epochs"], disable=not is_main)
-    for epoch in epochs:
-        started = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg["seed"], epoch))  # dropout/augmentation RNG depends on the epoch only
-        train_sampler.set_epoch(epoch)
-        train_loader.generator.manual_seed(epoch_seed(cfg["seed"], epoch))
-        lr = optimizer.param_groups[0]["lr"]
-        record = {"epoch": epoch, **train_one_epoch(model, train_loader, optimizer, scaler, device, epoch, amp,
-                                                    train_cfg["grad_clip"], progress=is_main)}
-        record.update(evaluate(model, val_loader, device, amp, progress=is_main))
-        scheduler.step()
-        record.update(lr=lr, seconds=round(time.perf_counter() - started, 3))
-        if not is_main:
-            continue
-        weights = _unwrap(model).state_dict()
-        if record["val_acc"] > best_acc:
-            best_acc = record["val_acc"]
-            training.save("best.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": best_acc})
-        record["best_val_acc"] = best_acc
-        shown = {k: record[k] for k in ("train_loss", "val_loss", "val_acc")}
-        summary = epoch_summary(epoch, train_cfg["epochs"], {**shown, "best": best_acc}, record["seconds"])
-        training.log(record, summary)  # before last.pth: a resume drops the log lines of epochs after last.pth
-        training.save("last.pth", {**meta, "model": weights, "epoch": epoch, "val_acc": record["val_acc"],
-                                   "best_val_acc": best_acc, "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
-    if is_main:
-        training.commit({"exp": cfg["exp"], "epochs": train_cfg["epochs"], "best_val_acc": best_acc})
-        print(f"stage 1 done: best val accuracy {best_acc:.4f}; wrote {out}", flush=True)
+    for epoch in tqdm(range(start_epoch, epochs), desc="stage 1 epochs", initial=start_epoch, total=epochs,
+                      disable=not loop.is_main):
+        record = _train_epoch(loop, epoch)
+        if loop.is_main:
+            best_acc = _save_epoch(loop, epoch, record, best_acc)
     return record
+
+
+def _train_epoch(loop: _Loop, epoch: int) -> dict[str, Any]:
+    """Train and validate one epoch, then step the LR schedule; returns the epoch's log record (losses,
+    accuracies, the epoch's lr, seconds)."""
+    started, seed, optimizer = time.perf_counter(), loop.cfg["seed"], loop.state.optimizer
+    torch.manual_seed(epoch_seed(seed, epoch))  # dropout/augmentation RNG depends on the epoch only
+    loop.train_loader.sampler.set_epoch(epoch)
+    loop.train_loader.generator.manual_seed(epoch_seed(seed, epoch))
+    lr = optimizer.param_groups[0]["lr"]
+    record = {"epoch": epoch, **train_one_epoch(loop.net, loop.train_loader, optimizer, loop.state.scaler, loop.device,
+                                                epoch, loop.amp, loop.cfg["train"]["grad_clip"], progress=loop.is_main)}
+    record.update(evaluate(loop.net, loop.val_loader, loop.device, loop.amp, progress=loop.is_main))
+    loop.state.scheduler.step()
+    record.update(lr=lr, seconds=round(time.perf_counter() - started, 3))
+    return record
+
+
+def _save_epoch(loop: _Loop, epoch: int, record: dict[str, Any], best_acc: float) -> float:
+    """Save best.pth if the epoch beat `best_acc`, log the epoch (adding `best_val_acc` to `record`), then save
+    last.pth; returns the best val accuracy so far."""
+    if record["val_acc"] > best_acc:
+        best_acc = record["val_acc"]
+        loop.training.save("best.pth", loop.state.checkpoint(epoch, loop.cfg, {**loop.meta, "val_acc": best_acc}))
+    record["best_val_acc"] = best_acc
+    shown = {k: record[k] for k in ("train_loss", "val_loss", "val_acc")}
+    summary = epoch_summary(epoch, loop.cfg["train"]["epochs"], {**shown, "best": best_acc}, record["seconds"])
+    loop.training.log(record, summary)  # before last.pth: a resume drops the log lines of epochs after last.pth
+    extras = {**loop.meta, "val_acc": record["val_acc"], "best_val_acc": best_acc}
+    loop.training.save("last.pth", loop.state.checkpoint(epoch, loop.cfg, extras, resumable=True))
+    return best_acc
