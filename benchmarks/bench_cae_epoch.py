@@ -21,7 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from wildcapture.cae import HeatmapPrep, epoch_batches, prepare_heatmaps, train_one_epoch
+from wildcapture.cae.engine import train_one_epoch
+from wildcapture.cae.heatmap_data import epoch_batches, HeatmapPrep, prepare_heatmaps
 from torch import nn
 
 from wildcapture.cae.architectures import ARCHITECTURES, cae_from_config, heatmap_prep

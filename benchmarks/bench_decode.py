@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from wildcapture.data import build_transforms, load_rgb
+from wildcapture.data.images import load_rgb
+from wildcapture.data.transforms import build_transforms
 from wildcapture.data.fast_decode import Box, load_rgb_at_least
 from wildcapture.megadetector import pixel_box
 

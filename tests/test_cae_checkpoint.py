@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from wildcapture.cae import ConvAutoencoder, HeatmapPrep, SmallAutoencoder, reconstruction_errors
+from wildcapture.cae.engine import reconstruction_errors
+from wildcapture.cae.heatmap_data import HeatmapPrep
+from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.small_model import SmallAutoencoder
 from wildcapture.cae.architectures import model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT, load_cae
 from wildcapture.cae.detector import CAEDetector

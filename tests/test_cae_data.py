@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wildcapture.cae import HeatmapPrep, iterate_batches, load_heatmaps, prepare_heatmaps
+from wildcapture.cae.heatmap_data import HeatmapPrep, iterate_batches, load_heatmaps, prepare_heatmaps
 
 
 def test_max_norm_gives_per_image_max_one():

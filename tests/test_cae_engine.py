@@ -6,16 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wildcapture.cae import (
-    ConvAutoencoder,
-    HeatmapPrep,
-    SmallAutoencoder,
-    ood_threshold,
-    prepare_heatmaps,
-    reconstruct,
-    reconstruction_errors,
-    train_one_epoch,
-)
+from wildcapture.cae.engine import ood_threshold, reconstruct, reconstruction_errors, train_one_epoch
+from wildcapture.cae.heatmap_data import HeatmapPrep, prepare_heatmaps
+from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.small_model import SmallAutoencoder
 
 PREP = HeatmapPrep(16, "bilinear", "max")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wildcapture.cae import ConvAutoencoder
+from wildcapture.cae.model import ConvAutoencoder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_cae_state_dict.json"
 

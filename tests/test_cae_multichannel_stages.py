@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from wildcapture.cae import build_cae, ood_threshold
+from wildcapture.cae.architectures import build_cae
+from wildcapture.cae.engine import ood_threshold
 from wildcapture.errors import DatasetError
 from wildcapture.stages import score_cae, train_cae
 from wildcapture.storage import sha256_file, write_yaml

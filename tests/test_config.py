@@ -75,7 +75,7 @@ def test_saved_config_round_trips(config_dir, tmp_path):
 
 
 def test_data_section_is_filled_from_its_one_definition(tmp_path):
-    from wildcapture.data import DATA_DEFAULTS
+    from wildcapture.data.config import DATA_DEFAULTS
     (tmp_path / "config.yaml").write_text("exp: x\ndata: {}\n")
     (tmp_path / "p.yaml").write_text("data:\n  name: cifar10\n  augment:\n    hflip: 0.5\n")
     cfg = load_config(tmp_path, "p", ["data.seed=3"])

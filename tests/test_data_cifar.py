@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torchvision.datasets.cifar
 
-from wildcapture.data import DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.errors import DatasetError
 
 C10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 C100_NAMES = [f"class_{i:02d}" for i in range(100)]

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from wildcapture.data import SPLITS, DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.splits import SPLITS
+from wildcapture.errors import DatasetError
 
 
 def _bench(**cfg):

@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data import SPLITS, DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.splits import SPLITS
+from wildcapture.errors import DatasetError
 
 
 @pytest.fixture

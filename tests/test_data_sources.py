@@ -1,7 +1,8 @@
 """Missing data sets: the error says where to get the data and how to lay it out."""
 import pytest
 
-from wildcapture.data import DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.errors import DatasetError
 
 DRIVE = "https://drive.google.com/drive/folders/1823UnVK94NYRTokxkzBbgeYRVL8YSPG4"
 

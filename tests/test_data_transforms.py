@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from wildcapture.data import DatasetError, build_transforms
+from wildcapture.data.transforms import build_transforms
+from wildcapture.errors import DatasetError
 
 MEAN, STD = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from wildcapture.data import DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.errors import DatasetError
 from wildcapture.data import verify
 from wildcapture.data.images import FileImages, load_rgb
 from wildcapture.data.splits import Benchmark, ImageSplit
@@ -159,7 +160,7 @@ def test_imagefolder_benchmark(tmp_path):
 
 
 def test_a_damaged_exif_block_is_a_reported_failure_like_in_the_loader():
-    from wildcapture.data import load_rgb
+    from wildcapture.data.images import load_rgb
     from wildcapture.data.fast_decode import load_rgb_at_least
     from wildcapture.data.verify import probe_image
     from wildcapture.errors import DatasetError

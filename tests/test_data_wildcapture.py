@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data import SPLITS, DatasetError, build_benchmark, load_rgb
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.images import load_rgb
+from wildcapture.data.splits import SPLITS
+from wildcapture.errors import DatasetError
 from wildcapture.data.wildcapture_folders import PAPER_ID_SPECIES, PAPER_OOD_SPECIES
 
 # (subpath, mode, extension, PIL format): night IR is mode "L"; folders recurse; extensions any case

@@ -18,7 +18,8 @@ from attention_reference import manual_attention
 from PIL import Image
 
 from wildcapture.cae.checkpoint import load_cae
-from wildcapture.data import build_transforms, load_rgb
+from wildcapture.data.images import load_rgb
+from wildcapture.data.transforms import build_transforms
 from wildcapture.detection import engine
 from wildcapture.detection.progress import ShardProgress
 from wildcapture.detection.report import COLUMNS

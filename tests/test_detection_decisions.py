@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data import load_rgb
+from wildcapture.data.images import load_rgb
 from wildcapture.detection.run import DetectOptions, default_workers, detect
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.megadetector import pixel_box

@@ -7,7 +7,8 @@ import torch
 
 from wildcapture.storage import load_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms
-from wildcapture.data import SPLITS, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.splits import SPLITS
 from wildcapture.stages.evaluate_classifier import run
 from wildcapture.vit import WeightsMismatchError, build_vit
 

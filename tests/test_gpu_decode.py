@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as Fn
 from PIL import Image
 
-from wildcapture.data import build_transforms, load_rgb
+from wildcapture.data.images import load_rgb
+from wildcapture.data.transforms import build_transforms
 from wildcapture.detection.dataset import DetectionImages
 from wildcapture.detection.gpu_decode import (JpegBytes, check_interpolation, decode_all, device_batches,
                                               device_decodable, prepare)

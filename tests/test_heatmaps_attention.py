@@ -6,7 +6,7 @@ import torch
 from attention_reference import manual_attention
 from timm.models.vision_transformer import VisionTransformer
 
-from wildcapture.heatmaps import HEATMAP_KINDS, forward_with_heatmaps, heatmap_channels
+from wildcapture.heatmaps.attention import forward_with_heatmaps, heatmap_channels, HEATMAP_KINDS
 from wildcapture.heatmaps.attention import cls_attention_row
 from wildcapture.heatmaps.channels import as_channels
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.heatmaps import export_heatmap_pngs, read_heatmap_pngs
+from wildcapture.heatmaps.export import export_heatmap_pngs, read_heatmap_pngs
 
 
 def _maps(n=4, h=5, w=7, seed=0):

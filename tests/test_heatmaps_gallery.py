@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.heatmaps import plot_heatmap_gallery
+from wildcapture.heatmaps.gallery import plot_heatmap_gallery
 from wildcapture.heatmaps.gallery import draw_heatmap_gallery
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from stage_helpers import cae_config, stage2_config
 
-from wildcapture.cae import HeatmapFile, train_one_epoch
+from wildcapture.cae.engine import train_one_epoch
+from wildcapture.cae.heatmap_data import HeatmapFile
 from wildcapture.cae.architectures import cae_from_config, heatmap_prep
 from wildcapture.errors import IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import read_array, read_meta

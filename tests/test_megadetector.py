@@ -5,7 +5,8 @@ import json
 import pytest
 from PIL import Image
 
-from wildcapture.data import DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.errors import DatasetError
 from wildcapture.megadetector import (WHOLE_IMAGE_DETECTOR, DetectionResult, MDDetection, MDWriter, pixel_box,
                                       read_md_json, whole_image_batch)
 from wildcapture.storage import atomic_write

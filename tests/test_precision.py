@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import wildcapture.runtime as runtime
-from wildcapture.data import SPLITS
+from wildcapture.data.splits import SPLITS
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.errors import ConfigError, ProvenanceError
 from wildcapture.provenance import check_same_precision, heatmap_precision

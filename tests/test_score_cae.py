@@ -12,8 +12,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from wildcapture.cae import ConvAutoencoder, build_cae
-from wildcapture.data import DatasetError
+from wildcapture.cae.architectures import build_cae
+from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.errors import DatasetError
 from wildcapture.ood.metrics import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT
 from wildcapture.cae.checkpoint import load_cae
@@ -248,7 +249,7 @@ def test_bare_state_dict_in_the_papers_format_is_sized_from_its_bottleneck(tiny_
 
 
 def test_heatmap_csv_inputs_give_ood_labels_and_no_foreign_baselines(tiny_heatmaps, tiny_cae, tmp_path):
-    from wildcapture.heatmaps import export_heatmap_pngs
+    from wildcapture.heatmaps.export import export_heatmap_pngs
 
     inputs = []
     for split in SPLITS:

@@ -10,11 +10,13 @@ import pytest
 import torch
 import yaml
 
-from wildcapture.cae import HeatmapPrep, build_cae, ood_threshold, prepare_heatmaps, reconstruction_errors
+from wildcapture.cae.architectures import build_cae
+from wildcapture.cae.engine import ood_threshold, reconstruction_errors
+from wildcapture.cae.heatmap_data import HeatmapPrep, prepare_heatmaps
 from wildcapture.cae.inputs import heatmap_source
-from wildcapture.data import DatasetError
+from wildcapture.errors import DatasetError
 from wildcapture.errors import IncompleteOutputError
-from wildcapture.heatmaps import export_heatmap_pngs
+from wildcapture.heatmaps.export import export_heatmap_pngs
 from wildcapture.ood.baselines import Mahalanobis
 from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run

@@ -99,7 +99,7 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     # The logged val accuracy (summed over both ranks) equals a single-process evaluation of best.pth.
     from wildcapture.classifier.data_setup import attach_transforms, make_loader
     from wildcapture.classifier.engine import evaluate
-    from wildcapture.data import build_benchmark
+    from wildcapture.data.benchmarks import build_benchmark
     from wildcapture.vit import build_vit
 
     best = load_checkpoint(tmp_path / "best.pth")
@@ -112,7 +112,7 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
 
 
 def test_empty_validation_split_is_a_clear_error(tmp_path):
-    from wildcapture.data import DatasetError
+    from wildcapture.errors import DatasetError
 
     with pytest.raises(DatasetError, match="val_id is empty.*data.val_fraction"):
         stage1.run(stage1_config(tmp_path / "vit", "train.epochs=1", "data.val_fraction=0.0"))

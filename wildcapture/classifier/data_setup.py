@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from wildcapture.data import Benchmark, build_transforms
+from wildcapture.data.splits import Benchmark
+from wildcapture.data.transforms import build_transforms
 from wildcapture.runtime import available_cpus
 
 

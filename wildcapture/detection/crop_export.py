@@ -15,7 +15,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from wildcapture.data import load_rgb
+from wildcapture.data.images import load_rgb
 from wildcapture.detection.report import merged_rows
 from wildcapture.detection.season import Item
 from wildcapture.errors import DatasetError

@@ -33,14 +33,14 @@ from wildcapture.cae.checkpoint import fusion_of, load_cae, val_scores_of
 from wildcapture.cae.detector import CAEDetector
 from wildcapture.cae.engine import unknown_confidence
 from wildcapture.classifier.data_setup import make_loader
-from wildcapture.data import build_transforms
+from wildcapture.data.transforms import build_transforms
 from wildcapture.detection import SCORES
 from wildcapture.detection.dataset import DetectionImages
 from wildcapture.detection.gpu_decode import device_batches
 from wildcapture.detection.season import Item, Scan
 from wildcapture.detection.progress import ROWS_FORMAT, ShardProgress, failure_row
 from wildcapture.errors import CheckpointError
-from wildcapture.heatmaps import forward_with_heatmaps
+from wildcapture.heatmaps.attention import forward_with_heatmaps
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.provenance import locate_classifier
 from wildcapture.run_lock import LOCK_NAME

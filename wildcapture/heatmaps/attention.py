@@ -15,18 +15,59 @@ it hooks ``block.attn.attn_drop``, whose input in timm's unfused ``Attention.for
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-HEATMAP_KINDS = ("cls_last", "rollout", "cls_heads", "cls_all")
+
+@dataclass(frozen=True)
+class ClsKind:
+    """A heatmap kind made from the CLS query's attention rows of some blocks, on timm's fused kernel.
+
+    `blocks(block, depth)`: the blocks it reads (`block` is heatmap.block, resolved to 0..depth-1).
+    `combine(rows)`: rows (N, len(blocks) * heads, patches), block-major, float32 -> the maps (N, patches)
+    for one channel, or (N, C, patches). `channels(depth, heads)`: C (1 = no channel axis).
+    """
+
+    blocks: Callable[[int, int], list[int]]
+    combine: Callable[[Tensor], Tensor]
+    channels: Callable[[int, int], int] = lambda depth, heads: 1
+
+
+@dataclass(frozen=True)
+class RolloutKind:
+    """Attention rollout (Abnar & Zuidema 2020): needs every block's whole attention matrix."""
+
+    def blocks(self, block: int, depth: int) -> list[int]:
+        return list(range(depth))
+
+    def channels(self, depth: int, heads: int) -> int:
+        return 1
+
+
+def _chosen(block: int, depth: int) -> list[int]:
+    return [block]
+
+
+def _every(block: int, depth: int) -> list[int]:
+    return list(range(depth))
+
+
+# heatmap.kind -> how it is made: a new kind is one line here (a ClsKind of its blocks and combination).
+HEATMAP_KINDS: dict[str, ClsKind | RolloutKind] = {
+    "cls_last": ClsKind(_chosen, lambda rows: rows.mean(1)),
+    "rollout": RolloutKind(),
+    "cls_heads": ClsKind(_chosen, lambda rows: rows, lambda depth, heads: heads),
+    "cls_all": ClsKind(_every, lambda rows: rows, lambda depth, heads: depth * heads),
+}
 
 
 def heatmap_channels(kind: str, depth: int, heads: int) -> int:
     """Return the channel count C of `kind`'s heatmaps for a ViT of `depth` blocks and `heads` heads
     (1 for the single-map kinds, stored without a channel axis)."""
-    return {"cls_heads": heads, "cls_all": depth * heads}.get(kind, 1)
+    return HEATMAP_KINDS[kind].channels(depth, heads)
 
 
 def _check_model(model: nn.Module) -> None:
@@ -158,13 +199,12 @@ def forward_with_heatmaps(
     Args:
         model: a timm ``VisionTransformer`` (with a class token). Usually in eval mode.
         images: (N, 3, H, W) batch, already normalised for the model.
-        kind: ``"cls_last"``: CLS-to-patch attention of block ``block``, head mean;
-            ``"cls_heads"``: the same per head; ``"cls_all"``: the same per head of every block;
-            ``"rollout"``: attention rollout (Abnar & Zuidema 2020) through all blocks,
-            i.e. the product of row-normalised (head-mean attention + identity), later blocks
-            on the left; the heatmap is the CLS row's patch entries.
-        block: which block for ``cls_last`` and ``cls_heads`` (negative indices count from the end).
-            Ignored by ``rollout`` and ``cls_all``.
+        kind: a key of HEATMAP_KINDS. ``"cls_last"``: CLS-to-patch attention of block ``block``, head
+            mean; ``"cls_heads"``: the same per head; ``"cls_all"``: the same per head of every block;
+            ``"rollout"``: attention rollout through all blocks, i.e. the product of row-normalised
+            (head-mean attention + identity), later blocks on the left; the heatmap is the CLS row's
+            patch entries.
+        block: which block a kind of one block reads (negative indices count from the end).
 
     Returns:
         ``(logits, features, heatmaps)``: logits (N, num_classes) equal to ``model(images)``;
@@ -175,19 +215,16 @@ def forward_with_heatmaps(
         to the prefix tokens).
     """
     if kind not in HEATMAP_KINDS:
-        raise ValueError(f"unknown heatmap kind {kind!r}; choose one of {HEATMAP_KINDS}.")
+        raise ValueError(f"unknown heatmap kind {kind!r}; choose one of {tuple(HEATMAP_KINDS)}.")
     _check_model(model)
     if images.ndim != 4:
         raise ValueError(f"images must be a (N, C, H, W) batch, got shape {tuple(images.shape)}.")
-    blocks = list(model.blocks)
+    spec, blocks = HEATMAP_KINDS[kind], list(model.blocks)
     npt = int(model.num_prefix_tokens)
     gh, gw = _grid(model, images)
-    if kind in ("cls_last", "cls_heads"):
-        attns = [blocks[_resolve_block(block, len(blocks))].attn]
-    else:
-        attns = [blk.attn for blk in blocks]
+    attns = [blocks[i].attn for i in spec.blocks(_resolve_block(block, len(blocks)), len(blocks))]
     check_tokens = _token_check(npt, gh, gw)
-    if kind == "rollout":
+    if isinstance(spec, RolloutKind):
         with _unfused(attns), _rollout_hooks(attns, check_tokens) as state:
             tokens = model.forward_features(images)
     else:
@@ -198,9 +235,7 @@ def forward_with_heatmaps(
         logits = model.head(features.float())
 
     n = images.shape[0]
-    if kind == "rollout":
+    if isinstance(spec, RolloutKind):
         return logits, features, state["rollout"][:, 0, npt:].reshape(n, gh, gw).contiguous()
-    cls_rows = torch.cat(rows, dim=1)[:, :, npt:]  # (N, blocks * heads, patches), block-major
-    if kind == "cls_last":
-        return logits, features, cls_rows.mean(1).reshape(n, gh, gw).contiguous()
-    return logits, features, cls_rows.reshape(n, cls_rows.shape[1], gh, gw).contiguous()
+    maps = spec.combine(torch.cat(rows, dim=1)[:, :, npt:])  # rows: (N, blocks * heads, patches), block-major
+    return logits, features, maps.reshape(n, *maps.shape[1:-1], gh, gw).contiguous()

@@ -30,12 +30,16 @@ from wildcapture.classifier.inference import infer_split_sharded
 from wildcapture.classifier.report import classifier_report, write_report
 from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
-from wildcapture.data import (DATA_DEFAULTS, SPLITS, Benchmark, DatasetError, build_benchmark, data_identity,
-                              resolve_data_cfg)
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.config import DATA_DEFAULTS, data_identity, resolve_data_cfg
+from wildcapture.data.splits import Benchmark, SPLITS
+from wildcapture.errors import DatasetError
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
                                        read_meta, results_staging, write_baseline_scores, write_index)
-from wildcapture.heatmaps import HEATMAP_KINDS, export_heatmap_pngs, heatmap_channels, plot_heatmap_gallery
+from wildcapture.heatmaps.attention import heatmap_channels, HEATMAP_KINDS
+from wildcapture.heatmaps.export import export_heatmap_pngs
+from wildcapture.heatmaps.gallery import plot_heatmap_gallery
 from wildcapture.ood.baselines import fit_detectors, score_all
 from wildcapture.outputs import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir

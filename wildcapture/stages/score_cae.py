@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wildcapture.cae import reconstruct
+from wildcapture.cae.engine import reconstruct
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.cae.detector import CAEDetector
 from wildcapture.cae.fusion_inputs import fused_test_scores
@@ -36,7 +36,8 @@ from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
 from wildcapture.cae.inputs import HeatmapSource, heatmap_source
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
-from wildcapture.data import DatasetError, build_benchmark
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.errors import DatasetError
 from wildcapture.heatmap_store import SplitIndex, read_baseline_scores
 from wildcapture.errors import IncompleteOutputError
 from wildcapture.ood.fusion import FusionDetector

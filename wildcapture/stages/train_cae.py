@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wildcapture.cae import HeatmapPrep, ood_threshold, reconstruction_errors
+from wildcapture.cae.engine import ood_threshold, reconstruction_errors
+from wildcapture.cae.heatmap_data import HeatmapPrep
 from wildcapture.cae.architectures import arch_of, cae_from_config, check_fits, heatmap_prep, model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT, sorted_scores
 from wildcapture.cae.engine import train_one_epoch

@@ -26,7 +26,10 @@ from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
 from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
-from wildcapture.data import Benchmark, DatasetError, build_benchmark, resolve_data_cfg
+from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.config import resolve_data_cfg
+from wildcapture.data.splits import Benchmark
+from wildcapture.errors import DatasetError
 from wildcapture.data.verify import verify_benchmark_images
 from wildcapture.paths import classifier_dir, resolve_path
 from wildcapture.runtime import (DistState, cleanup_distributed, epoch_seed, grad_scaler, init_distributed,
