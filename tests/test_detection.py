@@ -201,7 +201,7 @@ def test_the_score_is_part_of_the_resume_key_and_fusion_needs_a_fusion_checkpoin
     cae_path, cpu = tiny_cae / "cae" / "best.pth", torch.device("cpu")
     # the same threshold for both: only the score differs
     nothing = Scan(items=[], images=0, malformed=0, digest="")
-    prints = [engine.job_fingerprint(nothing, engine.load_detector(cae_path, 2, cpu, 0.5, score), {}) for score in
+    prints = [engine.job_fingerprint(nothing, engine.load_models(cae_path, 2, cpu, 0.5, score), {}) for score in
               ("cae", "fusion")]
     first = ShardProgress(tmp_path, 0, prints[0], 1)
     first.resume()

@@ -1,4 +1,4 @@
-"""`detect.py`'s job: score a folder or a MegaDetector batch output with a trained detector, resumably.
+"""`detect.py`'s job: score a folder or a MegaDetector batch output with a trained classifier + CAE, resumably.
 
 Work files live in `<out folder>/.<out name>.incomplete/` (one rows file and checkpoint per process,
 see `progress`, the review images in `review/`, and the run lock); when every process is done, the first
@@ -19,7 +19,7 @@ import torch.distributed as dist
 from wildcapture.classifier.data_setup import available_cpus
 from wildcapture.detection import SCORES
 from wildcapture.detection.gpu_decode import DECODES
-from wildcapture.detection.engine import Detector, job_fingerprint, load_detector, prepare_work_folder, score_shard
+from wildcapture.detection.engine import DetectionModels, job_fingerprint, load_models, prepare_work_folder, score_shard
 from wildcapture.detection.report import Summary, json_info, write_reports
 from wildcapture.detection.review import ReviewPage
 from wildcapture.detection.review_assets import review_folder
@@ -124,10 +124,10 @@ def check_outputs(source: Path, out: OutputPaths, options: DetectOptions) -> Non
         raise ConfigError(f"--export-crops {options.export_crops} holds the input {source}: choose another folder")
 
 
-def precision_line(setting: str, detector: Detector, device) -> str:
+def precision_line(setting: str, models: DetectionModels, device) -> str:
     """The run's first line: the precision chosen, and the one the CAE's heatmaps were made in."""
-    learned = heatmap_precision(detector.provenance) or "unrecorded"
-    return (f"detect: classifier on {device}, {describe_precision(setting, detector.precision, device)}; the CAE "
+    learned = heatmap_precision(models.provenance) or "unrecorded"
+    return (f"detect: classifier on {device}, {describe_precision(setting, models.precision, device)}; the CAE "
             f"learned heatmaps of precision {learned} (the CAE runs in fp32)")
 
 
@@ -143,18 +143,18 @@ def _replace_folder(source: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def _finish(season: Season, found: Scan, detector: Detector, out: OutputPaths, state: DistState, cae_path: Path,
+def _finish(season: Season, found: Scan, models: DetectionModels, out: OutputPaths, state: DistState, cae_path: Path,
             options: DetectOptions, page: ReviewPage | None) -> Summary:
     """Merge the processes' rows into the outputs: all written in the work folder first (a full disk leaves the
     previous outputs as they were), then moved into place, the CSV last; export the crops when asked. Returns
     the summary."""
     parts = [out.work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
     tmp_csv, tmp_json = (out.work / f"{path.name}{TMP_SUFFIX}" for path in (out.csv, out.json))
-    info = json_info(detector, str(cae_path), options.score, options.unknown_label)
-    summary = write_reports(season, parts, tmp_csv, tmp_json, detector, info, options.unknown_label,
+    info = json_info(models, str(cae_path), options.score, options.unknown_label)
+    summary = write_reports(season, parts, tmp_csv, tmp_json, models, info, options.unknown_label,
                             page.add if page else lambda row: None)
     if page is not None:
-        page.write(out.staged(out.html), summary, detector, options.score)
+        page.write(out.staged(out.html), summary, models, options.score)
         _replace_folder(out.staged(out.review), out.review)
         os.replace(out.staged(out.html), out.html)
     os.replace(tmp_json, out.json)
@@ -185,31 +185,31 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
     try:
         if options.decode == "gpu" and device.type != "cuda":
             raise ConfigError(f"--decode gpu needs a CUDA device; this run's device is {device}: use --decode cpu")
-        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score,
+        models = load_models(cae_path, options.batch_size, device, options.threshold, options.score,
                                  options.precision)
         if state.is_main:
-            print(precision_line(options.precision, detector, device), flush=True)
-        if options.unknown_label in detector.class_names:
+            print(precision_line(options.precision, models, device), flush=True)
+        if options.unknown_label in models.class_names:
             raise ConfigError(f"--unknown-label {options.unknown_label!r} is one of the classifier's classes: "
                               "choose another label")
         with hold_lock(out.work, f"detect.py -> {out.csv}") if state.is_main else contextlib.nullcontext():
             prepare_work_folder(out.work, options.overwrite, state)
-            page = ReviewPage(out.staged(out.review), found.items, detector, options.crop_margin) \
+            page = ReviewPage(out.staged(out.review), found.items, models, options.crop_margin) \
                 if options.html else None
             settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
                                         "world_size": state.world_size, "source": str(source), "html": options.html,
                                         "image_root": str(season.image_root),
                                         **({"decode": options.decode} if options.decode != "cpu" else {})}
             workers = default_workers() if options.workers is None else options.workers
-            score_shard(detector, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
+            score_shard(models, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
                         margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
-                        fingerprint=job_fingerprint(found, detector, settings),
+                        fingerprint=job_fingerprint(found, models, settings),
                         review=page, decode=options.decode)
             if state.enabled:
                 dist.barrier()
             if not state.is_main:
                 return None
-            summary = _finish(season, found, detector, out, state, cae_path, options, page)
+            summary = _finish(season, found, models, out, state, cae_path, options, page)
             for path in out.work.iterdir():  # the job is done; the lock file stays, so a run started meanwhile
                 if path.name != LOCK_NAME:  # keeps the lock it waits for
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
