@@ -32,9 +32,9 @@ def main() -> None:
                         "the JSON goes beside it")
     parser.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the one stage 3 "
                         "stored for the --score, accepting 95%% of val_id images)")
-    parser.add_argument("--score", choices=SCORES, default="cae", help="ood_score: the CAE's "
-                        "reconstruction error (default), or the fusion detector stage 3 stored (e.g. "
-                        "cae+mahalanobis), with its own threshold")
+    parser.add_argument("--score", default="cae", help=f"{' | '.join(SCORES)}: ood_score is the CAE's "
+                        "reconstruction error (cae, the default), or the score of the fusion detector stage 3 "
+                        "stored (fusion, e.g. cae+mahalanobis), with its own threshold")
     parser.add_argument("--md-threshold", type=float, default=0.2, help="MegaDetector confidence an animal box "
                         "needs to be scored (default 0.2)")
     parser.add_argument("--crop-margin", type=float, default=0.0, help="fraction of a box's size added on each "
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--precision", default="auto", help="the classifier's: auto (bf16 on CUDA with bf16, fp16 on "
                         "older CUDA, bf16 on CPUs with native bf16, else fp32; the default) | fp32 | bf16")
-    parser.add_argument("--decode", choices=("cpu", "gpu"), default="cpu", help="where JPEGs are decoded: cpu "
+    parser.add_argument("--decode", default="cpu", help="where JPEGs are decoded: cpu "
                         "(DataLoader workers, the default) | gpu (nvJPEG on the CUDA device, batched; workers only "
                         "read the files; other formats and EXIF-rotated JPEGs still decode on the CPU)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader processes that decode the images "

@@ -361,3 +361,13 @@ def test_kill_9_then_the_same_command_and_two_processes_equal_one_run(tmp_path, 
     assert run.returncode == 0, run.stderr[-2000:]
     assert two.read_bytes() == (tmp_path / "one" / "d.csv").read_bytes()
     assert _without_time(two.with_suffix(".json")) == _without_time(tmp_path / "one" / "d.json")
+
+
+def test_options_are_keyword_only_and_the_command_line_score_is_checked_by_the_options(tmp_path):
+    with pytest.raises(TypeError):
+        DetectOptions(2, "cpu")  # noqa: the point: positional settings are refused
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "detect.py"), str(tmp_path), "--score", "knn"],
+                            env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: --score must be one of cae, fusion, got 'knn'\n"
+    assert list(tmp_path.iterdir()) == []

@@ -39,9 +39,9 @@ def default_workers() -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() - 1))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DetectOptions:
-    """The settings of a detection run (the command line of detect.py)."""
+    """The settings of a detection run (the command line of detect.py), given by keyword."""
 
     batch_size: int = 64
     device: str = "auto"
@@ -61,7 +61,8 @@ class DetectOptions:
     decode: str = "cpu"               # "gpu": JPEGs decoded on the CUDA device (gpu_decode); "cpu": in the workers
 
     def check(self) -> None:
-        """Raise ConfigError naming the option whose value cannot be used."""
+        """Raise ConfigError naming the option whose value cannot be used: the one check of every setting
+        (detect.py's parser leaves them to it), so the command line and `detect` refuse alike."""
         problems = [(self.batch_size < 1, "--batch-size must be >= 1"),
                     (self.workers is not None and self.workers < 0, "--workers must be >= 0"),
                     (not 0 <= self.md_threshold <= 1, "--md-threshold must be in [0, 1]"),
