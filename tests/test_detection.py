@@ -237,6 +237,8 @@ def test_a_folder_with_bad_files_scores_the_rest_and_lists_each_failure(tmp_path
     assert sorted(rows) == sorted(bad + ["good0.png", "good1.png", "good2.png", "whole.jpg"])
     for name in bad:
         assert str(folder / name) in rows[name]["failure"] and rows[name]["ood_score"] == ""
+    assert rows["zero.jpg"]["failure"] == f"cannot read image {folder / 'zero.jpg'}: empty file (0 bytes). Replace " \
+        "or delete this file."
     assert all(rows[g]["failure"] == "" and float(rows[g]["ood_score"]) > 0 for g in ("good0.png", "whole.jpg"))
     assert (summary.scored, summary.failed, summary.empty) == (4, 4, 0)
     written = json.loads(out.with_suffix(".json").read_text())
