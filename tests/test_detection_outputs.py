@@ -49,6 +49,39 @@ def _metadata(out_csv: Path) -> dict:
     return json.loads(out_csv.with_suffix(".json").read_text())["info"]["classifier_metadata"]
 
 
+def test_a_finished_run_leaves_only_its_outputs_and_records_the_cae_and_score(images, tiny_cae, tmp_path):
+    cae = tiny_cae / "cae" / "best.pth"
+    out = tmp_path / "out" / "d.csv"
+    assert detect(images, cae, out, _options()).scored == 3
+    assert sorted(p.name for p in out.parent.iterdir()) == OUTPUTS  # no .d.csv.incomplete/ and no .lock
+    meta = _metadata(out)
+    assert meta["cae_checkpoint"] == cae.resolve().as_posix()  # outside the repository: the path itself
+    assert meta["cae_sha256"] == hashlib.sha256(cae.read_bytes()).hexdigest()
+    assert meta["score"] == "cae" and meta["ood_score"].startswith("cae: ")
+
+
+def test_a_second_run_is_refused_while_the_first_runs_and_nothing_of_either_stays(images, tiny_cae, tmp_path,
+                                                                                    monkeypatch):
+    cae, out = tiny_cae / "cae" / "best.pth", tmp_path / "out" / "d.csv"
+    real, refusals = engine._scored_rows, []
+
+    def second_run_meanwhile(*args, **kwargs):
+        if not refusals:
+            with pytest.raises(RunLockedError, match=r"\.d\.csv\.incomplete is in use by another run: pid") as err:
+                detect(images, cae, out, _options())
+            refusals.append(err.value)
+            assert (out.parent / ".d.csv.incomplete" / ".lock").is_file()  # the refused run removed nothing
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_scored_rows", second_run_meanwhile)
+    assert detect(images, cae, out, _options()).scored == 3
+    assert len(refusals) == 1 and sorted(p.name for p in out.parent.iterdir()) == OUTPUTS
+    monkeypatch.setattr(engine, "_scored_rows", real)
+    before = out.read_bytes()
+    assert detect(images, cae, out, _options()).scored == 3  # the same command again: scored again, replaced
+    assert out.read_bytes() == before and sorted(p.name for p in out.parent.iterdir()) == OUTPUTS
+
+
 def test_a_run_started_as_the_holder_removes_the_folder_takes_a_new_lock(tmp_path):
     folder = tmp_path / "work"
     with hold_lock(folder, "first"):
@@ -94,6 +127,54 @@ def test_locking_a_lock_file_its_holder_just_removed_takes_the_new_one(tmp_path,
     monkeypatch.setattr(run_lock, "open", holder_finishes_before_open, raising=False)
     with hold_lock(folder, "mine"):
         assert calls.count("open") == 2 and (folder / ".lock").is_file()
+
+
+def test_early_failures_leave_nothing_new_on_disk(images, tiny_cae, tmp_path, monkeypatch):
+    cae = tiny_cae / "cae" / "best.pth"
+    out, crops = tmp_path / "new" / "deeper" / "d.csv", tmp_path / "crops"
+    options = _options(export_crops=crops)
+    with pytest.raises(DatasetError, match="image folder not found"):
+        detect(tmp_path / "missing", cae, out, options)
+    torch.save({k: v for k, v in load_checkpoint(cae).items() if k != "heatmaps"}, tmp_path / "alien.pth")
+    with pytest.raises(CheckpointError, match="names no classifier"):
+        detect(images, tmp_path / "alien.pth", out, options)
+    with pytest.raises(ConfigError, match="one of the classifier's classes"):
+        detect(images, cae, out, _options(unknown_label=load_checkpoint(cae)["heatmaps"]["classifier"]["class_names"][0]))
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("out of memory in the first batch")
+
+    monkeypatch.setattr(engine, "_scored_rows", fails)
+    with pytest.raises(RuntimeError, match="first batch"):  # after the folders and the lock were made
+        detect(images, cae, out, options)
+    assert _tree(tmp_path) == ["alien.pth", "images", "images/0.png", "images/1.png", "images/2.png"]
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="first batch"):  # a folder that was there stays, as it was
+        detect(images, cae, tmp_path / "kept" / "d.csv", options)
+    assert _tree(tmp_path / "kept") == ["notes.txt"] and not crops.exists()
+
+
+def test_finished_outputs_of_the_other_score_are_replaced_only_with_overwrite(images, tiny_cae, tmp_path):
+    cae, out = tiny_cae / "cae" / "best.pth", tmp_path / "d.csv"
+    detect(images, cae, out, _options(html=False))
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("d.*")}
+    message = (rf"--out {out} holds the finished outputs of --score cae, which --score fusion would replace: add "
+               "--overwrite to replace them, or give another --out")
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        detect(images, cae, out, _options(html=False, score="fusion"))
+    document = json.loads(out.with_suffix(".json").read_text())  # an output of a version that did not record it
+    del document["info"]["classifier_metadata"]["score"]
+    out.with_suffix(".json").write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="finished outputs of --score cae"):
+        detect(images, cae, out, _options(html=False, score="fusion"))
+    out.with_suffix(".json").write_bytes(before["d.json"])
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("d.*")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "d.json", "images"]
+
+    detect(images, cae, out, _options(html=False, score="fusion", overwrite=True))
+    assert _metadata(out)["score"] == "fusion" and _metadata(out)["ood_score"].startswith("cae+mahalanobis: ")
+    detect(images, cae, out, _options(html=False, score="fusion"))  # the same score again: no refusal
 
 
 def _cli():

@@ -1,21 +1,16 @@
-"""Flag the animals of new camera-trap images as in- or out-of-distribution, streaming.
+"""Score detections: the models of a run (`DetectionModels`: the stage-3 CAE checkpoint names the classifier,
+checked by SHA-256, its preprocessing, the heatmap kind and block, the thresholds and the optional fusion
+detector) and one process's shard of the items (`score_shard`), streaming.
 
 Images flow decode (DataLoader workers) -> classifier logits, features and heatmaps (one forward pass)
--> CAE score (heatmaps prepared per batch at the CAE's input; with `score="fusion"`, fused with the
-checkpoint's partner detector on the features and logits) -> rows on disk, one batch at a time, so
-memory does not grow with the number of images. Progress is checkpointed (`progress.ShardProgress`)
-and the same command continues a killed run. Under torchrun each process takes every world-th batch
-and writes its own rows; the first process merges them, in item order, into the outputs.
-
-The CAE checkpoint of stage 3 carries everything else: the classifier (repository-relative path,
-checked by SHA-256), its preprocessing, the heatmap kind and block, the OOD threshold and (optional)
-the fusion detector with its own threshold.
+-> CAE score (with `score="fusion"`, fused with the partner detector on the features and logits) -> rows
+on disk, one batch at a time, checkpointed (`progress.ShardProgress`); under torchrun each process scores
+every world-th batch.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -42,7 +37,7 @@ from wildcapture.errors import CheckpointError
 from wildcapture.heatmaps import forward_with_heatmaps
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.provenance import locate_classifier
-from wildcapture.run_lock import LOCK_NAME
+from wildcapture.run_lock import clear_held
 from wildcapture.runtime import DistState, precision_context, resolve_precision, shard_indices
 from wildcapture.storage import sha256_file
 from wildcapture.vit import build_vit, load_state
@@ -200,8 +195,7 @@ def prepare_work_folder(work: Path, overwrite: bool, state: DistState) -> None:
     on the first process; the others wait for it."""
     if state.is_main:
         work.mkdir(parents=True, exist_ok=True)
-        for path in work.iterdir() if overwrite else ():
-            if path.name != LOCK_NAME:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if overwrite:
+            clear_held(work)
     if state.enabled:
         dist.barrier()

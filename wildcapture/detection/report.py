@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
+import ijson
+
 if TYPE_CHECKING:
     from wildcapture.detection.engine import DetectionModels
 
+from wildcapture.detection import SCORES
 from wildcapture.detection.progress import failure_row, read_rows
 from wildcapture.detection.season import EMPTY, Scan, Season, SeasonImage
 from wildcapture.megadetector import DetectionResult, MDWriter
@@ -93,16 +96,34 @@ def _results(image: SeasonImage, rows: Sequence[dict[str, Any]]) -> tuple[list[D
 
 
 def json_info(models: "DetectionModels", cae: str, score: str, unknown_label: str) -> dict[str, Any]:
-    """The classifier's keys of the JSON's ``info``."""
+    """The classifier's keys of the JSON's ``info``: `cae` is the checkpoint's path as recorded (portable),
+    `score` the run's --score (`recorded_score` reads it back)."""
     return {"classifier": "WildCapture ViT + attention-heatmap autoencoder (OOD flag)",
             "classification_completion_time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "classifier_metadata": {"cae_checkpoint": cae, "classifier": models.provenance["classifier"]["path"],
+            "classifier_metadata": {"cae_checkpoint": cae, "cae_sha256": models.cae_sha256, "score": score,
+                                    "classifier": models.provenance["classifier"]["path"],
                                     "classifier_sha256": models.provenance["classifier"]["sha256"],
                                     "heatmap": models.provenance["heatmap"], "ood_threshold": models.threshold,
                                     "ood_score": f"{models.score_name}: {_SCORE_TEXT[score]}; higher = more OOD",
                                     "unknown_category": f"{unknown_label}: first classification of a detection whose "
                                                         "ood_score is above ood_threshold; its confidence is the "
                                                         "fraction of val_id scores below the detection's"}}
+
+
+def recorded_score(json_path: Path) -> str | None:
+    """The --score recorded in the ``info`` of the JSON output at `json_path` (read as a stream: our writer puts
+    ``info`` first), or None when the file is missing, unreadable or not a detect.py output."""
+    try:
+        with open(json_path, "rb") as handle:
+            info = next(ijson.items(handle, "info"), None)
+    except (OSError, ijson.JSONError):
+        return None
+    meta = info.get("classifier_metadata") if isinstance(info, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("ood_score"), str):
+        return None
+    if meta.get("score") in SCORES:
+        return meta["score"]
+    return "cae" if meta["ood_score"].startswith("cae:") else "fusion"  # written before "score" was recorded
 
 
 def write_reports(season: Season, parts: Sequence[Path], csv_tmp: Path, json_tmp: Path, models: "DetectionModels",
