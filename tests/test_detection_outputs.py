@@ -182,3 +182,36 @@ def _cli():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_command_line_paths_are_relative_to_the_working_directory(images, tiny_cae, tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cae = tiny_cae / "cae" / "best.pth"
+    monkeypatch.setattr("sys.argv", ["detect.py", "../images", "--cae", os.path.relpath(cae, cwd), "--out",
+                                     "out/d.csv", "--device", "cpu", "--workers", "0", "--no-html"])
+    _cli().main()
+    assert capsys.readouterr().out.splitlines()[-1].endswith(f"; wrote {cwd / 'out' / 'd.csv'}, {cwd / 'out' / 'd.json'}")
+    assert sorted(p.name for p in (cwd / "out").iterdir()) == ["d.csv", "d.json"]
+    assert _metadata(cwd / "out" / "d.csv")["cae_checkpoint"] == cae.resolve().as_posix()
+
+
+def test_the_default_cae_and_out_are_the_repositorys_and_recorded_relative_to_it(images, tiny_cae, tmp_path,
+                                                                                  monkeypatch, capsys):
+    repo, cwd = tmp_path / "repo", tmp_path / "elsewhere"
+    (repo / "weights" / "x" / "cae").mkdir(parents=True)
+    shutil.copy(tiny_cae / "cae" / "best.pth", repo / "weights" / "x" / "cae" / "best.pth")
+    cwd.mkdir()
+    monkeypatch.setattr(wildcapture.paths, "REPO_ROOT", repo)
+    monkeypatch.chdir(cwd)
+    cli = _cli()
+    with pytest.raises(ConfigError, match=rf"--cae weights/x/cae/best.pth: not found in the working directory {cwd} "
+                                          rf".*give {repo}/weights/x/cae/best.pth"):
+        cli.cae_path(Path("weights/x/cae/best.pth"), "x")  # as earlier versions resolved it: named, not guessed
+    monkeypatch.setattr("sys.argv", ["detect.py", str(images), "--exp", "x", "--device", "cpu", "--workers", "0",
+                                     "--no-html"])
+    cli.main()
+    out = repo / "results" / "x" / "detections.csv"
+    assert f"wrote {out}, " in capsys.readouterr().out and _tree(cwd) == []
+    assert _metadata(out)["cae_checkpoint"] == "weights/x/cae/best.pth"
