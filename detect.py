@@ -1,25 +1,32 @@
 """Flag the animals of new camera-trap images as in-distribution or OOD (classifier + CAE of stages 1-3).
 
-    python detect.py FOLDER_OR_MEGADETECTOR_JSON [--exp digits | --cae weights/EXP/cae/best.pth] [--out X.csv]
+    python detect.py FOLDER_OR_MEGADETECTOR_JSON [--exp digits | --cae CHECKPOINT] [--out X.csv]
     torchrun --nproc_per_node=4 detect.py ...        # each process takes a share of the images
 
-PATH is a folder of images (searched recursively; each image scored whole) or a MegaDetector
-batch-output JSON (read as a stream; each animal box with conf >= --md-threshold is cropped and scored;
-`file` paths are relative to --image-root, default the JSON's folder). Writes X.csv (one row per scored
-crop or image, per malformed detection, per empty image and per failure), X.json (MegaDetector format:
-every input image; a flagged detection's classifications start with the --unknown-label category, its
-confidence the fraction of val_id scores below the detection's) and X.html, a review page of the flagged
-detections (images in X_review/; --no-html skips both). --export-crops DIR writes the flagged crops as
-JPEG files to label. ood_score is the CAE's reconstruction error, or with --score fusion the fusion
-detector's, each with the threshold stage 3 stored for it. The same command continues an interrupted run;
---overwrite starts afresh.
+Scores each image of a folder, or each animal box of a MegaDetector file, and writes X.csv, X.json
+(MegaDetector format, a flagged detection classified as --unknown-label first) and the review page X.html.
+The same command continues an interrupted run. Paths given on the command line are relative to the
+working directory; the defaults made from --exp are the repository's, from any directory.
 """
 import argparse
 from pathlib import Path
 
 from wildcapture.cli import exit_on_user_error
 from wildcapture.detection import SCORES
+from wildcapture.errors import ConfigError
 from wildcapture.paths import resolve_path
+
+
+def cae_path(given: Path | None, exp: str) -> Path:
+    """The CAE checkpoint to use: `given` (--cae) relative to the working directory, else the repository's
+    weights/EXP/cae/best.pth. ConfigError for a relative --cae found only in the repository (as earlier
+    versions resolved it)."""
+    if given is None:
+        return resolve_path(f"weights/{exp}/cae/best.pth")
+    if not given.exists() and not given.is_absolute() and resolve_path(given).is_file():
+        raise ConfigError(f"--cae {given}: not found in the working directory {Path.cwd()} (command-line paths "
+                          f"are relative to it); give {resolve_path(given)}")
+    return given.resolve()
 
 
 def main() -> None:
@@ -27,14 +34,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="folder of images, or a MegaDetector batch-output .json")
     parser.add_argument("--exp", default="digits", help="experiment whose CAE to use (default: digits)")
-    parser.add_argument("--cae", type=Path, default=None, help="CAE checkpoint (default: weights/EXP/cae/best.pth)")
-    parser.add_argument("--out", type=Path, default=None, help="output CSV (default: results/EXP/detections.csv); "
-                        "the JSON goes beside it")
+    parser.add_argument("--cae", type=Path, default=None, help="CAE checkpoint, relative to the working directory "
+                        "(default: the repository's weights/EXP/cae/best.pth)")
+    parser.add_argument("--out", type=Path, default=None, help="output CSV, relative to the working directory "
+                        "(default: the repository's results/EXP/detections.csv); the JSON goes beside it")
     parser.add_argument("--threshold", type=float, default=None, help="OOD threshold (default: the one stage 3 "
                         "stored for the --score, accepting 95%% of val_id images)")
-    parser.add_argument("--score", choices=SCORES, default="cae", help="ood_score: the CAE's "
-                        "reconstruction error (default), or the fusion detector stage 3 stored (e.g. "
-                        "cae+mahalanobis), with its own threshold")
+    parser.add_argument("--score", default="cae", help=f"{' | '.join(SCORES)}: ood_score is the CAE's "
+                        "reconstruction error (cae, the default), or the score of the fusion detector stage 3 "
+                        "stored (fusion, e.g. cae+mahalanobis), with its own threshold")
     parser.add_argument("--md-threshold", type=float, default=0.2, help="MegaDetector confidence an animal box "
                         "needs to be scored (default 0.2)")
     parser.add_argument("--crop-margin", type=float, default=0.0, help="fraction of a box's size added on each "
@@ -45,7 +53,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     parser.add_argument("--precision", default="auto", help="the classifier's: auto (bf16 on CUDA with bf16, fp16 on "
                         "older CUDA, bf16 on CPUs with native bf16, else fp32; the default) | fp32 | bf16")
-    parser.add_argument("--decode", choices=("cpu", "gpu"), default="cpu", help="where JPEGs are decoded: cpu "
+    parser.add_argument("--decode", default="cpu", help="where JPEGs are decoded: cpu "
                         "(DataLoader workers, the default) | gpu (nvJPEG on the CUDA device, batched; workers only "
                         "read the files; other formats and EXIF-rotated JPEGs still decode on the CPU)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader processes that decode the images "
@@ -59,11 +67,11 @@ def main() -> None:
     parser.add_argument("--export-all", action="store_true", help="with --export-crops, also write the other "
                         "crops under DIR/<predicted class>/")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of continuing an "
-                        "interrupted run")
+                        "interrupted run; replace finished outputs of the other --score")
     args = parser.parse_args()
-    cae = resolve_path(args.cae or f"weights/{args.exp}/cae/best.pth")
-    out = (args.out or resolve_path(f"results/{args.exp}/detections.csv")).resolve()
+    out = args.out.resolve() if args.out else resolve_path(f"results/{args.exp}/detections.csv")
     with exit_on_user_error(outputs="--out"):
+        cae = cae_path(args.cae, args.exp)
         from wildcapture.detection.run import DetectOptions, detect
 
         options = DetectOptions(batch_size=args.batch_size, device=args.device, threshold=args.threshold,

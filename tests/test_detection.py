@@ -232,7 +232,7 @@ def test_the_score_is_part_of_the_resume_key_and_fusion_needs_a_fusion_checkpoin
     cae_path, cpu = tiny_cae / "cae" / "best.pth", torch.device("cpu")
     # the same threshold for both: only the score differs
     nothing = Scan(items=[], images=0, malformed=0, digest="")
-    prints = [engine.job_fingerprint(nothing, engine.load_detector(cae_path, 2, cpu, 0.5, score), {}) for score in
+    prints = [engine.job_fingerprint(nothing, engine.load_models(cae_path, 2, cpu, 0.5, score), {}) for score in
               ("cae", "fusion")]
     first = ShardProgress(tmp_path, 0, prints[0], 1)
     first.resume()
@@ -268,6 +268,8 @@ def test_a_folder_with_bad_files_scores_the_rest_and_lists_each_failure(tmp_path
     assert sorted(rows) == sorted(bad + ["good0.png", "good1.png", "good2.png", "whole.jpg"])
     for name in bad:
         assert str(folder / name) in rows[name]["failure"] and rows[name]["ood_score"] == ""
+    assert rows["zero.jpg"]["failure"] == f"cannot read image {folder / 'zero.jpg'}: empty file (0 bytes). Replace " \
+        "or delete this file."
     assert all(rows[g]["failure"] == "" and float(rows[g]["ood_score"]) > 0 for g in ("good0.png", "whole.jpg"))
     assert (summary.scored, summary.failed, summary.empty) == (4, 4, 0)
     written = json.loads(out.with_suffix(".json").read_text())
@@ -336,7 +338,7 @@ def test_an_interrupted_run_continues_to_the_same_outputs(tmp_path, tiny_cae, mo
     # the review images written before the kill are kept and the rest added: the same set as one run's
     assert sorted(p.name for p in (tmp_path / "cut" / "d_review").glob("*.jpg")) == \
         sorted(p.name for p in (tmp_path / "whole" / "d_review").glob("*.jpg"))
-    assert [p.name for p in (tmp_path / "cut" / ".d.csv.incomplete").iterdir()] == [".lock"]  # the lock stays
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["d.csv", "d.html", "d.json", "d_review"]
     with pytest.raises(Exception, match="another job"):  # a checkpoint of other settings is not continued
         monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)
         calls.clear()
@@ -392,3 +394,13 @@ def test_kill_9_then_the_same_command_and_two_processes_equal_one_run(tmp_path, 
     assert run.returncode == 0, run.stderr[-2000:]
     assert two.read_bytes() == (tmp_path / "one" / "d.csv").read_bytes()
     assert _without_time(two.with_suffix(".json")) == _without_time(tmp_path / "one" / "d.json")
+
+
+def test_options_are_keyword_only_and_the_command_line_score_is_checked_by_the_options(tmp_path):
+    with pytest.raises(TypeError):
+        DetectOptions(2, "cpu")  # noqa: the point: positional settings are refused
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "detect.py"), str(tmp_path), "--score", "knn"],
+                            env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: --score must be one of cae, fusion, got 'knn'\n"
+    assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,8 @@ The kernel drops the lock when its process ends, however it ends (kill -9 includ
 left by a dead run never blocks the next one; forked children (DataLoader workers, which may outlive a
 killed parent for a few seconds) close their copies at once. The lock file also records who holds it (pid,
 what, start time), so a refused second run can name the running process. Whoever takes the lock
-removes the temporary files that killed atomic writes left in the folder.
+removes the temporary files that killed atomic writes left in the folder; a finished run may remove the
+folder, lock file included (`remove_held`).
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from wildcapture.errors import RunLockedError
 from wildcapture.storage import remove_stale_temporaries
@@ -47,6 +49,38 @@ def _holder(handle) -> str:
     return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('what')}, started {info.get('started')})")
 
 
+def _is_lock_file(handle: IO[str], path: Path) -> bool:
+    """Whether `handle` is still the file at `path` (a finishing run may have removed it, see `remove_held`)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _locked_handle(folder: Path) -> IO[str]:
+    """Open and lock `folder`'s lock file (folder and file created if missing); returns its handle.
+    RunLockedError naming the holder if another live process holds it. A lock file that its holder removed
+    between our open and our lock (`remove_held`) is not the lock any more: the current one is taken instead."""
+    while True:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = open(folder / LOCK_NAME, "a+", encoding="utf-8")
+        except FileNotFoundError:  # the folder was removed after our mkdir: by a run that just finished
+            continue
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(handle)
+            handle.close()
+            raise RunLockedError(f"{folder} is in use by another run: {holder}; wait for it to finish or stop it, "
+                                 "or write to another folder (exp=... or output_dir=...)") from None
+        if _is_lock_file(handle, folder / LOCK_NAME):
+            return handle
+        handle.close()
+
+
 @contextlib.contextmanager
 def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     """Hold the run lock of `folder` (created if missing) for the duration of the `with` block, after
@@ -56,15 +90,8 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     Raises RunLockedError naming the holder if another live process holds the lock.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK_NAME
-    handle = open(path, "a+", encoding="utf-8")
+    handle = _locked_handle(folder)
     try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLockedError(f"{folder} is in use by another run: {_holder(handle)}; wait for it to finish "
-                                 "or stop it, or write to another folder (exp=... or output_dir=...)") from None
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "what": what,
@@ -73,7 +100,7 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
         _HELD.add(handle.fileno())
         remove_stale_temporaries(folder, LOCK_NAME)
         try:
-            yield path
+            yield folder / LOCK_NAME
         finally:
             handle.seek(0)
             handle.truncate()
@@ -81,6 +108,23 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     finally:
         _HELD.discard(handle.fileno())
         handle.close()  # closing releases the flock
+
+
+def clear_held(folder: Path) -> None:
+    """Remove everything in `folder` but its lock file; call it inside `hold_lock(folder)`."""
+    for path in Path(folder).iterdir():
+        if path.name != LOCK_NAME:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def remove_held(folder: Path) -> None:
+    """Remove `folder` whose lock this process holds (inside `hold_lock(folder)`): its other files, then the
+    lock file, then the folder. A run that opened the lock file before is still refused until the `with`
+    block ends; one that starts after makes a new lock file (and keeps the folder it then holds)."""
+    clear_held(folder)
+    (Path(folder) / LOCK_NAME).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: a run started meanwhile holds a new lock file in it
+        Path(folder).rmdir()
 
 
 @contextlib.contextmanager

@@ -11,10 +11,11 @@ Loaders are plain classes (not closures) so datasets pickle into DataLoader work
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -72,8 +73,16 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
             with Image.open(path) as image:
                 yield image
     except DAMAGED_FILE_ERRORS as exc:
-        raise DatasetError(f"cannot read image {path}: {exc or type(exc).__name__}. Replace or delete this file."
-                           ) from exc
+        raise DatasetError(f"cannot read image {path}: {_problem(path, exc)}. Replace or delete this file.") from exc
+
+
+def _problem(path: str | Path, exc: BaseException) -> str:
+    """What is wrong with the image file at `path` that made PIL raise `exc`: "empty file (0 bytes)" for an
+    empty file (PIL says it "cannot identify" it), else PIL's message."""
+    with suppress(OSError):
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    return str(exc) or type(exc).__name__
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:

@@ -1,21 +1,16 @@
-"""Flag the animals of new camera-trap images as in- or out-of-distribution, streaming.
+"""Score detections: the models of a run (`DetectionModels`: the stage-3 CAE checkpoint names the classifier,
+checked by SHA-256, its preprocessing, the heatmap kind and block, the thresholds and the optional fusion
+detector) and one process's shard of the items (`score_shard`), streaming.
 
 Images flow decode (DataLoader workers) -> classifier logits, features and heatmaps (one forward pass)
--> CAE score (heatmaps prepared per batch at the CAE's input; with `score="fusion"`, fused with the
-checkpoint's partner detector on the features and logits) -> rows on disk, one batch at a time, so
-memory does not grow with the number of images. Progress is checkpointed (`progress.ShardProgress`)
-and the same command continues a killed run. Under torchrun each process takes every world-th batch
-and writes its own rows; the first process merges them, in item order, into the outputs.
-
-The CAE checkpoint of stage 3 carries everything else: the classifier (repository-relative path,
-checked by SHA-256), its preprocessing, the heatmap kind and block, the OOD threshold and (optional)
-the fusion detector with its own threshold.
+-> CAE score (with `score="fusion"`, fused with the partner detector on the features and logits) -> rows
+on disk, one batch at a time, checkpointed (`progress.ShardProgress`); under torchrun each process scores
+every world-th batch.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -34,7 +29,6 @@ from wildcapture.cae.detector import CAEDetector
 from wildcapture.cae.engine import unknown_confidence
 from wildcapture.classifier.data_setup import make_loader
 from wildcapture.data.transforms import build_transforms
-from wildcapture.detection import SCORES
 from wildcapture.detection.dataset import DetectionImages
 from wildcapture.detection.gpu_decode import device_batches
 from wildcapture.detection.season import Item, Scan
@@ -43,26 +37,29 @@ from wildcapture.errors import CheckpointError
 from wildcapture.heatmaps.attention import forward_with_heatmaps
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.provenance import locate_classifier
-from wildcapture.run_lock import LOCK_NAME
+from wildcapture.run_lock import clear_held
 from wildcapture.runtime import DistState, precision_context, resolve_precision, shard_indices
 from wildcapture.storage import sha256_file
 from wildcapture.vit import build_vit, load_state
 
 @dataclass
-class Detector:
-    """The classifier, the CAE detector and what the CAE checkpoint says about them."""
+class DetectionModels:
+    """The models of a detection run: the classifier, the CAE detector and what the CAE checkpoint says
+    about them."""
 
     classifier: torch.nn.Module
     cae: CAEDetector
     provenance: dict[str, Any]  # the heatmaps the CAE learned: classifier, input_spec, heatmap, data
     threshold: float            # of the score in use
-    fingerprint: str            # SHA-256 of the CAE and the classifier files
+    cae_sha256: str             # of the CAE checkpoint file
+    fingerprint: str            # SHA-256 of the CAE and the classifier files and the precision
     val_scores: np.ndarray      # the score's val_id scores, sorted (N,): calibrate the unknown confidence
     fusion: FusionDetector | None = None  # set when the score is the fusion detector's
     precision: str = "fp32"     # the classifier's, resolved (runtime.resolve_precision); the CAE runs in fp32
 
     @property
     def class_names(self) -> list[str]:
+        """The classifier's class names, in its output order."""
         return self.provenance["classifier"]["class_names"]
 
     @property
@@ -78,12 +75,13 @@ class Detector:
         return self.fusion.score(errors, features.float().cpu().numpy(), logits.float().cpu().numpy())
 
 
-def load_detector(cae_path: Path, batch_size: int, device: torch.device, threshold: float | None = None,
-                  score: str = "cae", precision: str = "auto") -> Detector:
-    """Return the detector of the stage-3 checkpoint at `cae_path` (on `device`, eval mode), scoring by
-    `score` (one of SCORES) with `threshold`, or else the threshold the checkpoint stores for that score; the
-    classifier runs in `precision` (runtime.PRECISIONS, resolved for `device`), which may differ from the one the
-    CAE's heatmaps were made in (README: "bf16 on the CPU" measures that mixing).
+def load_models(cae_path: Path, batch_size: int, device: torch.device, threshold: float | None = None,
+                score: str = "cae", precision: str = "auto") -> DetectionModels:
+    """Return the models of the stage-3 checkpoint at `cae_path` (on `device`, eval mode), scoring by
+    `score` ("fusion", else the CAE's error; `DetectOptions.check` checks the option) with `threshold`, or
+    else the threshold the checkpoint stores for that score; the classifier runs in `precision`
+    (runtime.PRECISIONS, resolved for `device`), which may differ from the one the CAE's heatmaps were made
+    in (README: "bf16 on the CPU" measures that mixing).
 
     Raises CheckpointError if the checkpoint names no classifier (the paper's bare CAE, or one trained
     on external heatmap files) or, for `score="fusion"`, holds no fusion detector; ProvenanceError if the
@@ -94,8 +92,6 @@ def load_detector(cae_path: Path, batch_size: int, device: torch.device, thresho
     if "classifier" not in source:
         raise CheckpointError(f"{cae_path} names no classifier (not trained by AutoEncoder/train.py on stage 2's "
                               "heatmaps), so detect.py cannot rebuild the pipeline")
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
     fusion = fusion_of(ckpt) if score == "fusion" else None
     if score == "fusion" and fusion is None:
         raise CheckpointError(f"{cae_path} holds no fusion detector (stage 3 stores one in best.pth unless "
@@ -108,31 +104,32 @@ def load_detector(cae_path: Path, batch_size: int, device: torch.device, thresho
     classifier = build_vit(source["classifier"]["model_args"])
     load_state(classifier, locate_classifier(source["classifier"], f"CAE {cae_path}"), f"classifier of {cae_path}")
     resolved = resolve_precision(precision, device)
-    fingerprint = hashlib.sha256((sha256_file(cae_path) + source["classifier"]["sha256"] + resolved).encode()).hexdigest()
-    return Detector(classifier.eval().to(device), CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"],
-                                                               batch_size, device),
-                    source, float(stored if threshold is None else threshold), fingerprint, val_scores, fusion,
-                    resolved)
+    cae_sha256 = sha256_file(cae_path)
+    fingerprint = hashlib.sha256((cae_sha256 + source["classifier"]["sha256"] + resolved).encode()).hexdigest()
+    scorer = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], batch_size, device)
+    return DetectionModels(classifier.eval().to(device), scorer, source,
+                           float(stored if threshold is None else threshold), cae_sha256, fingerprint, val_scores,
+                           fusion, resolved)
 
 
-def _scored_rows(detector: Detector, items: Sequence[Item], indices: list[int], images: torch.Tensor,
+def _scored_rows(models: DetectionModels, items: Sequence[Item], indices: list[int], images: torch.Tensor,
                  device: torch.device) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Classify and score one batch of decoded images (item `indices`); returns their rows and the heatmaps
     the CAE scored, as shown (N, h, w) float32 (the channel mean of a multi-channel kind)."""
-    heat = detector.provenance["heatmap"]
-    with torch.inference_mode(), precision_context(device, detector.precision):
-        logits, features, heatmaps = forward_with_heatmaps(detector.classifier,
+    heat = models.provenance["heatmap"]
+    with torch.inference_mode(), precision_context(device, models.precision):
+        logits, features, heatmaps = forward_with_heatmaps(models.classifier,
                                                            images.to(device, non_blocking=True), heat["kind"],
                                                            heat["block"])
     probs = logits.float().softmax(1).cpu().numpy().astype(np.float64)
-    scores = detector.ood_scores(logits, features, heatmaps)
-    unknown = unknown_confidence(detector.val_scores, scores)
+    scores = models.ood_scores(logits, features, heatmaps)
+    unknown = unknown_confidence(models.val_scores, scores)
     rows = []
     for row, index in enumerate(indices):
         best = int(np.argmax(probs[row]))
-        rows.append({**_item_columns(items[index], index), "predicted_class": detector.class_names[best],
+        rows.append({**_item_columns(items[index], index), "predicted_class": models.class_names[best],
                      "confidence": repr(float(probs[row, best])), "classifications": json.dumps(probs[row].tolist()),
-                     "ood_score": repr(float(scores[row])), "ood_flag": bool(scores[row] > detector.threshold),
+                     "ood_score": repr(float(scores[row])), "ood_flag": bool(scores[row] > models.threshold),
                      "unknown_confidence": repr(float(unknown[row])), "failure": ""})
     shown = heatmaps.float()
     shown = shown.mean(1) if shown.dim() == 4 else shown
@@ -149,23 +146,23 @@ def _failed_row(item: Item, index: int, reason: str) -> dict[str, Any]:
     return failure_row(reason, **_item_columns(item, index))
 
 
-def job_fingerprint(scan: Scan, detector: Detector, settings: dict[str, Any]) -> str:
+def job_fingerprint(scan: Scan, models: DetectionModels, settings: dict[str, Any]) -> str:
     """SHA-256 of what decides a run's rows: the input, the models, the score, the threshold and `settings`."""
-    digest = hashlib.sha256(json.dumps({**settings, "score": detector.score_name, "rows": ROWS_FORMAT},
+    digest = hashlib.sha256(json.dumps({**settings, "score": models.score_name, "rows": ROWS_FORMAT},
                                        sort_keys=True).encode())
-    for part in (detector.fingerprint, repr(detector.threshold), scan.digest):
+    for part in (models.fingerprint, repr(models.threshold), scan.digest):
         digest.update(part.encode())
     return digest.hexdigest()
 
 
-def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: DistState, *, batch_size: int,
+def score_shard(models: DetectionModels, items: Sequence[Item], work: Path, state: DistState, *, batch_size: int,
                 workers: int, margin: float, checkpoint_every: int, device: torch.device, fingerprint: str,
                 review: ReviewPage | None = None, decode: str = "cpu") -> Path:
     """Score this process's shard of `items`, continuing its checkpoint in `work`; returns its rows file.
     `review`, when given, gets the review-page images of each batch before its rows are checkpointed.
     `decode="gpu"` decodes JPEGs on `device` (`gpu_decode`); "cpu" in the DataLoader workers."""
-    spec = detector.provenance["input_spec"]
-    _, eval_tf = build_transforms(detector.provenance["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
+    spec = models.provenance["input_spec"]
+    _, eval_tf = build_transforms(models.provenance["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
                                   spec["interpolation"])
     dataset = DetectionImages(items, eval_tf, tuple(spec["input_size"]), margin)
     mine = shard_indices(len(items), batch_size, state)
@@ -182,7 +179,7 @@ def score_shard(detector: Detector, items: Sequence[Item], work: Path, state: Di
         ok = [j for j, reason in enumerate(failures) if not reason]
         rows = [_failed_row(items[indices[j]], indices[j], failures[j]) for j in range(len(indices)) if failures[j]]
         if ok:
-            scored, heatmaps = _scored_rows(detector, items, [indices[j] for j in ok], images[ok], device)
+            scored, heatmaps = _scored_rows(models, items, [indices[j] for j in ok], images[ok], device)
             if review is not None:
                 review.write_assets(scored, heatmaps)
             rows += scored
@@ -198,8 +195,7 @@ def prepare_work_folder(work: Path, overwrite: bool, state: DistState) -> None:
     on the first process; the others wait for it."""
     if state.is_main:
         work.mkdir(parents=True, exist_ok=True)
-        for path in work.iterdir() if overwrite else ():
-            if path.name != LOCK_NAME:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if overwrite:
+            clear_held(work)
     if state.enabled:
         dist.barrier()

@@ -25,6 +25,11 @@ PART_COLUMNS = ("item", "image", "detection", "bbox", "detection_conf", "predict
 ROWS_FORMAT = 2  # part of a job's fingerprint: progress written with other columns is not continued
 
 
+def has_progress(work: Path) -> bool:
+    """Whether the work folder `work` holds a checkpoint of any process (a run to continue)."""
+    return any(Path(work).glob("progress.rank*.json"))
+
+
 def failure_row(failure: str, **columns: Any) -> dict[str, Any]:
     """A row of PART_COLUMNS without a score: `failure` says why, `columns` fills the others given ("" elsewhere)."""
     return {**dict.fromkeys(PART_COLUMNS, ""), **columns, "failure": failure}

@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-if TYPE_CHECKING:
-    from wildcapture.detection.engine import Detector
+import ijson
 
+if TYPE_CHECKING:
+    from wildcapture.detection.engine import DetectionModels
+
+from wildcapture.detection import SCORES
 from wildcapture.detection.progress import failure_row, read_rows
 from wildcapture.detection.season import EMPTY, Scan, Season, SeasonImage
 from wildcapture.megadetector import DetectionResult, MDWriter
@@ -92,20 +95,38 @@ def _results(image: SeasonImage, rows: Sequence[dict[str, Any]]) -> tuple[list[D
     return results, (unread[0] if unread and not results else None)
 
 
-def json_info(detector: "Detector", cae: str, score: str, unknown_label: str) -> dict[str, Any]:
-    """The classifier's keys of the JSON's ``info``."""
+def json_info(models: "DetectionModels", cae: str, score: str, unknown_label: str) -> dict[str, Any]:
+    """The classifier's keys of the JSON's ``info``: `cae` is the checkpoint's path as recorded (portable),
+    `score` the run's --score (`recorded_score` reads it back)."""
     return {"classifier": "WildCapture ViT + attention-heatmap autoencoder (OOD flag)",
             "classification_completion_time": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "classifier_metadata": {"cae_checkpoint": cae, "classifier": detector.provenance["classifier"]["path"],
-                                    "classifier_sha256": detector.provenance["classifier"]["sha256"],
-                                    "heatmap": detector.provenance["heatmap"], "ood_threshold": detector.threshold,
-                                    "ood_score": f"{detector.score_name}: {_SCORE_TEXT[score]}; higher = more OOD",
+            "classifier_metadata": {"cae_checkpoint": cae, "cae_sha256": models.cae_sha256, "score": score,
+                                    "classifier": models.provenance["classifier"]["path"],
+                                    "classifier_sha256": models.provenance["classifier"]["sha256"],
+                                    "heatmap": models.provenance["heatmap"], "ood_threshold": models.threshold,
+                                    "ood_score": f"{models.score_name}: {_SCORE_TEXT[score]}; higher = more OOD",
                                     "unknown_category": f"{unknown_label}: first classification of a detection whose "
                                                         "ood_score is above ood_threshold; its confidence is the "
                                                         "fraction of val_id scores below the detection's"}}
 
 
-def write_reports(season: Season, parts: Sequence[Path], csv_tmp: Path, json_tmp: Path, detector: "Detector",
+def recorded_score(json_path: Path) -> str | None:
+    """The --score recorded in the ``info`` of the JSON output at `json_path` (read as a stream: our writer puts
+    ``info`` first), or None when the file is missing, unreadable or not a detect.py output."""
+    try:
+        with open(json_path, "rb") as handle:
+            info = next(ijson.items(handle, "info"), None)
+    except (OSError, ijson.JSONError):
+        return None
+    meta = info.get("classifier_metadata") if isinstance(info, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("ood_score"), str):
+        return None
+    if meta.get("score") in SCORES:
+        return meta["score"]
+    return "cae" if meta["ood_score"].startswith("cae:") else "fusion"  # written before "score" was recorded
+
+
+def write_reports(season: Season, parts: Sequence[Path], csv_tmp: Path, json_tmp: Path, models: "DetectionModels",
                   info: dict[str, Any], unknown_label: str, on_row: Callable[[dict[str, Any]], None]) -> Summary:
     """Write the CSV (COLUMNS) and the MegaDetector JSON (every input image, `MDWriter`) to the temporary
     files `csv_tmp` and `json_tmp`, streamed: memory holds one image's rows. `on_row` sees every scored row
@@ -115,12 +136,12 @@ def write_reports(season: Season, parts: Sequence[Path], csv_tmp: Path, json_tmp
             open(json_tmp, "w", encoding="utf-8") as json_handle:
         table = csv.writer(csv_handle)
         table.writerow(COLUMNS)
-        writer = MDWriter(json_handle, season.header, detector.class_names, info, unknown_label)
+        writer = MDWriter(json_handle, season.header, models.class_names, info, unknown_label)
         for image, rows in season_rows(season, parts):
             for row in rows:
                 summary.add(row)
                 scored = not row["failure"]
-                row["threshold"] = repr(detector.threshold) if scored else ""
+                row["threshold"] = repr(models.threshold) if scored else ""
                 row["label"] = "" if not scored else unknown_label if row["ood_flag"] == "True" \
                     else row["predicted_class"]
                 table.writerow([row[c] for c in COLUMNS])

@@ -16,7 +16,7 @@ from wildcapture.detection.season import Item
 from wildcapture.errors import DatasetError
 
 if TYPE_CHECKING:
-    from wildcapture.detection.engine import Detector
+    from wildcapture.detection.engine import DetectionModels
     from wildcapture.detection.report import Summary
 
 SAMPLE_SIZE = 24  # unflagged detections shown for contrast
@@ -33,9 +33,9 @@ def _card(row: dict[str, Any]) -> Card:
 class ReviewPage:
     """The images, cards and page of one run over `items`; the images go to `folder` while it runs."""
 
-    def __init__(self, folder: Path, items: Sequence[Item], detector: "Detector", margin: float):
+    def __init__(self, folder: Path, items: Sequence[Item], models: "DetectionModels", margin: float):
         self.folder, self.items, self.margin = folder, items, margin
-        self.input_size = tuple(detector.provenance["input_spec"]["input_size"])
+        self.input_size = tuple(models.provenance["input_spec"]["input_size"])
         self.sample: UnflaggedSample[Card] = UnflaggedSample(SAMPLE_SIZE, SAMPLE_SEED, len(items))
         self.flagged: list[Card] = []
         folder.mkdir(parents=True, exist_ok=True)
@@ -62,10 +62,10 @@ class ReviewPage:
         elif self.shows(row):
             self.sample.offer(int(row["item"]), _card(row))
 
-    def write(self, out_html: Path, summary: "Summary", detector: "Detector", score: str) -> int:
+    def write(self, out_html: Path, summary: "Summary", models: "DetectionModels", score: str) -> int:
         """Write the page to `out_html` (its images must be in place beside it); returns the flagged cards."""
         self.flagged.sort(key=lambda card: (-card.ood_score, card.item))
         info = {"detections scored": str(summary.scored), "flagged": str(summary.flagged),
-                "score": f"{detector.score_name} (--score {score}), higher = more unusual",
-                "threshold": f"{detector.threshold:.6g}", "classes": ", ".join(detector.class_names)}
+                "score": f"{models.score_name} (--score {score}), higher = more unusual",
+                "threshold": f"{models.threshold:.6g}", "classes": ", ".join(models.class_names)}
         return write_review_page(out_html, self.flagged, self.sample.values(), info)

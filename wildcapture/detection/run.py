@@ -1,9 +1,9 @@
-"""`detect.py`'s job: score a folder or a MegaDetector batch output with a trained detector, resumably.
+"""`detect.py`'s job: score a folder or a MegaDetector batch output with a trained classifier + CAE, resumably.
 
 Work files live in `<out folder>/.<out name>.incomplete/` (one rows file and checkpoint per process,
 see `progress`, the review images in `review/`, and the run lock); when every process is done, the first
-writes the CSV, the MegaDetector-format JSON and the review page beside it, then removes the work files
-(the lock stays).
+writes the CSV, the MegaDetector-format JSON and the review page beside it, then removes the work folder.
+A run that fails before any checkpoint removes it too, and the folders it created.
 """
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import torch
 import torch.distributed as dist
 
 from wildcapture.classifier.data_setup import available_cpus
 from wildcapture.detection import SCORES
 from wildcapture.detection.gpu_decode import DECODES
-from wildcapture.detection.engine import Detector, job_fingerprint, load_detector, prepare_work_folder, score_shard
-from wildcapture.detection.report import Summary, json_info, write_reports
+from wildcapture.detection.engine import DetectionModels, job_fingerprint, load_models, prepare_work_folder, score_shard
+from wildcapture.detection.progress import has_progress
+from wildcapture.detection.report import Summary, json_info, recorded_score, write_reports
 from wildcapture.detection.review import ReviewPage
 from wildcapture.detection.review_assets import review_folder
 from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
-from wildcapture.run_lock import LOCK_NAME, hold_lock
+from wildcapture.paths import portable_path
+from wildcapture.run_lock import hold_lock, remove_held
 from wildcapture.provenance import heatmap_precision
 from wildcapture.runtime import DistState, cleanup_distributed, describe_precision, init_distributed
 from wildcapture.storage import TMP_SUFFIX, write_text
@@ -39,9 +42,9 @@ def default_workers() -> int:
     return max(0, min(MAX_DEFAULT_WORKERS, available_cpus() - 1))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DetectOptions:
-    """The settings of a detection run (the command line of detect.py)."""
+    """The settings of a detection run (the command line of detect.py), given by keyword."""
 
     batch_size: int = 64
     device: str = "auto"
@@ -51,7 +54,8 @@ class DetectOptions:
     crop_margin: float = 0.0          # fraction of the box's size added on each side of a crop
     image_root: Path | None = None    # MegaDetector's `file` paths are relative to it (default: the JSON's folder)
     checkpoint_every: int = 1000      # items between two checkpoints of each process
-    overwrite: bool = False           # discard an unfinished run's progress instead of continuing it
+    overwrite: bool = False           # discard an unfinished run's progress instead of continuing it, and
+                                      # replace finished outputs of the other score
     score: str = "cae"                # ood_score: "cae" (reconstruction error) or "fusion" (the checkpoint's fusion)
     unknown_label: str = "unknown"    # the classification category of a flagged detection
     html: bool = True                 # write the review page X.html and its images
@@ -61,7 +65,8 @@ class DetectOptions:
     decode: str = "cpu"               # "gpu": JPEGs decoded on the CUDA device (gpu_decode); "cpu": in the workers
 
     def check(self) -> None:
-        """Raise ConfigError naming the option whose value cannot be used."""
+        """Raise ConfigError naming the option whose value cannot be used: the one check of every setting
+        (detect.py's parser leaves them to it), so the command line and `detect` refuse alike."""
         problems = [(self.batch_size < 1, "--batch-size must be >= 1"),
                     (self.workers is not None and self.workers < 0, "--workers must be >= 0"),
                     (not 0 <= self.md_threshold <= 1, "--md-threshold must be in [0, 1]"),
@@ -104,6 +109,19 @@ class OutputPaths:
         return self.work / path.name
 
 
+def _missing(folders: Sequence[Path | None]) -> list[Path]:
+    """The folders of `folders` (None: none) and their parents that do not exist yet, deepest first."""
+    missing = {p for folder in folders if folder is not None for p in (folder, *folder.parents) if not p.exists()}
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each folder of `folders` (deepest first) that is empty; leave the others."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _probe(folder: Path) -> None:
     """Create `folder` and write a probe file there, so a read-only or full disk stops the run before any
     work (the OSError names the path)."""
@@ -114,7 +132,8 @@ def _probe(folder: Path) -> None:
 
 
 def check_outputs(source: Path, out: OutputPaths, options: DetectOptions) -> None:
-    """Refuse outputs that would replace the input (nothing is written)."""
+    """Refuse outputs that would replace the input, or (without `overwrite`) the finished outputs of the other
+    score (nothing is written)."""
     if out.csv.suffix.lower() != ".csv":
         raise ConfigError(f"--out {out.csv} names the CSV, beside which the .json and .html go: give a .csv path")
     for path in (out.csv, out.json, out.html):
@@ -122,12 +141,16 @@ def check_outputs(source: Path, out: OutputPaths, options: DetectOptions) -> Non
             raise ConfigError(f"--out {out.csv} would write {path} over the input {source}: choose another --out")
     if options.export_crops is not None and options.export_crops.resolve() in source.resolve().parents:
         raise ConfigError(f"--export-crops {options.export_crops} holds the input {source}: choose another folder")
+    previous = recorded_score(out.json) if out.csv.is_file() and not options.overwrite else None
+    if previous not in (None, options.score):
+        raise ConfigError(f"--out {out.csv} holds the finished outputs of --score {previous}, which --score "
+                          f"{options.score} would replace: add --overwrite to replace them, or give another --out")
 
 
-def precision_line(setting: str, detector: Detector, device) -> str:
+def precision_line(setting: str, models: DetectionModels, device) -> str:
     """The run's first line: the precision chosen, and the one the CAE's heatmaps were made in."""
-    learned = heatmap_precision(detector.provenance) or "unrecorded"
-    return (f"detect: classifier on {device}, {describe_precision(setting, detector.precision, device)}; the CAE "
+    learned = heatmap_precision(models.provenance) or "unrecorded"
+    return (f"detect: classifier on {device}, {describe_precision(setting, models.precision, device)}; the CAE "
             f"learned heatmaps of precision {learned} (the CAE runs in fp32)")
 
 
@@ -143,18 +166,18 @@ def _replace_folder(source: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
-def _finish(season: Season, found: Scan, detector: Detector, out: OutputPaths, state: DistState, cae_path: Path,
+def _finish(season: Season, found: Scan, models: DetectionModels, out: OutputPaths, state: DistState, cae_path: Path,
             options: DetectOptions, page: ReviewPage | None) -> Summary:
     """Merge the processes' rows into the outputs: all written in the work folder first (a full disk leaves the
     previous outputs as they were), then moved into place, the CSV last; export the crops when asked. Returns
     the summary."""
     parts = [out.work / f"rows.rank{rank}.csv" for rank in range(state.world_size)]
     tmp_csv, tmp_json = (out.work / f"{path.name}{TMP_SUFFIX}" for path in (out.csv, out.json))
-    info = json_info(detector, str(cae_path), options.score, options.unknown_label)
-    summary = write_reports(season, parts, tmp_csv, tmp_json, detector, info, options.unknown_label,
+    info = json_info(models, portable_path(Path(cae_path).resolve()), options.score, options.unknown_label)
+    summary = write_reports(season, parts, tmp_csv, tmp_json, models, info, options.unknown_label,
                             page.add if page else lambda row: None)
     if page is not None:
-        page.write(out.staged(out.html), summary, detector, options.score)
+        page.write(out.staged(out.html), summary, models, options.score)
         _replace_folder(out.staged(out.review), out.review)
         os.replace(out.staged(out.html), out.html)
     os.replace(tmp_json, out.json)
@@ -167,52 +190,80 @@ def _finish(season: Season, found: Scan, detector: Detector, out: OutputPaths, s
     return summary
 
 
+def _load_models(cae_path: Path, options: DetectOptions, device: torch.device) -> DetectionModels:
+    """The models of the run, checked against the options; ConfigError or CheckpointError when unusable."""
+    if options.decode == "gpu" and device.type != "cuda":
+        raise ConfigError(f"--decode gpu needs a CUDA device; this run's device is {device}: use --decode cpu")
+    models = load_models(cae_path, options.batch_size, device, options.threshold, options.score, options.precision)
+    if options.unknown_label in models.class_names:
+        raise ConfigError(f"--unknown-label {options.unknown_label!r} is one of the classifier's classes: "
+                          "choose another label")
+    return models
+
+
+def _score_and_finish(season: Season, found: Scan, models: DetectionModels, out: OutputPaths, state: DistState,
+                      device: torch.device, cae_path: Path, options: DetectOptions) -> Summary | None:
+    """Score this process's shard in the work folder, then (first process) write the outputs; returns the
+    summary (None on the other processes)."""
+    prepare_work_folder(out.work, options.overwrite, state)
+    page = ReviewPage(out.staged(out.review), found.items, models, options.crop_margin) if options.html else None
+    settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
+                                "world_size": state.world_size, "source": str(season.source),
+                                "html": options.html, "image_root": str(season.image_root),
+                                **({"decode": options.decode} if options.decode != "cpu" else {})}
+    workers = default_workers() if options.workers is None else options.workers
+    score_shard(models, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
+                margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
+                fingerprint=job_fingerprint(found, models, settings), review=page, decode=options.decode)
+    if state.enabled:
+        dist.barrier()
+    if not state.is_main:
+        return None
+    return _finish(season, found, models, out, state, cae_path, options, page)
+
+
+def _run_locked(season: Season, found: Scan, models: DetectionModels, out: OutputPaths, state: DistState,
+                device: torch.device, cae_path: Path, options: DetectOptions) -> Summary | None:
+    """`_score_and_finish` under the run lock of the work folder (held by the first process), which then
+    removes the work folder: when the run is done, or when it fails with no progress to continue."""
+    with hold_lock(out.work, f"detect.py -> {out.csv}") if state.is_main else contextlib.nullcontext():
+        try:
+            summary = _score_and_finish(season, found, models, out, state, device, cae_path, options)
+        except BaseException:
+            if state.is_main and not has_progress(out.work):
+                remove_held(out.work)
+            raise
+        if state.is_main:
+            remove_held(out.work)
+        return summary
+
+
 def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> Summary | None:
     """Score every item of `source` and write `out_csv`, its JSON twin and (unless `options.html` is off) the
     review page; returns the summary (None on the non-main processes of a torchrun job).
 
-    Running the same command again continues an interrupted run (`options.overwrite` starts afresh).
+    Running the same command again continues an interrupted run (`options.overwrite` starts afresh). The
+    options, input and models are checked before anything is written; a run that fails with no progress to
+    continue leaves nothing new on disk, and a finished run leaves only its outputs.
     """
     options.check()
     out = OutputPaths(out_csv)
     check_outputs(source, out, options)
     season = Season(source, options.md_threshold, options.image_root)
     found = scan(season)
-    for folder in (out.csv.parent, options.export_crops):
-        if folder is not None:
-            _probe(folder)
     state, device = init_distributed(options.device)
     try:
-        if options.decode == "gpu" and device.type != "cuda":
-            raise ConfigError(f"--decode gpu needs a CUDA device; this run's device is {device}: use --decode cpu")
-        detector = load_detector(cae_path, options.batch_size, device, options.threshold, options.score,
-                                 options.precision)
+        models = _load_models(cae_path, options, device)
         if state.is_main:
-            print(precision_line(options.precision, detector, device), flush=True)
-        if options.unknown_label in detector.class_names:
-            raise ConfigError(f"--unknown-label {options.unknown_label!r} is one of the classifier's classes: "
-                              "choose another label")
-        with hold_lock(out.work, f"detect.py -> {out.csv}") if state.is_main else contextlib.nullcontext():
-            prepare_work_folder(out.work, options.overwrite, state)
-            page = ReviewPage(out.staged(out.review), found.items, detector, options.crop_margin) \
-                if options.html else None
-            settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
-                                        "world_size": state.world_size, "source": str(source), "html": options.html,
-                                        "image_root": str(season.image_root),
-                                        **({"decode": options.decode} if options.decode != "cpu" else {})}
-            workers = default_workers() if options.workers is None else options.workers
-            score_shard(detector, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
-                        margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
-                        fingerprint=job_fingerprint(found, detector, settings),
-                        review=page, decode=options.decode)
-            if state.enabled:
-                dist.barrier()
-            if not state.is_main:
-                return None
-            summary = _finish(season, found, detector, out, state, cae_path, options, page)
-            for path in out.work.iterdir():  # the job is done; the lock file stays, so a run started meanwhile
-                if path.name != LOCK_NAME:  # keeps the lock it waits for
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
-        return summary
+            print(precision_line(options.precision, models, device), flush=True)
+        made = _missing([out.csv.parent, options.export_crops])
+        try:
+            for folder in (out.csv.parent, options.export_crops):
+                if folder is not None:
+                    _probe(folder)
+            return _run_locked(season, found, models, out, state, device, cae_path, options)
+        except BaseException:
+            _remove_empty(made)
+            raise
     finally:
         cleanup_distributed()
