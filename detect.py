@@ -11,7 +11,7 @@ working directory; the defaults made from --exp are the repository's, from any d
 import argparse
 from pathlib import Path
 
-from wildcapture.cli import exit_on_user_error
+from wildcapture.errors import exit_on_user_error
 from wildcapture.detection import SCORES
 from wildcapture.errors import ConfigError
 from wildcapture.paths import resolve_path

@@ -8,7 +8,7 @@
 import argparse
 from typing import Sequence
 
-from wildcapture.cli import exit_on_user_error
+from wildcapture.errors import exit_on_user_error
 from wildcapture.machine import machine_line
 from wildcapture.pipeline import BENCHMARKS, run_pipeline, stage_configs
 

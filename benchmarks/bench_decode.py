@@ -26,7 +26,7 @@ from PIL import Image
 
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
-from wildcapture.data.fast_decode import Box, load_rgb_at_least
+from wildcapture.data.images import Box, load_rgb_at_least
 from wildcapture.megadetector import pixel_box
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

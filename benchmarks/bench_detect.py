@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.architectures import ConvAutoencoder
 from wildcapture.cae.checkpoint import CAE_FORMAT
 from wildcapture.config import load_config
 from wildcapture.data.config import data_identity
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
-from wildcapture.data.fast_decode import load_rgb_at_least
+from wildcapture.data.images import load_rgb_at_least
 from wildcapture.detection.run import DetectOptions, default_workers, detect
 from wildcapture.machine import cpu_name
 from wildcapture.paths import REPO_ROOT

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from wildcapture.classifier.inference import infer_split
-from wildcapture.heatmaps.attention import HEATMAP_KINDS
+from wildcapture.attention import HEATMAP_KINDS
 from wildcapture.runtime import PRECISIONS, pick_device, precision_context, resolve_precision
 
 

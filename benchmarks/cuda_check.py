@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 
-from wildcapture.classifier.data_setup import make_loader
+from wildcapture.runtime import make_loader
 from wildcapture.classifier.engine import train_one_epoch
 from wildcapture.runtime import grad_scaler
 from wildcapture.vit import build_vit

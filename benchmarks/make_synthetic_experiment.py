@@ -26,7 +26,7 @@ from wildcapture.config import load_config
 from wildcapture.data.config import data_identity
 from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
                                        results_staging, write_baseline_scores, write_index)
-from wildcapture.heatmaps.attention import heatmap_channels, HEATMAP_KINDS
+from wildcapture.attention import heatmap_channels, HEATMAP_KINDS
 from wildcapture.ood.baselines import fit_detectors, score_all
 from wildcapture.paths import REPO_ROOT, classifier_dir, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from wildcapture.cae.checkpoint import load_cae
-from wildcapture.cae.detector import CAEDetector
+from wildcapture.cae.engine import CAEDetector
 from wildcapture.ood.bootstrap import resample_counts, resampled_auroc
 from wildcapture.ood.seeds_summary import CI_PERCENTILES, DetectorRun, detector_run, paired_delta
 from wildcapture.paths import resolve_path

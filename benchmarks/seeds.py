@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from wildcapture.cli import exit_on_user_error
+from wildcapture.errors import exit_on_user_error
 from wildcapture.pipeline import BENCHMARKS
 from wildcapture.study.variants import DEFAULT_VARIANTS, VARIANTS, pick_variants
 

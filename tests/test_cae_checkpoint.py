@@ -5,11 +5,11 @@ import torch
 
 from wildcapture.cae.engine import reconstruction_errors
 from wildcapture.cae.heatmap_data import HeatmapPrep
-from wildcapture.cae.model import ConvAutoencoder
-from wildcapture.cae.small_model import SmallAutoencoder
+from wildcapture.cae.architectures import ConvAutoencoder
+from wildcapture.cae.architectures import SmallAutoencoder
 from wildcapture.cae.architectures import model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT, load_cae
-from wildcapture.cae.detector import CAEDetector
+from wildcapture.cae.engine import CAEDetector
 from wildcapture.config import load_config
 from wildcapture.errors import CheckpointError, DatasetError, WeightsMismatchError
 from wildcapture.paths import REPO_ROOT

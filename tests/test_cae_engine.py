@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from wildcapture.cae.engine import ood_threshold, reconstruct, reconstruction_errors, train_one_epoch
 from wildcapture.cae.heatmap_data import HeatmapPrep, prepare_heatmaps
-from wildcapture.cae.model import ConvAutoencoder
-from wildcapture.cae.small_model import SmallAutoencoder
+from wildcapture.cae.architectures import ConvAutoencoder
+from wildcapture.cae.architectures import SmallAutoencoder
 
 PREP = HeatmapPrep(16, "bilinear", "max")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.architectures import ConvAutoencoder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "paper_cae_state_dict.json"
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from wildcapture.cae.architectures import build_cae
-from wildcapture.cae.small_model import SmallAutoencoder
+from wildcapture.cae.architectures import SmallAutoencoder
 from wildcapture.cae.architectures import model_args
 
 GRIDS = [(4, 4), (7, 7), (14, 14), (5, 3)]

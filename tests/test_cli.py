@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from wildcapture.cli import exit_on_user_error, stage_main, user_error_message
+from wildcapture.cli import stage_main
+from wildcapture.errors import exit_on_user_error, user_error_message
 from wildcapture.config import load_config
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.paths import REPO_ROOT

@@ -161,7 +161,7 @@ def test_imagefolder_benchmark(tmp_path):
 
 def test_a_damaged_exif_block_is_a_reported_failure_like_in_the_loader():
     from wildcapture.data.images import load_rgb
-    from wildcapture.data.fast_decode import load_rgb_at_least
+    from wildcapture.data.images import load_rgb_at_least
     from wildcapture.data.verify import probe_image
     from wildcapture.errors import DatasetError
     from wildcapture.paths import REPO_ROOT

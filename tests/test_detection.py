@@ -21,7 +21,7 @@ from wildcapture.cae.checkpoint import load_cae
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
 from wildcapture.detection import engine
-from wildcapture.detection.progress import ShardProgress
+from wildcapture.detection.report import ShardProgress
 from wildcapture.detection.report import COLUMNS
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.detection.season import Scan

@@ -11,7 +11,7 @@ import yaml
 
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
 from wildcapture.errors import ConfigError, IncompleteOutputError, RunLockedError
-from wildcapture.outputs import Staging, read_marker, verify_file
+from wildcapture.storage import Staging, read_marker, verify_file
 from wildcapture.paths import REPO_ROOT
 from wildcapture.provenance import check_resume_config
 from wildcapture.run_lock import hold_lock
@@ -169,7 +169,7 @@ def test_resume_check_names_the_changed_key_and_both_values(tmp_path):
 
 
 def test_completed_file_check_covers_listed_files_only_unless_required(tmp_path):
-    from wildcapture.outputs import check_completed_file
+    from wildcapture.storage import check_completed_file
 
     _commit(tmp_path, {"best.pth": "weights"}, stage="train_cae")
     marker, digest = "train_cae.complete.yaml", sha256_file(tmp_path / "best.pth")

@@ -7,7 +7,7 @@ from PIL import Image
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
 from wildcapture.errors import DatasetError
-from wildcapture.data.fast_decode import decode_scale, load_rgb_at_least
+from wildcapture.data.images import decode_scale, load_rgb_at_least
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet's, as the ViT uses
 # Mean |difference| of normalised model inputs, fast vs full decode, over a region both decode alike.

@@ -11,7 +11,7 @@ from PIL import Image
 
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
-from wildcapture.detection.dataset import DetectionImages
+from wildcapture.detection.engine import DetectionImages
 from wildcapture.detection.gpu_decode import (JpegBytes, check_interpolation, decode_all, device_batches,
                                               device_decodable, prepare)
 from wildcapture.detection.run import DetectOptions, detect

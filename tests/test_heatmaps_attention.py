@@ -6,9 +6,9 @@ import torch
 from attention_reference import manual_attention
 from timm.models.vision_transformer import VisionTransformer
 
-from wildcapture.heatmaps.attention import forward_with_heatmaps, heatmap_channels, HEATMAP_KINDS
-from wildcapture.heatmaps.attention import cls_attention_row
-from wildcapture.heatmaps.channels import as_channels
+from wildcapture.attention import forward_with_heatmaps, heatmap_channels, HEATMAP_KINDS
+from wildcapture.attention import cls_attention_row
+from wildcapture.attention import as_channels
 
 
 def _vit(seed: int = 0, **kw) -> VisionTransformer:

@@ -12,7 +12,8 @@ import wildcapture.runtime as runtime
 from wildcapture.data.splits import SPLITS
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.errors import ConfigError, ProvenanceError
-from wildcapture.provenance import check_same_precision, heatmap_precision
+from wildcapture.provenance import check_same_precision
+from wildcapture.runtime import heatmap_precision
 from wildcapture.runtime import cpu_has_native_bf16, describe_precision, precision_context, resolve_precision
 from wildcapture.stages import evaluate_classifier, score_cae
 

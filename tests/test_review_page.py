@@ -12,10 +12,8 @@ import pytest
 from PIL import Image
 
 from wildcapture.data.transforms import centre_crop_box
-from wildcapture.detection.review_assets import (asset_names, fit_size, has_review_assets, review_folder,
-                                                 write_review_assets)
-from wildcapture.detection.review_page import Card, write_review_page
-from wildcapture.detection.review_sample import UnflaggedSample
+from wildcapture.detection.review import UnflaggedSample, fit_size, write_review_assets
+from wildcapture.detection.review_page import Card, asset_names, has_review_assets, review_folder, write_review_page
 from wildcapture.errors import DatasetError
 from wildcapture.megadetector import pixel_box
 

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from wildcapture.classifier import data_setup
-from wildcapture.classifier.data_setup import make_loader
+from wildcapture import runtime
+from wildcapture.runtime import make_loader
 from wildcapture.errors import ConfigError
 from wildcapture.runtime import available_cpus, pick_device
 
@@ -57,7 +57,7 @@ def test_mps_without_mps(no_gpu):
 def test_workers_are_capped_at_the_available_cpus_with_one_note(capsys):
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert available_cpus() == cpus
-    data_setup._note_capped_workers.cache_clear()
+    runtime._note_capped_workers.cache_clear()
     cpu = torch.device("cpu")
     loaders = [make_loader(list(range(4)), 2, None, cpus + 3, cpu) for _ in range(3)]
     assert [loader.num_workers for loader in loaders] == [cpus] * 3

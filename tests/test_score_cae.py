@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from wildcapture.cae.architectures import build_cae
-from wildcapture.cae.model import ConvAutoencoder
+from wildcapture.cae.architectures import ConvAutoencoder
 from wildcapture.errors import DatasetError
 from wildcapture.ood.metrics import auroc, ood_metrics
 from wildcapture.paths import REPO_ROOT

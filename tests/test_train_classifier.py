@@ -97,7 +97,8 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     assert "2 process(es)" in result.stdout
 
     # The logged val accuracy (summed over both ranks) equals a single-process evaluation of best.pth.
-    from wildcapture.classifier.data_setup import attach_transforms, make_loader
+    from wildcapture.classifier.data_setup import attach_transforms
+    from wildcapture.runtime import make_loader
     from wildcapture.classifier.engine import evaluate
     from wildcapture.data.benchmarks import build_benchmark
     from wildcapture.vit import build_vit

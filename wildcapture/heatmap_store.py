@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from wildcapture.errors import DatasetError, IncompleteOutputError, ProvenanceError
-from wildcapture.outputs import Staging, read_marker, verify_file
+from wildcapture.storage import Staging, read_marker, verify_file
 from wildcapture.paths import HEATMAPS_META
 from wildcapture.storage import write_csv
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from wildcapture.errors import ConfigError, ProvenanceError
-from wildcapture.paths import portable_path, resolve_path
-from wildcapture.storage import load_checkpoint_with_digest
+from wildcapture.paths import portable_path
+from wildcapture.runtime import heatmap_precision
 
 # (label in messages, path into the meta)
 HEATMAP_IDENTITY = (
@@ -39,18 +39,6 @@ def heatmap_provenance(meta: dict[str, Any]) -> dict[str, Any]:
     heatmap_files = {name: digest for name, digest in meta["files"].items() if name.endswith("heatmaps.npy")}
     return {"run_id": meta["run_id"], "classifier": meta["classifier"], "input_spec": meta["input_spec"],
             "heatmap": meta["heatmap"], "data": meta["data"], "heatmap_files": heatmap_files}
-
-
-def heatmap_precision(provenance: dict[str, Any]) -> str | None:
-    """Return the precision (fp32, bf16, fp16) the heatmaps of a stage-2 meta or CAE provenance were made in.
-
-    Metas older than `heatmap.precision` recorded `amp`: false meant fp32; true meant mixed precision on CUDA
-    and fp32 on the CPU, and the device was not recorded, so it reads as None (unknown).
-    """
-    heat = provenance.get("heatmap") or {}
-    if "precision" in heat:
-        return heat["precision"]
-    return "fp32" if heat.get("amp") is False else None
 
 
 def heatmap_dtype(provenance: dict[str, Any]) -> str:
@@ -93,21 +81,6 @@ def check_same_heatmaps(expected: dict[str, Any], actual: dict[str, Any], expect
     if want != got:
         raise ProvenanceError(f"{actual_what} are stored as {got} but {expected_what} were stored as {want} "
                               f"(heatmap.dtype); {fix}")
-
-
-def locate_classifier(identity: dict[str, Any], what: str) -> Any:
-    """Return the loaded classifier checkpoint that `identity` (see `classifier_identity`) names, resolved
-    against the repository root, after checking the SHA-256 of the bytes loaded. Raises ProvenanceError if
-    it is missing or changed."""
-    path = resolve_path(identity["path"])
-    if not path.is_file():
-        raise ProvenanceError(f"{what} was made with classifier {identity['path']}, which is not there ({path}); "
-                              "put that file back, or retrain stages 2-3 with the classifier you have")
-    obj, digest = load_checkpoint_with_digest(path)
-    if digest != identity["sha256"]:
-        raise ProvenanceError(f"classifier {path} has changed since {what} was made (SHA-256 {digest[:12]}... "
-                              f"vs {identity['sha256'][:12]}...): rerun stages 2 and 3 for this classifier")
-    return obj
 
 
 def check_resume_config(saved: dict[str, Any], current: dict[str, Any], free_keys: set[str], source: Path) -> None:

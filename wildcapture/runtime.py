@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wildcapture.errors import ConfigError
 
@@ -158,6 +161,18 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     return "fp32"
 
 
+def heatmap_precision(provenance: dict[str, Any]) -> str | None:
+    """Return the precision (fp32, bf16, fp16) the heatmaps of a stage-2 meta or CAE provenance were made in.
+
+    Metas older than `heatmap.precision` recorded `amp`: false meant fp32; true meant mixed precision on CUDA
+    and fp32 on the CPU, and the device was not recorded, so it reads as None (unknown).
+    """
+    heat = provenance.get("heatmap") or {}
+    if "precision" in heat:
+        return heat["precision"]
+    return "fp32" if heat.get("amp") is False else None
+
+
 def describe_precision(setting: str, precision: str, device: torch.device) -> str:
     """Return e.g. 'precision bf16 (auto on cpu with native bf16)', for a run's first line."""
     if setting != "auto":
@@ -188,3 +203,24 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     """Return the loss scaler `autocast_context` needs: enabled only for fp16 autocast (CUDA without bf16)."""
     return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+
+@functools.cache
+def _note_capped_workers(asked: int, used: int) -> None:
+    """Print, once per (asked, used) pair, that fewer worker processes than asked are used."""
+    print(f"note: num_workers={asked} capped at the {used} CPUs available to this process", flush=True)
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler: Sampler | None, num_workers: int,
+                device: torch.device, collate_fn: Callable | None = None) -> DataLoader:
+    """Return an in-order DataLoader (or in `sampler`'s order) with pinned memory on CUDA; its
+    `generator` seeds the worker RNGs (stage 1 reseeds it every epoch). `collate_fn`: None, torch's default.
+
+    It uses at most one worker process per CPU available to this process (a note says so once).
+    """
+    workers = min(num_workers, available_cpus())
+    if workers < num_workers:
+        _note_capped_workers(num_workers, workers)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0),
+                      collate_fn=collate_fn)

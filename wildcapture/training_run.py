@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from wildcapture.errors import ConfigError
-from wildcapture.outputs import Staging
+from wildcapture.storage import Staging
 from wildcapture.provenance import check_resume_config
 from wildcapture.run_lock import LOCK_NAME, hold_lock
 from wildcapture.storage import load_checkpoint, save_checkpoint, write_text

@@ -18,8 +18,9 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 from torch import nn
 
-from wildcapture.errors import ConfigError, WeightsMismatchError
-from wildcapture.storage import load_checkpoint
+from wildcapture.errors import ConfigError, ProvenanceError, WeightsMismatchError
+from wildcapture.paths import resolve_path
+from wildcapture.storage import load_checkpoint, load_checkpoint_with_digest
 
 # Model config keys passed to timm.create_model when not null.
 ARCH_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "reg_tokens",
@@ -162,3 +163,18 @@ def load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
     obj = load_checkpoint(path)
     load_state(model, obj, f"weights file {path}")
     return obj if isinstance(obj, dict) else {}
+
+
+def locate_classifier(identity: dict[str, Any], what: str) -> Any:
+    """Return the loaded classifier checkpoint that `identity` (see `classifier_identity`) names, resolved
+    against the repository root, after checking the SHA-256 of the bytes loaded. Raises ProvenanceError if
+    it is missing or changed."""
+    path = resolve_path(identity["path"])
+    if not path.is_file():
+        raise ProvenanceError(f"{what} was made with classifier {identity['path']}, which is not there ({path}); "
+                              "put that file back, or retrain stages 2-3 with the classifier you have")
+    obj, digest = load_checkpoint_with_digest(path)
+    if digest != identity["sha256"]:
+        raise ProvenanceError(f"classifier {path} has changed since {what} was made (SHA-256 {digest[:12]}... "
+                              f"vs {identity['sha256'][:12]}...): rerun stages 2 and 3 for this classifier")
+    return obj

@@ -1,4 +1,4 @@
-"""The CAE architectures (`cae.arch`): one registry line each, and what every architecture provides.
+"""The CAE architectures (`cae.arch`): the paper's and a small one, the registry, and what each provides.
 
 An architecture is an `nn.Module` class whose constructor takes the heatmaps' `in_channels` and patch
 `grid` (h, w) (an architecture that resizes may ignore the grid) plus its own keyword arguments, which
@@ -10,16 +10,165 @@ with the argument's name for a value it cannot use.
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from wildcapture.cae.heatmap_data import HeatmapPrep
-from wildcapture.cae.model import ConvAutoencoder
-from wildcapture.cae.small_model import SmallAutoencoder
 from wildcapture.errors import ConfigError, DatasetError
 
+
+# `paper`: layer for layer the network of the released `AutoEncoder_Weights/AutoEncoderW.pt`
+# (1x128x128 input, zdim 512, 2,736,513 parameters), so that checkpoint loads strictly.
+# Only the bottleneck kernel depends on the input size: input_size / 16; only the first conv and the
+# last transposed conv depend on the number of heatmap channels (1 for the paper).
+
+NEGATIVE_SLOPE = 0.2
+
+
+def _act() -> nn.LeakyReLU:
+    return nn.LeakyReLU(NEGATIVE_SLOPE)
+
+
+class ConvAutoencoder(nn.Module):
+    """Heatmap autoencoder: (N, C, S, S) -> (N, C, S, S), linear output (C = in_channels, 1 for the paper).
+
+    Encoder: four stride-2 convs take S to S/16, then a (S/16 x S/16) conv gives a
+    zdim x 1 x 1 code. Decoder: a (S/16 x S/16) transposed conv back to S/16, then four
+    stride-2 transposed convs back to S. LeakyReLU(0.2) after every layer but the last.
+    """
+
+    def __init__(self, input_size: int = 128, zdim: int = 512, in_channels: int = 1,
+                 grid: Sequence[int] | None = None) -> None:
+        """`grid`, the heatmaps' patch grid, is not used: every heatmap is resized to `input_size`."""
+        super().__init__()
+        if not isinstance(input_size, int) or input_size < 16 or input_size % 16:
+            raise ValueError(f"input_size must be a positive multiple of 16, got {input_size!r}")
+        for name, value in (("zdim", zdim), ("in_channels", in_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.input_size = input_size
+        self.zdim = zdim
+        self.in_channels = in_channels
+        k = input_size // 16
+
+        final_convs = nn.Sequential(
+            nn.Conv2d(32, 32, 3, 1, 1), _act(),
+            nn.Conv2d(32, 64, 4, 2, 1), _act(),
+            nn.Conv2d(64, 64, 3, 1, 1), _act(),
+            nn.Conv2d(64, 128, 4, 2, 1), _act(),
+            nn.Conv2d(128, 64, 3, 1, 1), _act(),
+            nn.Conv2d(64, 32, 3, 1, 1), _act(),
+            nn.Conv2d(32, zdim, k, 1, 0), _act(),
+        )
+        self.encoder = nn.Sequential(OrderedDict([
+            ("0", nn.Conv2d(in_channels, 32, 4, 2, 1)), ("1", _act()),
+            ("2", nn.Conv2d(32, 32, 4, 2, 1)), ("3", _act()),
+            ("final_convs", final_convs),
+        ]))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(zdim, 32, k, 1, 0), _act(),
+            nn.Conv2d(32, 64, 3, 1, 1), _act(),
+            nn.Conv2d(64, 128, 3, 1, 1), _act(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), _act(),
+            nn.Conv2d(64, 64, 3, 1, 1), _act(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), _act(),
+            nn.Conv2d(32, 32, 3, 1, 1), _act(),
+            nn.ConvTranspose2d(32, 32, 4, 2, 1),
+            nn.ConvTranspose2d(32, in_channels, 4, 2, 1),
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, S, S) of one input image."""
+        return (self.in_channels, self.input_size, self.input_size)
+
+    @property
+    def resize_to(self) -> int:
+        """The side S the heatmaps are resized to before they enter this model (`HeatmapPrep.size`)."""
+        return self.input_size
+
+    def constructor_args(self) -> dict[str, int]:
+        """Return the keyword arguments that rebuild this model: {"input_size", "zdim", "in_channels"}."""
+        return {"input_size": self.input_size, "zdim": self.zdim, "in_channels": self.in_channels}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the reconstruction of x, shape (N, C, S, S) like x."""
+        check_input(self, x)
+        return self.decoder(self.encoder(x))
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ValueError naming the expected and the given shape unless x is (N, *model.input_shape)."""
+    expected = tuple(model.input_shape)
+    if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{type(model).__name__} expects input of shape (N, {', '.join(map(str, expected))}), "
+                         f"got {tuple(x.shape)}")
+
+
+# `small`: a compact autoencoder that works at the heatmap's native patch grid (no upsampling).
+# Any grid (4x4 digits, 14x14 ViT-B/16, odd or non-square sizes) and any channel count (1 for
+# `cls_last`, heads for `cls_heads`, blocks * heads for `cls_all`): 3x3 stride-1 convolutions keep the
+# grid, and a fully connected bottleneck of `zdim` units in the middle makes it undercomplete, so the
+# output has exactly the input's shape for every grid.
+
+class SmallAutoencoder(nn.Module):
+    """Heatmap autoencoder at the native grid: (N, C, h, w) -> (N, C, h, w), linear output.
+
+    Encoder: conv 3x3 C->width, conv 3x3 width->width (stride 1, padding 1), flatten, linear to zdim.
+    Decoder: linear zdim -> width*h*w, unflatten, conv 3x3 width->width, conv 3x3 width->C.
+    LeakyReLU(0.2) after every layer but the last, as in the paper's CAE.
+    """
+
+    LIMITS = {"width": 1024, "zdim": 4096}  # upper bounds of its own arguments
+
+    def __init__(self, in_channels: int, grid: Sequence[int], width: int = 32, zdim: int = 8) -> None:
+        super().__init__()
+        grid = tuple(grid)
+        for name, value in (("in_channels", in_channels), ("width", width), ("zdim", zdim), *zip(("grid",) * 2, grid)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= self.LIMITS.get(name, value):
+                limit = f" <= {self.LIMITS[name]}" if name in self.LIMITS else ""
+                raise ValueError(f"{name} must be a positive integer{limit}, got {value!r}")
+        if len(grid) != 2:
+            raise ValueError(f"grid must be (h, w), got {grid!r}")
+        self.in_channels, self.grid, self.width, self.zdim = in_channels, grid, width, zdim
+        cells = width * grid[0] * grid[1]
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1), _act(),
+            nn.Conv2d(width, width, 3, 1, 1), _act(),
+            nn.Flatten(),
+            nn.Linear(cells, zdim), _act(),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(zdim, cells), _act(),
+            nn.Unflatten(1, (width, *grid)),
+            nn.Conv2d(width, width, 3, 1, 1), _act(),
+            nn.Conv2d(width, in_channels, 3, 1, 1),
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one input image."""
+        return (self.in_channels, *self.grid)
+
+    @property
+    def resize_to(self) -> None:
+        """None: the heatmaps enter this model at their native grid (`HeatmapPrep.size`)."""
+        return None
+
+    def constructor_args(self) -> dict[str, int | list[int]]:
+        """Return the keyword arguments that rebuild this model: {"in_channels", "grid": [h, w], "width", "zdim"}."""
+        return {"in_channels": self.in_channels, "grid": list(self.grid), "width": self.width, "zdim": self.zdim}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the reconstruction of x, shape (N, C, h, w) like x."""
+        check_input(self, x)
+        return self.decoder(self.encoder(x))
+
+
+# Architecture name -> its class: a new architecture is one module (or class) and one line here.
 ARCHITECTURES: dict[str, type[nn.Module]] = {"paper": ConvAutoencoder, "small": SmallAutoencoder}
 DATA_ARGS = ("in_channels", "grid")  # constructor arguments that come from the heatmaps, not the config
 

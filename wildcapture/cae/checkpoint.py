@@ -12,7 +12,7 @@ dict (the paper's AutoEncoderW.pt) loads too, as the paper's architecture.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,9 +21,11 @@ from torch import nn
 
 from wildcapture.cae.architectures import build_cae, configured_settings, settings_of
 from wildcapture.errors import CheckpointError, WeightsMismatchError
-from wildcapture.ood.fusion import FusionDetector
-from wildcapture.outputs import check_completed_file
+from wildcapture.storage import check_completed_file
 from wildcapture.storage import load_checkpoint_with_digest
+
+if TYPE_CHECKING:
+    from wildcapture.ood.fusion import FusionDetector
 
 CAE_FORMAT = "wildcapture-cae-2"
 STAGE3_MARKER = "train_cae.complete.yaml"
@@ -89,11 +91,13 @@ def _check_settings(path: Path, settings: dict[str, Any], cae_cfg: dict[str, Any
                                        f"cae.{key}={configured.get(key)}; set cae.{key}={value}")
 
 
-def fusion_of(ckpt: dict[str, Any]) -> FusionDetector | None:
+def fusion_of(ckpt: dict[str, Any]) -> "FusionDetector | None":
     """Return the fusion detector of a checkpoint's metadata (as `load_cae` returns it), or None when it has
     none; CheckpointError if its `fusion` entry cannot be used."""
     if "fusion" not in ckpt:
         return None
+    from wildcapture.ood.fusion import FusionDetector  # the feature detectors, only where a fusion is used
+
     try:
         return FusionDetector.from_state(ckpt["fusion"])
     except (KeyError, TypeError, ValueError) as err:

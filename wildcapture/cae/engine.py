@@ -1,4 +1,5 @@
-"""CAE training epoch, reconstruction errors (the OOD score) and the OOD threshold."""
+"""The CAE at work: a training epoch, reconstruction errors and the detector they make (`CAEDetector`: the
+error is the OOD score), its OOD threshold and the unknown confidence."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from wildcapture.cae.heatmap_data import HeatmapPrep, RawHeatmaps, epoch_batches
+from wildcapture.cae.architectures import check_fits, heatmap_prep
+from wildcapture.cae.heatmap_data import HeatmapFile, HeatmapPrep, RawHeatmaps, epoch_batches, prepare_heatmaps
+from wildcapture.detector import Detector
 from wildcapture.errors import NonFiniteLossError
 from wildcapture.runtime import autocast_context
 
@@ -132,3 +135,38 @@ def unknown_confidence(sorted_val_scores: np.ndarray, scores: np.ndarray) -> np.
     if reference.size == 0:
         raise ValueError("unknown_confidence needs at least one val_id score")
     return np.searchsorted(reference, np.asarray(scores, dtype=np.float64), side="left") / reference.size
+
+
+class CAEDetector(Detector):
+    """Score = the CAE's squared reconstruction error of the image's prepared heatmap, averaged over its channels
+    and pixels (higher = more OOD). Trained by stage 3, so `fit` has nothing to do.
+
+    The raw heatmaps stay where they are; each batch is moved to `device`, resized to the CAE's input (an
+    architecture that resizes) and normalised per image and channel there (`self.prep`, as in training).
+    """
+
+    name = "cae"
+    inputs = ("heatmaps",)
+
+    def __init__(self, model: nn.Module, resize: str, norm: str, batch_size: int = 256,
+                 device: str | torch.device = "cpu") -> None:
+        self.model, self.prep = model, heatmap_prep(model, resize, norm)
+        self.batch_size, self.device = batch_size, torch.device(device)
+
+    def prepare(self, heatmaps: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Return heatmaps (N, h, w) or (N, C, h, w) as the CAE's input (N, C, S, S) float32 on the CPU (for the
+        gallery)."""
+        return prepare_heatmaps(heatmaps, self.prep.size, self.prep.resize, self.prep.norm)
+
+    def score(self, heatmaps: np.ndarray | torch.Tensor | HeatmapFile, source: str = "the heatmaps to score"
+              ) -> np.ndarray:
+        """Return the reconstruction error of each heatmap (N, h, w) or (N, C, h, w), float32 or float16 (a
+        `HeatmapFile` is read a chunk at a time): float64 (N,).
+
+        Raises DatasetError naming `source` if the heatmaps' channels (or, for an architecture at the native
+        grid, grid) do not fit the model.
+        """
+        check_fits(self.model, self.prep, tuple(heatmaps.shape), source)
+        self.model.to(self.device)
+        source = heatmaps if isinstance(heatmaps, (HeatmapFile, torch.Tensor)) else torch.as_tensor(heatmaps)
+        return reconstruction_errors(self.model, source, self.prep, self.batch_size, self.device)

@@ -15,7 +15,7 @@ import numpy as np
 from wildcapture.cae.checkpoint import fusion_of, sorted_scores
 from wildcapture.cae.engine import ood_threshold
 from wildcapture.cae.inputs import HeatmapSource
-from wildcapture.ood.detector import Detector, score_on
+from wildcapture.detector import Detector, score_on
 from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner
 
 

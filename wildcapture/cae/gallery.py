@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from wildcapture.heatmaps.channels import display_map
+from wildcapture.attention import display_map
 from wildcapture.heatmaps.gallery import channel_note
 
 COLUMNS = ("image", "heatmap", "CAE input", "reconstruction", "squared error")

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wildcapture.heatmaps.channels import as_channels
-from wildcapture.heatmaps.export import read_heatmap_pngs
+from wildcapture.attention import as_channels
 
 RESIZE_MODES = ("bilinear", "nearest")
 NORMS = ("max", "minmax", "none")
@@ -142,6 +141,8 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_csv(path: Path) -> np.ndarray:
+    from wildcapture.heatmaps.export import read_heatmap_pngs  # PNG heatmaps: only for the paper's CSV format
+
     heatmaps, _labels = read_heatmap_pngs(path)
     return np.ascontiguousarray(heatmaps, dtype=np.float32)
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from wildcapture.heatmap_store import SplitArrays
-from wildcapture.heatmaps.attention import forward_with_heatmaps
+from wildcapture.attention import forward_with_heatmaps
 from wildcapture.runtime import DistState, precision_context, shard_indices
 
 # sink(start row, logits (B, K), features (B, D), heatmaps (B, [C,] h, w)), all float32

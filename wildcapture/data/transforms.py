@@ -16,7 +16,6 @@ from torchvision.transforms import functional as TF
 
 from wildcapture.errors import DatasetError
 
-from .config import resolve_augment
 
 _INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
                    "nearest": InterpolationMode.NEAREST, "lanczos": InterpolationMode.LANCZOS,
@@ -69,6 +68,25 @@ class ResizeToCover:
         return f"ResizeToCover(size={self.size}, interpolation={self.interpolation.value})"
 
 
+def _mode(interpolation: str) -> InterpolationMode:
+    if interpolation not in _INTERPOLATIONS:
+        raise DatasetError(f"unknown interpolation {interpolation!r}; valid: {sorted(_INTERPOLATIONS)}")
+    return _INTERPOLATIONS[interpolation]
+
+
+def _eval_steps(size: tuple[int, int], mode: InterpolationMode) -> list[Callable]:
+    """Resize (short side; `ResizeToCover` for a non-square size) and centre crop to `size` (H, W)."""
+    cover = T.Resize(size[0], interpolation=mode, antialias=True) if size[0] == size[1] else ResizeToCover(size, mode)
+    return [cover, T.CenterCrop(size)]
+
+
+def eval_transform(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                   interpolation: str = "bicubic") -> Callable:
+    """Return the eval transform of `build_transforms`: PIL RGB image -> float tensor 3 x H x W."""
+    size = (int(input_size[0]), int(input_size[1]))
+    return T.Compose([*_eval_steps(size, _mode(interpolation)), T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))])
+
+
 def build_transforms(data_cfg: dict, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
                      interpolation: str = "bicubic") -> tuple[Callable, Callable]:
     """Return (train_transform, eval_transform), each PIL RGB image -> float tensor 3 x H x W.
@@ -80,14 +98,13 @@ def build_transforms(data_cfg: dict, input_size: Sequence[int], mean: Sequence[f
     ``data_cfg["augment"]["random_resized_crop"]`` is set, then RandomHorizontalFlip(hflip) if
     hflip > 0 and ColorJitter(s, s, s) (brightness, contrast, saturation) if color_jitter = s > 0.
     """
-    if interpolation not in _INTERPOLATIONS:
-        raise DatasetError(f"unknown interpolation {interpolation!r}; valid: {sorted(_INTERPOLATIONS)}")
-    mode = _INTERPOLATIONS[interpolation]
+    from wildcapture.data.config import resolve_augment  # the train half only: detect needs the eval one
+
+    mode = _mode(interpolation)
     size = (int(input_size[0]), int(input_size[1]))
     augment = resolve_augment((data_cfg or {}).get("augment"))
     finish = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
-    cover = T.Resize(size[0], interpolation=mode, antialias=True) if size[0] == size[1] else ResizeToCover(size, mode)
-    resize = [cover, T.CenterCrop(size)]
+    resize = _eval_steps(size, mode)
 
     train: list[Callable] = []
     if augment["random_resized_crop"] is not None:

@@ -23,11 +23,10 @@ from ..errors import DatasetError
 from ..paths import resolve_path
 from .annotations import Annotations, normalize_relpath, read_annotation_file
 from .classes import check_disjoint, match_classes, normalize_class_name
-from .images import FileImages, box_source
+from .images import FileImages, box_source, list_images
 from .splits import Benchmark, ImageSplit, split_id_pool
 
 MAX_LISTED = 50  # unreadable annotated images named in the error
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
 PAPER_ID_SPECIES = ["Domestic Cattle", "Eurasian Badger", "European Hare", "Grey Wolf", "Red Deer", "Red Fox",
                     "Wild Boar"]
@@ -40,13 +39,6 @@ WILDCAPTURE_DOWNLOAD = ("https://drive.google.com/drive/folders/1823UnVK94NYRTok
 def list_class_folders(folder: Path) -> list[str]:
     """Names of the non-hidden sub-folders of ``folder``, sorted."""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def list_images(class_dir: Path) -> list[Path]:
-    """Image files anywhere under ``class_dir`` (by extension, case-insensitive), sorted, hidden ones skipped."""
-    return sorted(p for p in class_dir.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))
 
 
 def _class_items(folder: Path, class_folder: str, annotations: Annotations, used: set[str], unreadable: list[str]

@@ -2,5 +2,6 @@
 classifier + CAE, streaming, resumable and sharded under torchrun (entry point: `run.detect`)."""
 
 # What a run's `ood_score` is: the CAE's reconstruction error, or the fusion detector stage 3 stored
-# (`wildcapture.ood.fusion`). Defined here, torch-free, for detect.py's argument parser.
+# (`wildcapture.ood.fusion`); and where JPEGs are decoded (`gpu_decode`). Torch-free, for detect.py's --help.
 SCORES = ("cae", "fusion")
+DECODES = ("cpu", "gpu")

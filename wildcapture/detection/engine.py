@@ -13,34 +13,33 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
+
+from wildcapture.cae.checkpoint import fusion_of, load_cae, val_scores_of
+from wildcapture.cae.engine import CAEDetector
+from wildcapture.cae.engine import unknown_confidence
+from wildcapture.data.images import load_rgb_at_least
+from wildcapture.data.transforms import eval_transform
+from wildcapture.detection.report import ROWS_FORMAT, ShardProgress, failure_row
+from wildcapture.detection.season import Item, Scan
+from wildcapture.errors import CheckpointError, DatasetError
+from wildcapture.attention import forward_with_heatmaps
+from wildcapture.vit import locate_classifier
+from wildcapture.run_lock import clear_held
+from wildcapture.runtime import DistState, make_loader, precision_context, resolve_precision, shard_indices
+from wildcapture.storage import sha256_file
+from wildcapture.vit import build_vit, load_state
 
 if TYPE_CHECKING:
     from wildcapture.detection.review import ReviewPage
+    from wildcapture.ood.fusion import FusionDetector
 
-from wildcapture.cae.checkpoint import fusion_of, load_cae, val_scores_of
-from wildcapture.cae.detector import CAEDetector
-from wildcapture.cae.engine import unknown_confidence
-from wildcapture.classifier.data_setup import make_loader
-from wildcapture.data.transforms import build_transforms
-from wildcapture.detection.dataset import DetectionImages
-from wildcapture.detection.gpu_decode import device_batches
-from wildcapture.detection.season import Item, Scan
-from wildcapture.detection.progress import ROWS_FORMAT, ShardProgress, failure_row
-from wildcapture.errors import CheckpointError
-from wildcapture.heatmaps.attention import forward_with_heatmaps
-from wildcapture.ood.fusion import FusionDetector
-from wildcapture.provenance import locate_classifier
-from wildcapture.run_lock import clear_held
-from wildcapture.runtime import DistState, precision_context, resolve_precision, shard_indices
-from wildcapture.storage import sha256_file
-from wildcapture.vit import build_vit, load_state
 
 @dataclass
 class DetectionModels:
@@ -162,13 +161,14 @@ def score_shard(models: DetectionModels, items: Sequence[Item], work: Path, stat
     `review`, when given, gets the review-page images of each batch before its rows are checkpointed.
     `decode="gpu"` decodes JPEGs on `device` (`gpu_decode`); "cpu" in the DataLoader workers."""
     spec = models.provenance["input_spec"]
-    _, eval_tf = build_transforms(models.provenance["data"], tuple(spec["input_size"]), spec["mean"], spec["std"],
-                                  spec["interpolation"])
+    eval_tf = eval_transform(spec["input_size"], spec["mean"], spec["std"], spec["interpolation"])
     dataset = DetectionImages(items, eval_tf, tuple(spec["input_size"]), margin)
     mine = shard_indices(len(items), batch_size, state)
     progress = ShardProgress(work, state.rank, fingerprint, checkpoint_every)
     done = progress.resume()
     if decode == "gpu":
+        from wildcapture.detection.gpu_decode import device_batches  # nvJPEG: only when asked for
+
         loader = device_batches(dataset, mine[done:], batch_size, workers, device, spec)
     else:
         loader = make_loader(Subset(dataset, mine[done:]), batch_size, None, workers, device)
@@ -199,3 +199,22 @@ def prepare_work_folder(work: Path, overwrite: bool, state: DistState) -> None:
             clear_held(work)
     if state.enabled:
         dist.barrier()
+
+
+class DetectionImages(Dataset):
+    """Items -> (3 x H x W float tensor, index, failure reason or "")."""
+
+    def __init__(self, items: Sequence[Item], transform: Callable, input_size: tuple[int, int], margin: float):
+        self.items, self.transform = items, transform
+        self.input_size, self.margin = input_size, margin
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        item = self.items[index]
+        try:
+            image = load_rgb_at_least(item.path, item.bbox, self.input_size, self.margin)
+        except DatasetError as err:
+            return torch.zeros(3, *self.input_size), index, str(err)
+        return self.transform(image), index, ""

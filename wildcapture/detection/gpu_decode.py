@@ -25,13 +25,12 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from wildcapture.classifier.data_setup import make_loader
+from wildcapture.runtime import make_loader
 from wildcapture.data.transforms import cover_size
-from wildcapture.detection.dataset import DetectionImages
+from wildcapture.detection.engine import DetectionImages
 from wildcapture.errors import ConfigError
 from wildcapture.megadetector import pixel_box
 
-DECODES = ("cpu", "gpu")
 _MODES = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
           "nearest": InterpolationMode.NEAREST}
 _ORIENTATION = 0x0112

@@ -1,6 +1,6 @@
 """A static, self-contained review page ``X.html`` of a detection run's flagged detections.
 
-No server, no network: CSS and JavaScript are inline (`review_static`), the thumbnails are the files
+No server, no network: CSS and JavaScript are inline (STYLE, SCRIPT), the thumbnails are the files
 `review_assets` writes into ``X_review/``, and the card data are JavaScript files that the page loads
 with <script src> (works over file://), one file per page of cards. ``X_review/cards-<token>/`` holds
 ``all-0000.js, all-0001.js, ...`` (every flagged card, most unusual first, `PAGE_SIZE` per file) and
@@ -23,13 +23,38 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
 
-from wildcapture.detection.review_assets import asset_names, review_folder
-from wildcapture.detection.review_static import SCRIPT, STYLE
 from wildcapture.storage import write_text
 
+ASSET_KINDS = ("crop", "attention", "full")
 PAGE_SIZE = 100  # cards per page (and per card file)
 ALL = "all"  # the view of every class
 SAMPLE = "sample"
+
+
+def review_folder(out_html: Path) -> Path:
+    """Return the folder of the page's thumbnails and card files: ``X_review/`` beside ``X.html``."""
+    out_html = Path(out_html)
+    return out_html.with_name(f"{out_html.stem}_review")
+
+
+def asset_file_name(item: int, kind: str) -> str:
+    """Return the file name of item ``item``'s thumbnail ``kind`` (one of `ASSET_KINDS`), e.g.
+    ``000123-crop.jpg``."""
+    if kind not in ASSET_KINDS or item < 0:
+        raise ValueError(f"no review asset {kind!r} for item {item}; kinds: {ASSET_KINDS}, items >= 0")
+    return f"{item:06d}-{kind}.jpg"
+
+
+def asset_names(item: int, out_html: Path) -> dict[str, str]:
+    """Return {kind: path of that thumbnail relative to the page's folder} for each of `ASSET_KINDS`, e.g.
+    ``{"crop": "X_review/000123-crop.jpg", ...}`` for the page ``X.html`` (a file path, not URL-quoted)."""
+    folder = review_folder(Path(out_html)).name
+    return {kind: f"{folder}/{asset_file_name(item, kind)}" for kind in ASSET_KINDS}
+
+
+def has_review_assets(folder: Path, item: int) -> bool:
+    """Return True when ``folder`` holds all three thumbnails of ``item`` (what a resumed run keeps)."""
+    return all((Path(folder) / asset_file_name(item, kind)).is_file() for kind in ASSET_KINDS)
 
 
 @dataclass(frozen=True)
@@ -178,4 +203,116 @@ def _page_html(out_html: Path, views: _CardFiles, n_sample: int, title_info: dic
 <script>{SCRIPT}</script>
 <script src="{esc(cards_url)}/{SAMPLE}.js"></script>
 </body></html>
+"""
+
+
+# The page's inline CSS and JavaScript. The script reads its state from the URL hash, #class=<predicted
+# class>&page=<n> (both optional, page 1-based), so every view has an address and the back button works; a
+# view loads <cards>/<view>-<page:04d>.js with a <script src> element (works over file://, unlike fetch),
+# which calls reviewChunk(key, cards). <view> is "all" or the class's key (c0, c1...: the <option> values).
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
+h1 { font-size: 1.4em; margin: 0 0 .4em; }
+h2 { font-size: 1.15em; margin: 1.4em 0 .5em; }
+dl.info { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; margin: 0; }
+dl.info dt { color: #666; } dl.info dd { margin: 0; }
+.controls { display: flex; flex-wrap: wrap; gap: .6em; align-items: center; margin: .6em 0; }
+.controls input { width: 5em; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 8px; width: 412px;
+        font-size: .85em; }
+.card.unflagged { border-color: #9c9; }
+.imgs { display: flex; gap: 4px; }
+.imgs img { width: 200px; height: 200px; object-fit: contain; background: #eee; display: block; }
+.cls { font-weight: 600; font-size: 1.1em; margin-top: 4px; }
+.file { color: #555; overflow-wrap: anywhere; }
+.caps { display: flex; gap: 4px; color: #888; font-size: .85em; }
+.caps span { width: 200px; }
+.empty { color: #666; font-style: italic; }
+"""
+
+SCRIPT = r"""
+(function () {
+  "use strict";
+  var section = document.getElementById("flagged");
+  var pageSize = Number(section.dataset.pageSize), cardsDir = section.dataset.cards;
+  var select = document.getElementById("class-filter"), grid = document.getElementById("flagged-cards");
+  var info = document.getElementById("page-info"), jump = document.getElementById("page-jump");
+  var prev = document.getElementById("prev"), next = document.getElementById("next");
+  var wanted = null, loader = null, current = null;
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function short(x) { return String(Number(Number(x).toPrecision(4))); }
+  function image(src, alt) {
+    var img = el("img");
+    img.loading = "lazy"; img.alt = alt; img.src = src;
+    return img;
+  }
+  function card(c, flagged) {
+    var d = el("div", flagged ? "card flagged" : "card unflagged");
+    d.dataset.item = c.item; d.dataset.score = c.score; d.dataset.class = c.cls;
+    if (c.rank) d.dataset.rank = c.rank;
+    var imgs = el("div", "imgs"), caps = el("div", "caps"), link = el("a", "", "full image with box");
+    imgs.append(image(c.crop, "crop"), image(c.attention, "attention the CAE scored"));
+    caps.append(el("span", "", "crop"), el("span", "", "attention (model's view outlined)"));
+    link.href = c.full; link.target = "_blank";
+    var file = el("div", "file", c.file); file.title = c.file;
+    var nums = (c.rank ? "#" + c.rank + " \u00b7 " : "") + "OOD score " + short(c.score) +
+               " \u00b7 unknown " + c.unknown.toFixed(2);
+    d.append(imgs, caps, el("div", "cls", c.cls + " " + c.p.toFixed(2)), el("div", "nums", nums), file, link);
+    return d;
+  }
+  function state() {
+    var h = new URLSearchParams(location.hash.slice(1)), name = h.get("class") || "";
+    var opt = Array.prototype.find.call(select.options, function (o) { return o.dataset.class === name; });
+    opt = opt || select.options[0];
+    var count = Number(opt.dataset.count), pages = Math.max(1, Math.ceil(count / pageSize));
+    var page = parseInt(h.get("page") || "1", 10);
+    page = Math.min(Math.max(isNaN(page) ? 1 : page, 1), pages);
+    return {opt: opt, count: count, page: page, pages: pages};
+  }
+  function go(name, page) {
+    var h = new URLSearchParams();
+    if (name) h.set("class", name);
+    if (page > 1) h.set("page", page);
+    location.hash = h.toString();
+  }
+  function show() {
+    var s = state();
+    current = s; select.value = s.opt.value;
+    info.textContent = "page " + s.page + " of " + s.pages + " (" + s.count + " flagged)";
+    prev.disabled = s.page <= 1; next.disabled = s.page >= s.pages;
+    jump.max = s.pages; jump.value = s.page;
+    if (s.count === 0) { grid.replaceChildren(el("p", "empty", "No detection was flagged.")); return; }
+    wanted = s.opt.value + "-" + String(s.page - 1).padStart(4, "0");
+    if (loader) loader.remove();
+    loader = document.createElement("script");
+    loader.src = cardsDir + "/" + wanted + ".js";
+    loader.onerror = function () { grid.replaceChildren(el("p", "empty", "Cannot load " + loader.src)); };
+    document.body.appendChild(loader);
+  }
+  window.reviewChunk = function (key, cards) {
+    if (key === "sample") {
+      var box = document.getElementById("sample-cards");
+      box.replaceChildren.apply(box, cards.map(function (c) { return card(c, false); }));
+      if (!cards.length) box.appendChild(el("p", "empty", "No unflagged detection to show."));
+    } else if (key === wanted) {
+      grid.replaceChildren.apply(grid, cards.map(function (c) { return card(c, true); }));
+    }
+  };
+  function move(page) { go(current.opt.dataset.class, page); section.scrollIntoView(); }
+  select.addEventListener("change", function () {
+    go(select.options[select.selectedIndex].dataset.class, 1);
+  });
+  prev.addEventListener("click", function () { move(current.page - 1); });
+  next.addEventListener("click", function () { move(current.page + 1); });
+  jump.addEventListener("change", function () { move(Number(jump.value)); });
+  window.addEventListener("hashchange", show);
+  show();
+})();
 """

@@ -17,19 +17,18 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from wildcapture.classifier.data_setup import available_cpus
-from wildcapture.detection import SCORES
-from wildcapture.detection.gpu_decode import DECODES
+from wildcapture.runtime import available_cpus
+from wildcapture.detection import DECODES, SCORES
 from wildcapture.detection.engine import DetectionModels, job_fingerprint, load_models, prepare_work_folder, score_shard
-from wildcapture.detection.progress import has_progress
+from wildcapture.detection.report import has_progress
 from wildcapture.detection.report import Summary, json_info, recorded_score, write_reports
 from wildcapture.detection.review import ReviewPage
-from wildcapture.detection.review_assets import review_folder
+from wildcapture.detection.review_page import review_folder
 from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
 from wildcapture.paths import portable_path
 from wildcapture.run_lock import hold_lock, remove_held
-from wildcapture.provenance import heatmap_precision
+from wildcapture.runtime import heatmap_precision
 from wildcapture.runtime import DistState, cleanup_distributed, describe_precision, init_distributed
 from wildcapture.storage import TMP_SUFFIX, write_text
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Iterator
 
 import ijson
 
-from wildcapture.data.wildcapture_folders import list_images
+from wildcapture.data.images import list_images
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.megadetector import MDBatch, MDImage, entry_checker, whole_image_batch
 

@@ -11,7 +11,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from wildcapture.data.transforms import centre_crop_box
-from wildcapture.heatmaps.channels import as_channels, display_map
+from wildcapture.attention import as_channels, display_map
 
 ImageLike = Union[Image.Image, np.ndarray]
 

@@ -1,6 +1,6 @@
 """Post-hoc OOD detectors on a trained classifier's pre-logit features and logits, and their registry.
 
-Each is a `wildcapture.ood.detector.Detector`: `fit(features, logits, labels)` on train_id (ViM also
+Each is a `wildcapture.detector.Detector`: `fit(features, logits, labels)` on train_id (ViM also
 takes the classifier's `head`), then `score(features, logits)`: float64 (N,), higher = more OOD; arrays
 are converted to float64. Stage 2 fits and scores every detector of DETECTORS: a new one is a class
 and a line there.
@@ -12,7 +12,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from wildcapture.ood.detector import Detector, fit_on, score_on
+from wildcapture.detector import Detector, fit_on, score_on
 
 # Upper bound on the float64 entries of one KNN similarity block (2**25 -> 256 MiB).
 _BLOCK_ENTRIES = 2**25

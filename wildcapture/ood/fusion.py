@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .baselines import storable_detectors
-from .detector import Detector, fit_on, score_on
+from wildcapture.detector import Detector, fit_on, score_on
 from .metrics import _as_scores
 
 # A standard deviation below STD_FLOOR * max(1, |mean|) is raised to it (see ZScoreFusion.fit).

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
+from wildcapture.classifier.data_setup import attach_transforms, input_spec
+from wildcapture.runtime import make_loader
 from wildcapture.classifier.inference import infer_split_sharded
 from wildcapture.classifier.report import classifier_report, write_report
 from wildcapture.config import Config
@@ -37,13 +38,14 @@ from wildcapture.errors import DatasetError
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
                                        read_meta, results_staging, write_baseline_scores, write_index)
-from wildcapture.heatmaps.attention import heatmap_channels, HEATMAP_KINDS
+from wildcapture.attention import heatmap_channels, HEATMAP_KINDS
 from wildcapture.heatmaps.export import export_heatmap_pngs
 from wildcapture.heatmaps.gallery import plot_heatmap_gallery
 from wildcapture.ood.baselines import fit_detectors, score_all
-from wildcapture.outputs import Staging, check_completed_file
+from wildcapture.storage import Staging, check_completed_file
 from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
-from wildcapture.provenance import classifier_identity, heatmap_dtype, heatmap_precision, lookup
+from wildcapture.provenance import classifier_identity, heatmap_dtype, lookup
+from wildcapture.runtime import heatmap_precision
 from wildcapture.run_lock import hold_locks
 from wildcapture.runtime import (PRECISIONS, DistState, cleanup_distributed, describe_precision, init_distributed,
                                  pick_device, resolve_precision, seed_everything)

@@ -30,7 +30,7 @@ import torch
 
 from wildcapture.cae.engine import reconstruct
 from wildcapture.cae.checkpoint import load_cae
-from wildcapture.cae.detector import CAEDetector
+from wildcapture.cae.engine import CAEDetector
 from wildcapture.cae.fusion_inputs import fused_test_scores
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
 from wildcapture.cae.inputs import HeatmapSource, heatmap_source
@@ -43,7 +43,7 @@ from wildcapture.errors import IncompleteOutputError
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.ood.plots import plot_roc_curves, plot_score_histograms
 from wildcapture.ood.table import ood_rows, to_markdown, write_table
-from wildcapture.outputs import Staging, read_marker, verify_file
+from wildcapture.storage import Staging, read_marker, verify_file
 from wildcapture.paths import baseline_scores_path, cae_checkpoint, portable_path, results_dir
 from wildcapture.provenance import check_same_heatmaps
 from wildcapture.run_lock import hold_lock

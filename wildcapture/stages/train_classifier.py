@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from wildcapture.classifier.data_setup import attach_transforms, input_spec, make_loader
+from wildcapture.classifier.data_setup import attach_transforms, input_spec
+from wildcapture.runtime import make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
 from wildcapture.config import Config

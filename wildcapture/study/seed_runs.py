@@ -24,7 +24,7 @@ import numpy as np
 from wildcapture.config import Config, parse_override
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.heatmap_store import read_baseline_scores, read_meta
-from wildcapture.outputs import read_marker
+from wildcapture.storage import read_marker
 from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run,
                                            summarise, to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
