@@ -10,13 +10,13 @@ import yaml
 from attention_reference import manual_attention
 from torch import nn
 
+from wildcapture.attention import ClsKind, HEATMAP_KINDS
 from wildcapture.cae.architectures import ARCHITECTURES, check_arch_settings
 from wildcapture.classifier.data_setup import attach_transforms
 from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.detector import Detector
 from wildcapture.errors import ConfigError
-from wildcapture.heatmaps.attention import ClsKind, HEATMAP_KINDS  # the one import of the heatmap kinds' module
 from wildcapture.ood.baselines import DETECTORS
-from wildcapture.ood.detector import Detector
 from wildcapture.ood.metrics import auroc
 from wildcapture.ood.table import read_table
 from wildcapture.stages import evaluate_classifier, score_cae, train_cae
