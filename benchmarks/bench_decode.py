@@ -1,4 +1,4 @@
-"""Speed of reduced-scale JPEG decoding (`fast_decode.load_rgb_at_least`) against a full decode, for a model's input.
+"""Speed of reduced-scale JPEG decoding (`data.images.load_rgb_at_least`) against a full decode, for a model's input.
 
 Copies every JPEG of FRAMES (full camera-trap frames, e.g. the 2 of ``wildcapture_samples/frames``)
 --copies times into a temporary folder, then times, in one process on one torch thread, once each and in

@@ -1,4 +1,4 @@
-"""fast_decode: scale choice, closeness to a full decode, exactness at scale 1, EXIF orientation, bad files."""
+"""Fast decoding (data.images.load_rgb_at_least): scale choice, closeness to a full decode, exactness at scale 1, EXIF orientation, bad files."""
 import numpy as np
 import pytest
 import torch

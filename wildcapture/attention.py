@@ -1,4 +1,5 @@
-"""CLS-attention heatmaps from a timm VisionTransformer, in the same pass as logits and features.
+"""CLS-attention heatmaps from a timm VisionTransformer, in the same pass as logits and features; the
+registry of heatmap kinds (HEATMAP_KINDS) and their channel layout.
 
 Heatmap convention (the project's design): post-softmax attention of the CLS query to the patch
 tokens, reshaped row-major to the patch grid, so cell (0, 0) is the top-left patch; averaged over

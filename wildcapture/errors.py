@@ -1,7 +1,7 @@
 """Every error the user can fix, in one light module (no torch import, so scripts can catch them cheaply).
 
-`UserError` is the base: the command-line entry points print its message as one line on stderr and
-exit with status 2, without a traceback. Each message names the thing to fix (a key, a file, a class).
+`UserError` is the base: the command-line entry points (`exit_on_user_error`) print its message as one line
+on stderr and exit with status 2, without a traceback. Each message names the thing to fix (a key, a file, a class).
 """
 from __future__ import annotations
 

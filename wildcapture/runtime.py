@@ -1,4 +1,5 @@
-"""Process set-up shared by the stages: seeding, CPUs, device choice, torchrun (DDP) state and precision."""
+"""Process set-up shared by the stages: seeding, CPUs and DataLoaders, device choice, torchrun (DDP) state and
+precision."""
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
-"""Atomic writes (checkpoints, arrays, CSV, text, YAML), file digests, clean-up of the temporary
-files a killed write leaves, and safe loading of checkpoints."""
+"""Files on disk: atomic writes (checkpoints, arrays, CSV, text, YAML), digests, clean-up of the temporary
+files a killed write leaves, safe loading of checkpoints, and a run's outputs (`Staging`, staged aside and
+moved into place when the run succeeds) with their completion markers (`read_marker`, `verify_file`)."""
 from __future__ import annotations
 
 import csv

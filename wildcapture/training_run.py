@@ -1,6 +1,6 @@
 """The files of a training stage (1 or 3) while it runs: resumable, and committed only when it finishes.
 
-Checkpoints and the log of a run go to `<out>/.<stage>.incomplete/` (see `wildcapture.outputs`); the
+Checkpoints and the log of a run go to `<out>/.<stage>.incomplete/` (see `wildcapture.storage.Staging`); the
 previous complete run in `<out>` stays untouched until this one finishes. `train.resume=true`
 continues a killed run from its staged `last.pth`, or extends the complete run from `<out>/last.pth`,
 and refuses a config that changes the model or its optimisation; it prints `resuming at epoch N/E`

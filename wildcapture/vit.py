@@ -1,4 +1,5 @@
-"""Building the timm Vision Transformer and loading classifier weights into it.
+"""Building the timm Vision Transformer, loading classifier weights into it, and finding the classifier a
+later stage names (`locate_classifier`, checked by SHA-256).
 
 Accepted weight files: this project's checkpoints (`{"model": state_dict, "model_args": ...}`)
 and the paper's released classifier (a state dict whose keys carry the prefix `modelVit.`; its

@@ -1,4 +1,5 @@
-"""Image loading: any file or array -> RGB PIL image, with a clear error for a bad file.
+"""Image loading: any file or array -> RGB PIL image, with a clear error for a bad file; fast DCT-domain
+decoding at the smallest scale a model needs (`load_rgb_at_least`); image folders listed (`list_images`).
 
 Item sources (the strings `ImageSplit.sources` holds) come in two kinds, each with a loader:
 

@@ -4,7 +4,7 @@ detector) and one process's shard of the items (`score_shard`), streaming.
 
 Images flow decode (DataLoader workers) -> classifier logits, features and heatmaps (one forward pass)
 -> CAE score (with `score="fusion"`, fused with the partner detector on the features and logits) -> rows
-on disk, one batch at a time, checkpointed (`progress.ShardProgress`); under torchrun each process scores
+on disk, one batch at a time, checkpointed (`report.ShardProgress`); under torchrun each process scores
 every world-th batch.
 """
 from __future__ import annotations

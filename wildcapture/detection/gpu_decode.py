@@ -4,7 +4,7 @@ on the device (nvJPEG via torchvision's batched `decode_jpeg`), then crops, resi
 The result follows the CPU path (`dataset.DetectionImages`): the box is `megadetector.pixel_box` of the
 decoded image, the resize and centre crop are `build_transforms`' eval ones (`transforms.cover_size`, the
 same interpolation with antialiasing, on uint8 tensors), then mean/std. It is not bit-identical: the CPU
-path decodes at a reduced DCT scale (`fast_decode.load_rgb_at_least`) and resizes with PIL.
+path decodes at a reduced DCT scale (`data.images.load_rgb_at_least`) and resizes with PIL.
 
 An item goes the CPU path instead, decoded in its worker, when the file is not a baseline/progressive
 JPEG that decodes to RGB or L, or carries an EXIF orientation other than 1 (torchvision applies EXIF

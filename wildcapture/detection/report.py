@@ -1,5 +1,6 @@
-"""The outputs of a detection run, written in one pass over the input and the processes' rows: the CSV,
-the MegaDetector-format JSON and the rows the review page and the crop export use.
+"""The rows of a detection run: each process's checkpointed rows file while it scores (`ShardProgress`), then
+the outputs written in one pass over the input and those rows: the CSV, the MegaDetector-format JSON and
+the rows the review page and the crop export use.
 
 CSV columns (COLUMNS), one row per scored detection (or whole image), per malformed detection, per empty
 image and per failure: `image`; `bbox` (MegaDetector's normalised [x, y, w, h], empty for a whole image)

@@ -1,6 +1,7 @@
 """The review page of a run: every flagged detection, most unusual first, and a seeded sample of the
 others for contrast. Their images are written as the batches are scored (`ReviewPage.write_assets`, kept
-by a resumed run), their cards collected as the output rows stream by (`add`) and the page written last."""
+by a resumed run; `write_review_assets`), their cards collected as the output rows stream by (`add`) and the
+page written last (`review_page`)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageOps
 
-from wildcapture.detection.review_page import ASSET_KINDS, Card, asset_file_name, has_review_assets, review_folder, write_review_page
+from wildcapture.detection.review_page import (ASSET_KINDS, Card, asset_file_name, has_review_assets, review_folder,
+                                             write_review_page)
 from wildcapture.data.images import decode_scale, displayed_size, open_image, to_rgb
 from wildcapture.data.transforms import centre_crop_box
 from wildcapture.detection.season import Item
@@ -181,7 +183,7 @@ def write_review_assets(folder: Path, item: int, image_path: str, bbox: Box | No
         crop_box = (0, 0, *full_size) if bbox is None else pixel_box(bbox, full_size, margin)
         crop_size = (crop_box[2] - crop_box[0], crop_box[3] - crop_box[1])
         reduction = _reduction(full_size, crop_size)
-        if reduction > 1:  # stored size // k makes draft pick 1/k exactly (as fast_decode does)
+        if reduction > 1:  # stored size // k makes draft pick 1/k exactly (as data.images.load_rgb_at_least does)
             image.draft("RGB", (max(1, image.width // reduction), max(1, image.height // reduction)))
         image.load()
         decoded = to_rgb(ImageOps.exif_transpose(image))

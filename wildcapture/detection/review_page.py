@@ -1,7 +1,7 @@
 """A static, self-contained review page ``X.html`` of a detection run's flagged detections.
 
 No server, no network: CSS and JavaScript are inline (STYLE, SCRIPT), the thumbnails are the files
-`review_assets` writes into ``X_review/``, and the card data are JavaScript files that the page loads
+`review.write_review_assets` writes into ``X_review/``, and the card data are JavaScript files that the page loads
 with <script src> (works over file://), one file per page of cards. ``X_review/cards-<token>/`` holds
 ``all-0000.js, all-0001.js, ...`` (every flagged card, most unusual first, `PAGE_SIZE` per file) and
 ``c<k>-0000.js, ...`` (the same for each predicted class k), so the browser only ever parses one page
@@ -81,7 +81,7 @@ def write_review_page(out_html: Path, flagged: Iterable[Card], sample: Sequence[
 
     ``flagged``: the flagged cards, which the CALLER sorts by ood_score, highest first (ValueError
     otherwise); streamed: at most one page per view (classes + 1) is held. ``sample``: unflagged cards
-    shown for contrast (e.g. `review_sample.UnflaggedSample`), shown in the order given. ``title_info``:
+    shown for contrast (e.g. `review.UnflaggedSample`), shown in the order given. ``title_info``:
     the header's facts, e.g. {"detections scored": "1234", "flagged": "56", "threshold": "0.031",
     "score": "cae"}, shown as given. Every file is written atomically.
     """

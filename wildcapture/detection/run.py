@@ -1,7 +1,7 @@
 """`detect.py`'s job: score a folder or a MegaDetector batch output with a trained classifier + CAE, resumably.
 
 Work files live in `<out folder>/.<out name>.incomplete/` (one rows file and checkpoint per process,
-see `progress`, the review images in `review/`, and the run lock); when every process is done, the first
+see `report.ShardProgress`, the review images in `review/`, and the run lock); when every process is done, the first
 writes the CSV, the MegaDetector-format JSON and the review page beside it, then removes the work folder.
 A run that fails before any checkpoint removes it too, and the folders it created.
 """
