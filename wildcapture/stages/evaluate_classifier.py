@@ -1,20 +1,13 @@
 """Stage 2: evaluate the classifier and write, per split, heatmaps, logits, features and an index.
 
-Outputs (formats: `wildcapture.heatmap_store`):
-- `data/heatmaps/<exp>/<split>/`: `heatmaps.npy`, `logits.npy`, `features.npy`, `index.csv`
-  (optionally `png/` + `heatmaps.csv`), and `data/heatmaps/<exp>/heatmaps_meta.yaml`, written last:
-  the classifier (path and SHA-256), preprocessing, data config and heatmap kind/block they came from, and the
-  precision the classifier ran in (`heatmap.precision`, resolved by `runtime.resolve_precision`: fp32, bf16 or
-  fp16; every array is written as float32 whatever it is).
-- `results/<exp>/`: `classifier_report.json`, `confusion_matrix.png` (test_id), `baseline_scores.csv`
-  (MSP, MaxLogit, Energy, Mahalanobis, KNN, ViM per test image; higher = more OOD),
-  `heatmap_gallery.png`, `config_test_classifier.yaml`, and `evaluate_classifier.complete.yaml` last.
-
-Everything is computed and staged before the previous run's files are replaced. Under torchrun each
-process computes every world-th batch of each split and the main process writes the same arrays as
-a single process would. A run whose heatmap
-settings, classifier file, preprocessing or data differ from the complete output already there refuses
-to replace it unless `overwrite=true` (give a variant its own `exp` to keep both).
+Outputs: `data/heatmaps/<exp>/` (per split `heatmaps.npy` in `heatmap.dtype`, `logits.npy`, `features.npy`,
+`index.csv`, and `heatmaps_meta.yaml` last: what made them; formats in `wildcapture.heatmap_store`) and
+`results/<exp>/` (`classifier_report.json`, `confusion_matrix.png`, `baseline_scores.csv`: every detector of
+`ood.baselines.DETECTORS` per test image, the heatmap gallery, the config, and the marker last).
+Everything is staged before the previous run's files are replaced. Under torchrun each process computes
+every world-th batch and the main process writes what a single process would. A run whose heatmap
+settings, classifier, preprocessing or data differ from the complete output there refuses to replace it
+unless `overwrite=true`.
 """
 from __future__ import annotations
 
