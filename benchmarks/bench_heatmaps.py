@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--n", type=int, default=64, help="images per pass")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per method; the median is reported")
-    parser.add_argument("--kind", default="all", choices=("all",) + HEATMAP_KINDS)
+    parser.add_argument("--kind", default="all", choices=("all", *HEATMAP_KINDS))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--json", action="store_true", help="print only {kind: ratio} on stdout")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="as stage 2's heatmap.precision "
