@@ -11,9 +11,8 @@ working directory; the defaults made from --exp are the repository's, from any d
 import argparse
 from pathlib import Path
 
-from wildcapture.errors import exit_on_user_error
 from wildcapture.detection import SCORES
-from wildcapture.errors import ConfigError
+from wildcapture.errors import ConfigError, exit_on_user_error
 from wildcapture.paths import resolve_path
 
 
@@ -29,8 +28,8 @@ def cae_path(given: Path | None, exp: str) -> Path:
     return given.resolve()
 
 
-def main() -> None:
-    """Parse the command line, then load the models (torch is imported only now) and score the images."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of detect.py."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="folder of images, or a MegaDetector batch-output .json")
     parser.add_argument("--exp", default="digits", help="experiment whose CAE to use (default: digits)")
@@ -68,11 +67,19 @@ def main() -> None:
                         "crops under DIR/<predicted class>/")
     parser.add_argument("--overwrite", action="store_true", help="start afresh instead of continuing an "
                         "interrupted run; replace finished outputs of the other --score")
-    args = parser.parse_args()
+    parser.add_argument("--check", action="store_true", help="check the options, the input (read through) and the "
+                        "models, print the files the run would write, and exit (0, or 2 with the problem) without "
+                        "writing anything")
+    return parser
+
+
+def main() -> None:
+    """Parse the command line, then load the models (torch is imported only now) and score the images."""
+    args = _parser().parse_args()
     out = args.out.resolve() if args.out else resolve_path(f"results/{args.exp}/detections.csv")
     with exit_on_user_error(outputs="--out"):
         cae = cae_path(args.cae, args.exp)
-        from wildcapture.detection.run import DetectOptions, detect
+        from wildcapture.detection.run import DetectOptions, check, detect
 
         options = DetectOptions(batch_size=args.batch_size, device=args.device, threshold=args.threshold,
                                 workers=args.workers, md_threshold=args.md_threshold, crop_margin=args.crop_margin,
@@ -82,6 +89,11 @@ def main() -> None:
                                 export_crops=args.export_crops.resolve() if args.export_crops else None,
                                 export_all=args.export_all, precision=args.precision,
                                 decode=args.decode)
+        if args.check:
+            from wildcapture.cli import print_plan
+
+            print_plan({}, check(args.source.resolve(), cae, out, options))
+            return
         summary = detect(args.source.resolve(), cae, out, options)
     if summary is not None:
         page = "" if args.no_html else f" and {out.with_suffix('.html')}"

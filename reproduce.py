@@ -10,7 +10,9 @@ from typing import Sequence
 
 from wildcapture.errors import exit_on_user_error
 from wildcapture.machine import machine_line
-from wildcapture.pipeline import BENCHMARKS, run_pipeline, stage_configs
+from wildcapture.cli import print_plan
+from wildcapture.config import CHECK_HELP
+from wildcapture.pipeline import BENCHMARKS, STAGES, check_pipeline, run_pipeline, stage_configs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -19,9 +21,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", default="digits", choices=BENCHMARKS)
     parser.add_argument("--smoke", action="store_true", help="run every stage on a few batches (exp <benchmark>-smoke)")
+    parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
     args = parser.parse_args(argv)
     with exit_on_user_error():
+        if args.check:
+            configs = stage_configs(args.benchmark, args.smoke, args.overrides)
+            print_plan(dict(zip((name for name, *_ in STAGES), configs)), check_pipeline(configs))
+            return
         result = run_pipeline(args.benchmark, args.smoke, args.overrides)
         device = stage_configs(args.benchmark, args.smoke, args.overrides)[1].get("device", "auto")
         print(machine_line(device))

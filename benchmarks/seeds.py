@@ -1,7 +1,7 @@
 """Results over stage-1 seeds: the whole pipeline for N seeds and each heatmap/CAE variant, summarised.
 
     python benchmarks/seeds.py --seeds 5                                  # digits, the default variants
-    python benchmarks/seeds.py --seeds 3 --variants cls_last rollout --bootstrap 2000
+    python benchmarks/seeds.py --seeds 3 --variants cls_last/paper rollout/paper --bootstrap 2000
     python benchmarks/seeds.py --seeds 5 exp=digits-79 "data.id_classes=[7,9]"   # another split
     python benchmarks/seeds.py --seeds 5 --out results/digits/seeds_f16 --classifiers results/digits/seeds  # reuse stage 1
 
@@ -17,6 +17,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
+from wildcapture.cli import print_plan
+from wildcapture.config import CHECK_HELP
 from wildcapture.errors import exit_on_user_error
 from wildcapture.pipeline import BENCHMARKS
 from wildcapture.study.variants import DEFAULT_VARIANTS, VARIANTS, pick_variants
@@ -35,14 +37,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="study folder (default results/<exp>/seeds)")
     parser.add_argument("--classifiers", type=Path, default=None, metavar="STUDY",
                         help="reuse the stage-1 classifiers of another study's folder (same seeds) instead of training")
+    parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     with exit_on_user_error():
         picked = pick_variants(args.variants)
-        from wildcapture.study.seed_runs import run_study  # imports torch: after the arguments are checked
+        from wildcapture.study.seed_runs import check_study, run_study  # imports torch: after the arguments parse
 
+        if args.check:
+            print_plan(*check_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out,
+                                    args.bootstrap, args.classifiers))
+            return {}
         result = run_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out, args.bootstrap,
                            args.bootstrap_seed, args.classifiers)
     print(result["markdown"])

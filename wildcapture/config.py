@@ -25,6 +25,8 @@ from wildcapture.errors import ConfigError
 from wildcapture.paths import DATA_DEFAULTS_FILE, resolve_path
 
 Config = dict[str, Any]
+CHECK_HELP = ("check the config, the inputs and their provenance, print the resolved config and the files the run "
+              "would write, and exit (0, or 2 with the problem) without writing anything")
 
 _HEATMAPS = ("stage 2 always extracts and saves the heatmaps, to <heatmaps_dir>/<split>/heatmaps.npy (heatmaps_dir, "
              "default data/heatmaps/<exp>); heatmap.kind and heatmap.block choose their kind (heatmap.export_png=true "
@@ -207,8 +209,8 @@ def _help_epilog(config_dir: Path) -> str:
             f"{_example_override(read_yaml(config_dir / 'config.yaml'))}")
 
 
-def parse_stage_args(config_dir: Path, description: str, argv: Sequence[str] | None = None) -> Config:
-    """Parse a stage script's command line and return its resolved config.
+def parse_stage_args(config_dir: Path, description: str, argv: Sequence[str] | None = None) -> tuple[Config, bool]:
+    """Parse a stage script's command line and return (its resolved config, whether `--check` was given).
 
     `description` (the script's docstring) heads the `--help` text, which also lists the presets in
     `config_dir` and an override example that the stage's config.yaml has.
@@ -217,6 +219,7 @@ def parse_stage_args(config_dir: Path, description: str, argv: Sequence[str] | N
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", default=None, metavar="PRESET",
                         help="preset YAML: a name in the stage's config/ folder, or a path")
+    parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override one config key")
     args = parser.parse_args(argv)
-    return load_config(config_dir, args.config, args.overrides)
+    return load_config(config_dir, args.config, args.overrides), args.check

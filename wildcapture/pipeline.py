@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from wildcapture.config import Config, ConfigError, _flat_keys, _unknown_key_error, load_config, parse_override
@@ -77,6 +78,16 @@ def check_stage_configs(configs: Sequence[Config]) -> None:
     a later stage cannot use is a ConfigError before an earlier stage writes a file."""
     for (_, _, module, _), cfg in zip(STAGES, configs):
         importlib.import_module(module).check_config(cfg)
+
+
+def check_pipeline(configs: Sequence[Config]) -> list[Path]:
+    """What `reproduce.py --check` checks, writing nothing: every stage's config (`check_stage_configs`), then stage
+    1's inputs (`train_classifier.check`: its data, never downloaded, and a resume); the later stages' inputs are
+    made by the earlier ones. Returns the files the four stages would write, in order."""
+    check_stage_configs(configs)
+    modules = [importlib.import_module(module) for _, _, module, _ in STAGES]
+    return [*modules[0].check(configs[0]), *(path for module, cfg in zip(modules[1:], configs[1:])
+                                              for path in module.outputs(cfg))]
 
 
 def run_stage(index: int, cfg: Config, label: str = "") -> tuple[Any, float]:

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
-from wildcapture.runtime import available_cpus
 from wildcapture.detection import DECODES, SCORES
 from wildcapture.detection.engine import DetectionModels, job_fingerprint, load_models, prepare_work_folder, score_shard
 from wildcapture.detection.report import has_progress
@@ -28,8 +27,8 @@ from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
 from wildcapture.paths import portable_path
 from wildcapture.run_lock import hold_lock, remove_held
-from wildcapture.runtime import heatmap_precision
-from wildcapture.runtime import DistState, cleanup_distributed, describe_precision, init_distributed
+from wildcapture.runtime import (DistState, available_cpus, cleanup_distributed, describe_precision, heatmap_precision,
+                                 init_distributed, pick_device)
 from wildcapture.storage import TMP_SUFFIX, write_text
 
 MAX_DEFAULT_WORKERS = 8
@@ -235,6 +234,23 @@ def _run_locked(season: Season, found: Scan, models: DetectionModels, out: Outpu
         if state.is_main:
             remove_held(out.work)
         return summary
+
+
+def check(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> list[Path]:
+    """Every check of `detect` that needs no scoring, writing nothing: the options, the outputs (not over the
+    input; another score's finished outputs only with `overwrite`), the input (a folder, or a MegaDetector file
+    read through, its images found under the image root) and the models (the CAE checkpoint, its classifier by
+    SHA-256, the score's threshold and calibration). Returns the files and folders a run would write."""
+    options.check()
+    out = OutputPaths(out_csv)
+    check_outputs(source, out, options)
+    found = scan(Season(source, options.md_threshold, options.image_root))
+    device = pick_device(options.device)
+    models = _load_models(cae_path, options, device)
+    print(f"{precision_line(options.precision, models, device)}\ndetect: {len(found.items)} items to score by "
+          f"{models.score_name}, threshold {models.threshold:.6g}", flush=True)
+    return [out.csv, out.json, *([out.html, out.review] if options.html else []),
+            *([options.export_crops] if options.export_crops is not None else [])]
 
 
 def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> Summary | None:

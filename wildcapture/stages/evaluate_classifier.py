@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from wildcapture.heatmaps.export import export_heatmap_pngs
 from wildcapture.heatmaps.gallery import plot_heatmap_gallery
 from wildcapture.ood.baselines import fit_detectors, score_all
 from wildcapture.storage import Staging, check_completed_file
-from wildcapture.paths import classifier_checkpoint, heatmaps_dir, results_dir
+from wildcapture.paths import HEATMAPS_META, classifier_checkpoint, heatmaps_dir, results_dir
 from wildcapture.provenance import classifier_identity, heatmap_dtype, lookup
 from wildcapture.runtime import heatmap_precision
 from wildcapture.run_lock import hold_locks
@@ -79,9 +80,10 @@ def _missing_classifier(cfg: Config, path) -> FileNotFoundError:
                              f"for exp={cfg['exp']} or set checkpoint=PATH")
 
 
-def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, Any]]:
+def load_classifier(cfg: Config, download: bool = True) -> tuple[torch.nn.Module, Benchmark, dict[str, Any]]:
     """Return the classifier with its weights, the benchmark it is tested on, and their provenance:
-    {"classifier": `classifier_identity`, "input_spec", "data"}.
+    {"classifier": `classifier_identity`, "input_spec", "data"}. Without `download`, missing data is an error
+    naming its folder even where data.download is true.
 
     Our checkpoints carry the model's constructor arguments, class names and data config; a bare
     state dict (the paper's weights) is rebuilt from `model.*` and `data.*` of the stage config.
@@ -99,7 +101,7 @@ def load_classifier(cfg: Config) -> tuple[torch.nn.Module, Benchmark, dict[str, 
         raise ConfigError(f"data.* is set, but {path} carries the data config of its stage-1 run and "
                           "data_from_checkpoint=true uses that: set data_from_checkpoint=false to test on other data")
     data_cfg = resolve_data_cfg(obj["config"]["data"] if from_checkpoint else cfg["data"])
-    bench = build_benchmark(data_cfg)
+    bench = build_benchmark(data_cfg if download else {**data_cfg, "download": False})
     if ours and obj["class_names"] != bench.id_class_names:
         raise DatasetError(f"checkpoint {path} was trained on classes {obj['class_names']} but the data "
                            f"config gives {bench.id_class_names}; set data_from_checkpoint=true or fix data.id_classes")
@@ -171,9 +173,33 @@ def run(cfg: Config) -> dict[str, Any] | None:
         cleanup_distributed()
 
 
-def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out_results) -> dict[str, Any] | None:
-    seed_everything(cfg["seed"])
-    model, bench, source = load_classifier(cfg)
+def outputs(cfg: Config) -> list[Path]:
+    """The files a run writes: the heatmaps' folder (its meta last), then the results folder (its marker last)."""
+    heat, results = heatmaps_dir(cfg), results_dir(cfg)
+    arrays = [heat / split / name for split in SPLITS for name in ("heatmaps.npy", "logits.npy", "features.npy",
+                                                                      "index.csv")]
+    pngs = [heat / split / "png" for split in SPLITS] if cfg["heatmap"]["export_png"] else []
+    report = ["classifier_report.json", "confusion_matrix.png", "baseline_scores.csv",
+              *(["heatmap_gallery.png"] if cfg["gallery_size"] else []), "config_test_classifier.yaml",
+              "evaluate_classifier.complete.yaml"]
+    return [*arrays, *pngs, heat / HEATMAPS_META, *(results / name for name in report)]
+
+
+def check(cfg: Config) -> list[Path]:
+    """Every check of `run` that needs no inference, writing nothing: the config, the classifier file and its
+    provenance, the data (never downloaded), the heatmap settings against the model and against a complete
+    output already there. Returns `outputs(cfg)`."""
+    check_config(cfg)
+    _setup(cfg, pick_device(cfg["device"]), is_main=True, download=False)
+    return outputs(cfg)
+
+
+def _setup(cfg: Config, device: torch.device, is_main: bool, download: bool = True
+           ) -> tuple[torch.nn.Module, Benchmark, dict[str, Any], str]:
+    """The classifier, its benchmark, the provenance of the heatmaps to make and the precision resolved, after
+    every check that needs no inference (on the main process, that a complete output there is not replaced by
+    another variant)."""
+    model, bench, source = load_classifier(cfg, download)
     heat_cfg = cfg["heatmap"]
     depth = len(model.blocks)
     if not -depth <= heat_cfg["block"] < depth:
@@ -183,12 +209,19 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
     precision = resolve_precision(heat_cfg["precision"], device)
     provenance = {**source, "heatmap": {"kind": heat_cfg["kind"], "block": heat_cfg["block"], "precision": precision,
                                          "dtype": heat_cfg["dtype"]}}
-    if state.is_main:
-        check_variant(out_heat, provenance, cfg["overwrite"])
+    if is_main:
+        check_variant(heatmaps_dir(cfg), provenance, cfg["overwrite"])
     empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
     if empty:
         raise DatasetError(f"split(s) {', '.join(empty)} of {bench.name} are empty; raise data.val_fraction/"
                            "test_fraction or data.limit_per_split")
+    return model, bench, provenance, precision
+
+
+def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out_results) -> dict[str, Any] | None:
+    seed_everything(cfg["seed"])
+    model, bench, provenance, precision = _setup(cfg, device, state.is_main)
+    heat_cfg = cfg["heatmap"]
     model.to(device)
     if state.is_main:
         print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from wildcapture.cae.engine import reconstruct
-from wildcapture.cae.checkpoint import load_cae
+from wildcapture.cae.architectures import check_fits, heatmap_prep
+from wildcapture.cae.checkpoint import fusion_of, load_cae
 from wildcapture.cae.engine import CAEDetector
 from wildcapture.cae.fusion_inputs import fused_test_scores
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
@@ -170,6 +171,33 @@ def _recon_result(ckpt: dict[str, Any], index: dict[str, SplitIndex], errors: di
         "fusion": fusion.name if fusion else None,
         "checkpoint": portable_path(ckpt["path"]),
     }
+
+
+def outputs(cfg: Config) -> list[Path]:
+    """The files a run writes in its results folder, the completion marker last."""
+    names = ["config_test_autoencoder.yaml", "roc_curves.png", "score_histograms.png",
+             *(["reconstruction_gallery.png"] if cfg["test"]["gallery_size"] else []), "recon_errors.pkl",
+             "recon_errors.csv", "ood_table.md", "ood_table.csv", "ood_table.json", MARKER]
+    return [results_dir(cfg) / name for name in names]
+
+
+def check(cfg: Config) -> list[Path]:
+    """Every check of `run` that needs no scoring, writing nothing: the config, the CAE checkpoint against it,
+    the test heatmaps against the CAE (provenance and shape), stage 2's baseline scores, and the features the
+    fusion detector scores. Returns `outputs(cfg)`."""
+    check_config(cfg)
+    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
+    source = heatmap_source(cfg, TEST_SPLITS)
+    _check_provenance(ckpt, source)
+    prep = ckpt.get("prep", cfg["cae"])
+    raw, _ = _test_splits(source)
+    for split in TEST_SPLITS:
+        check_fits(model, heatmap_prep(model, prep["resize"], prep["norm"]), raw[split].shape, f"split {split}")
+    _baseline_scores(cfg, source)
+    if fusion_of(ckpt) is not None and source.from_stage2:
+        for split in TEST_SPLITS:
+            source.features_and_logits(split)
+    return outputs(cfg)
 
 
 def run(cfg: Config) -> dict[str, Any]:

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from wildcapture.cae.engine import ood_threshold, reconstruction_errors
-from wildcapture.cae.heatmap_data import HeatmapPrep
 from wildcapture.cae.architectures import arch_of, cae_from_config, check_fits, heatmap_prep, model_args
 from wildcapture.cae.checkpoint import CAE_FORMAT, sorted_scores
-from wildcapture.cae.engine import train_one_epoch
+from wildcapture.cae.engine import ood_threshold, reconstruction_errors, train_one_epoch
 from wildcapture.cae.fusion_inputs import FusionCalibration
+from wildcapture.cae.heatmap_data import HeatmapPrep, RawHeatmaps, channel_shape, training_source
 from wildcapture.cae.inputs import heatmap_source
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.errors import ConfigError
-from wildcapture.cae.heatmap_data import RawHeatmaps, channel_shape, training_source
 from wildcapture.paths import cae_dir
 from wildcapture.runtime import epoch_seed, grad_scaler, pick_device, seed_everything
 from wildcapture.storage import write_yaml
@@ -42,6 +42,38 @@ TRAIN_SPLITS = ("train_id", "val_id")
 # (the heatmaps themselves are compared by provenance).
 FREE_ON_RESUME = {"exp", "output_dir", "results_dir", "heatmaps_dir", "inputs", "device", "test", "train.resume",
                   "train.epochs", "train.eval_batch_size", "train.early_stopping"}
+
+
+def outputs(cfg: Config) -> list[Path]:
+    """The files a run writes in its output folder, the completion marker last."""
+    out = cae_dir(cfg)
+    return [out / name for name in ("best.pth", "last.pth", "config.yaml", "log.jsonl", f"{STAGE}.complete.yaml")]
+
+
+def check(cfg: Config) -> list[Path]:
+    """Every check of `run` that needs no training, writing nothing: the config, the heatmaps (marker, digests;
+    the features and logits the fusion partner is fit on), the CAE against their shape, and a resume's
+    compatibility. Returns `outputs(cfg)`."""
+    check_config(cfg)
+    source = heatmap_source(cfg, TRAIN_SPLITS)
+    provenance = source.provenance()
+    train_maps, val_maps = (source.heatmaps(split) for split in TRAIN_SPLITS)
+    _cae_for(cfg["cae"], train_maps.shape, val_maps.shape)
+    if cfg["fusion"]["partner"] is not None and source.from_stage2:
+        for split in TRAIN_SPLITS:
+            source.features_and_logits(split)
+    _check_same_heatmaps(TrainingRun(cae_dir(cfg), STAGE).start(cfg, FREE_ON_RESUME, prepare=False), provenance)
+    return outputs(cfg)
+
+
+def _cae_for(cae_cfg: dict[str, Any], train_shape: tuple[int, ...], val_shape: tuple[int, ...]
+             ) -> tuple[nn.Module, HeatmapPrep]:
+    """The CAE `cae.*` describes for train_id's heatmaps (N, [C,] h, w) and its heatmap preparation; DatasetError
+    unless val_id's heatmaps fit it too."""
+    model = cae_from_config(cae_cfg, channel_shape(train_shape))
+    prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
+    check_fits(model, prep, val_shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
+    return model, prep
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -84,9 +116,8 @@ def _train(cfg: Config, device: torch.device, training: TrainingRun) -> dict[str
     # raw (N, [C,] h, w) heatmaps memory-mapped (or on a GPU that holds them), prepared a chunk at a time
     train_maps, val_maps = (training_source(source.heatmaps(split), device) for split in TRAIN_SPLITS)
     fusion = FusionCalibration.fit(cfg["fusion"]["partner"], source)
-    model = cae_from_config(cae_cfg, channel_shape(train_maps.shape)).to(device)
-    prep = heatmap_prep(model, cae_cfg["resize"], cae_cfg["norm"])
-    check_fits(model, prep, val_maps.shape, "split val_id (the CAE is shaped by train_id's heatmaps)")
+    model, prep = _cae_for(cae_cfg, train_maps.shape, val_maps.shape)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
     amp = train_cfg["amp"] and device.type == "cuda"
     state = TrainingState(model, optimizer, scaler=grad_scaler(device, amp))

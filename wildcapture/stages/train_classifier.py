@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,6 +89,30 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any])
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg["epochs"])
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def outputs(cfg: Config) -> list[Path]:
+    """The files a run writes in its output folder, the completion marker last."""
+    out = classifier_dir(cfg)
+    return [out / name for name in ("best.pth", "last.pth", "config.yaml", "log.jsonl", "manifest.csv",
+                                    f"{STAGE}.complete.yaml")]
+
+
+def check(cfg: Config) -> list[Path]:
+    """Every check of `run` that needs no training, writing nothing: the config, the data (never downloaded:
+    missing data names the folder), the images (with data.verify_images), the start weights and a resume's
+    compatibility. Returns `outputs(cfg)`."""
+    check_config(cfg)
+    bench = build_benchmark({**cfg["data"], "download": False})
+    if cfg["data"]["verify_images"]:
+        verify_benchmark_images(bench)
+    if len(bench.splits["val_id"]) == 0:
+        raise DatasetError("val_id is empty, so no checkpoint could be selected: set data.val_fraction > 0")
+    weights = cfg["model"]["init_weights"]
+    if weights and not resolve_path(weights).is_file():
+        raise FileNotFoundError(f"model.init_weights: {resolve_path(weights)} not found")
+    TrainingRun(classifier_dir(cfg), STAGE).start(cfg, free_on_resume(cfg), prepare=False)
+    return outputs(cfg)
 
 
 def run(cfg: Config) -> dict[str, Any]:

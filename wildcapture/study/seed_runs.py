@@ -28,7 +28,7 @@ from wildcapture.storage import read_marker
 from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run,
                                            summarise, to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
-from wildcapture.pipeline import check_stage_configs, run_stage, stage_configs
+from wildcapture.pipeline import STAGES, check_pipeline, check_stage_configs, run_stage, stage_configs
 from wildcapture.stages.score_cae import read_recon_errors
 
 from .variants import Variant
@@ -150,15 +150,11 @@ def collect_seed(layout: StudyLayout, seed: int,
     return runs, ids
 
 
-def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
-              root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0,
-              classifiers: Path | None = None) -> dict[str, Any]:
-    """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}. With `classifiers` (another
-    study's folder), stage 1 is not run: each seed reuses that study's complete classifier.
-
-    Every config is built and range-checked before the first stage runs. Returns {"summary": Summary,
-    "markdown": the table with its caption, "timings": [{"seed", "step", "seconds"}], "paths": the files}.
-    """
+def _checked_configs(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str],
+                     root: Path | None, resamples: int, classifiers: Path | None
+                     ) -> tuple[StudyLayout, dict[int, dict[str, list[Config]]]]:
+    """The study's layout and every run's four stage configs ({seed: {variant: configs}}), each range-checked;
+    with `classifiers`, every seed's reused stage-1 run must be complete there."""
     if resamples < 1:
         raise ConfigError(f"--bootstrap must be >= 1, got {resamples}")
     layout = StudyLayout(resolve_path(root) if root else default_root(benchmark, extra),
@@ -169,6 +165,33 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
     for per_variant in configs.values():
         for cfgs in per_variant.values():
             check_stage_configs(cfgs)
+    return layout, configs
+
+
+def check_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
+                root: Path | None = None, resamples: int = 1000, classifiers: Path | None = None
+                ) -> tuple[dict[str, Config], list[Path]]:
+    """What `seeds.py --check` checks, writing nothing: every run's configs (`run_study`'s checks) and the data
+    of stage 1 (never downloaded). Returns (the four stage configs of the first run, by stage, and what the study
+    writes: each run's folder, then the summary)."""
+    layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
+    first = configs[seeds[0]][variants[0].name]
+    if classifiers is None:
+        check_pipeline(first)
+    return ({name: cfg for (name, *_), cfg in zip(STAGES, first)},
+            [*(layout.seed_dir(s) for s in seeds), layout.root / "summary.json", layout.root / "summary.md"])
+
+
+def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
+              root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0,
+              classifiers: Path | None = None) -> dict[str, Any]:
+    """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}. With `classifiers` (another
+    study's folder), stage 1 is not run: each seed reuses that study's complete classifier.
+
+    Every config is built and range-checked before the first stage runs. Returns {"summary": Summary,
+    "markdown": the table with its caption, "timings": [{"seed", "step", "seconds"}], "paths": the files}.
+    """
+    layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
     timings, runs, test_ids = [], {}, None
     for s in seeds:
         timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
