@@ -7,6 +7,7 @@ import re
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CHECKED = ("Train_Vit_Classifier/train.py", "Test_Classifier/test_classifier.py", "AutoEncoder/train.py",
@@ -83,6 +84,10 @@ def check_command(argv: list[str], repo: Path, substitutions: dict[str, str]) ->
 
 
 def failures(markdown: dict[str, str], repo: Path, substitutions: dict[str, str]) -> list[str]:
-    """"file:line: command: reason" for every command of the markdown texts ({name: text}) that does not pass."""
-    return [f"{name}:{line}: {shlex.join(argv)}: {reason}" for name, text in markdown.items()
-            for line, argv in commands(text) for reason in [check_command(argv, repo, substitutions)] if reason]
+    """"file:line: command: reason" for every command of the markdown texts ({name: text}) that does not pass,
+    in file and line order (two commands are checked at a time)."""
+    todo = [(name, line, argv) for name, text in markdown.items() for line, argv in commands(text)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reasons = list(pool.map(lambda job: check_command(job[2], repo, substitutions), todo))
+    return [f"{name}:{line}: {shlex.join(argv)}: {reason}" for (name, line, argv), reason in zip(todo, reasons)
+            if reason]
