@@ -1,7 +1,7 @@
 """Results over stage-1 seeds: the whole pipeline for N seeds and each heatmap/CAE variant, summarised.
 
     python benchmarks/seeds.py --seeds 5                                  # digits, the default variants
-    python benchmarks/seeds.py --seeds 3 --variants cls_last rollout --bootstrap 2000
+    python benchmarks/seeds.py --seeds 3 --variants cls_last/paper rollout/paper --bootstrap 2000
     python benchmarks/seeds.py --seeds 5 exp=digits-79 "data.id_classes=[7,9]"   # another split
     python benchmarks/seeds.py --seeds 5 --out results/digits/seeds_f16 --classifiers results/digits/seeds  # reuse stage 1
 
