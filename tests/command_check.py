@@ -1,13 +1,14 @@
 """Checking the commands of markdown files: every `python SCRIPT ...` line of a ```bash block is run with `--check`
-(the entry points that have it) or has its options checked against `--help` (the other scripts)."""
+(the entry points that have it) or has its options checked against the script's argparse (the other scripts)."""
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CHECKED = ("Train_Vit_Classifier/train.py", "Test_Classifier/test_classifier.py", "AutoEncoder/train.py",
@@ -61,33 +62,60 @@ def _absent_here(error: str, repo: Path) -> bool:
     return missing_file or "CUDA is not available" in error
 
 
-def check_command(argv: list[str], repo: Path, substitutions: dict[str, str]) -> str | None:
-    """None when the command `argv` (script first, run in `repo`) passes; else why not. An entry point's
-    `--check` must exit 0, or 2 with an error about what this machine lacks (a missing file it names, or CUDA);
-    another script must
-    accept every option the command gives it."""
-    argv = [substitutions.get(token, token) for token in argv]
-    script, env = argv[0], {**os.environ, "PYTHONPATH": str(repo)}
-    if script in CHECKED:
-        done = subprocess.run([sys.executable, *argv, "--check"], cwd=repo, env=env, capture_output=True,
-                              text=True, timeout=300)
-        error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-        if done.returncode == 0 or (done.returncode == 2 and _absent_here(error, repo)):
-            return None
-        return f"--check exited {done.returncode}: {error or done.stdout[-500:]}"
-    done = subprocess.run([sys.executable, script, "--help"], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300)
+# Runs each command given as a JSON list of argvs in this one process (torch imported once), as
+# `python SCRIPT ARGS --check` would; prints a JSON list of [exit status, last line of stderr].
+_RUNNER = """
+import contextlib, io, json, runpy, sys
+results = []
+for argv in json.loads(sys.argv[1]):
+    err, code = io.StringIO(), 0
+    sys.argv = [*argv, "--check"]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(argv[0], run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except Exception as exc:
+            code, _ = 1, print(f"{type(exc).__name__}: {exc}", file=err)
+    lines = err.getvalue().strip().splitlines()
+    results.append([code, lines[-1] if lines else ""])
+print(json.dumps(results))
+"""
+
+
+def check_entry_points(commands_: list[list[str]], repo: Path) -> list[str | None]:
+    """For each command (argv, script first) of an entry point, None when its `--check` passes in `repo`: exit 0,
+    or 2 with an error about what this machine lacks (a missing file it names, or CUDA); else why not."""
+    done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(commands_)], cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        return f"--help exited {done.returncode}: {done.stderr[-500:]}"
-    unknown = [t for t in argv[1:] if t.startswith("--") and t.split("=")[0] not in done.stdout]
+        raise RuntimeError(f"the command runner failed: {done.stderr[-2000:]}")
+    return [None if code == 0 or (code == 2 and _absent_here(error, repo)) else f"--check exited {code}: {error}"
+            for code, error in json.loads(done.stdout.splitlines()[-1])]
+
+
+def check_options(argv: list[str], repo: Path) -> str | None:
+    """None when the script `argv[0]` (in `repo`) declares every `--option` that `argv` gives it (its argparse
+    `add_argument` calls, read from the source, or its `--help` where it builds option names); else which it
+    lacks."""
+    tree = ast.parse((repo / argv[0]).read_text(encoding="utf-8"))
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and getattr(node.func, "attr", "") ==
+             "add_argument"]
+    declared = {arg.value for node in calls for arg in node.args if isinstance(arg, ast.Constant)}
+    if any(not isinstance(arg, ast.Constant) for node in calls for arg in node.args):  # names built at run time
+        declared = set(subprocess.run([sys.executable, argv[0], "--help"], cwd=repo, capture_output=True, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300).stdout.split())
+    unknown = [t for t in argv[1:] if t.startswith("--") and t.split("=")[0] not in declared | {"--help"}]
     return f"unknown option(s) {', '.join(unknown)}" if unknown else None
 
 
 def failures(markdown: dict[str, str], repo: Path, substitutions: dict[str, str]) -> list[str]:
-    """"file:line: command: reason" for every command of the markdown texts ({name: text}) that does not pass,
-    in file and line order (two commands are checked at a time)."""
-    todo = [(name, line, argv) for name, text in markdown.items() for line, argv in commands(text)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        reasons = list(pool.map(lambda job: check_command(job[2], repo, substitutions), todo))
+    """"file:line: command: reason" for every command of the markdown texts ({name: text}) that does not pass, in
+    file and line order; `substitutions` replace placeholder arguments (e.g. an input folder) first."""
+    todo = [(name, line, [substitutions.get(t, t) for t in argv]) for name, text in markdown.items()
+            for line, argv in commands(text)]
+    entry = [argv for _, _, argv in todo if argv[0] in CHECKED]
+    checked = iter(check_entry_points(entry, repo) if entry else [])
+    reasons = [next(checked) if argv[0] in CHECKED else check_options(argv, repo) for _, _, argv in todo]
     return [f"{name}:{line}: {shlex.join(argv)}: {reason}" for (name, line, argv), reason in zip(todo, reasons)
             if reason]
