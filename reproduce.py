@@ -1,6 +1,6 @@
 """Reproduce a benchmark end to end: train the ViT, test it, train the CAE, print the OOD table.
 
-    python reproduce.py                       # digits (offline, a few minutes on a laptop CPU)
+    python reproduce.py                       # digits (offline; under a minute on a 2-core VM)
     python reproduce.py --benchmark cifar10   # the paper's setup (downloads CIFAR and ViT-B weights)
     python reproduce.py --smoke               # every stage on a few batches
     python reproduce.py device=cuda           # key=value applies to every stage that has the key

@@ -1,7 +1,7 @@
 """detect.py on real camera-trap frames: images/s at each precision and against a plain full decode, the decode
 share, peak memory.
 
-    python benchmarks/bench_detect.py ../shared/wildcapture_samples/frames [--n 200] [--memory 300 3000]
+    python benchmarks/bench_detect.py path/to/frames [--n 200] [--memory 300 3000]
     python benchmarks/bench_detect.py FRAMES --skip-digits --memory --n 64 --repeats 2   # ViT-B/16: fp32 vs auto
     python benchmarks/bench_detect.py FRAMES --device cuda --workers 12 --batch-size 128 --skip-digits --memory
 
@@ -123,7 +123,7 @@ def peak_memory(folder: Path, cae: Path, out: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("frames", type=Path, help="folder of camera-trap frames, e.g. ../shared/wildcapture_samples/frames")
+    parser.add_argument("frames", type=Path, help="folder of camera-trap frames (JPEGs)")
     parser.add_argument("--n", type=int, default=200, help="images in the speed runs")
     parser.add_argument("--cae-size", type=int, default=128)
     parser.add_argument("--memory", type=int, nargs="*", default=[300, 3000], help="image counts of the memory runs")

@@ -5,7 +5,7 @@ classifier (by content hash), which preprocessing, which heatmap kind and block,
 classifier ran in (`heatmap.precision`: fp32, bf16 or fp16, resolved from stage 2's setting). A CAE checkpoint
 stores the provenance of the heatmaps it learned; stage 4 and detect.py compare it with the
 heatmaps they are given. The data set is not compared: scoring other images is the point. Nor does detect.py
-compare the precision: it makes its heatmaps in the precision its machine runs best (README, "bf16 on the CPU",
+compare the precision: it makes its heatmaps in the precision its machine runs best (docs/performance.md, "bf16 on the CPU",
 measures that mixing them changes no result), and says both.
 """
 from __future__ import annotations

@@ -80,7 +80,7 @@ def load_models(cae_path: Path, batch_size: int, device: torch.device, threshold
     `score` ("fusion", else the CAE's error; `DetectOptions.check` checks the option) with `threshold`, or
     else the threshold the checkpoint stores for that score; the classifier runs in `precision`
     (runtime.PRECISIONS, resolved for `device`), which may differ from the one the CAE's heatmaps were made
-    in (README: "bf16 on the CPU" measures that mixing).
+    in (docs/performance.md, "bf16 on the CPU", measures that mixing).
 
     Raises CheckpointError if the checkpoint names no classifier (the paper's bare CAE, or one trained
     on external heatmap files) or, for `score="fusion"`, holds no fusion detector; ProvenanceError if the

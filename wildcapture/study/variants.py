@@ -38,7 +38,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("cls_heads/small", ("heatmap.kind=cls_heads",), ("cae.arch=small",)),
     Variant("cls_all/small", ("heatmap.kind=cls_all",), ("cae.arch=small",)),
     Variant("rollout/paper", ("heatmap.kind=rollout",), ("cae.arch=paper",)),
-    # the default variants on float16 heatmaps (heatmap.dtype; README, "Heatmaps on disk")
+    # the default variants on float16 heatmaps (heatmap.dtype; docs/heatmaps_and_autoencoders.md)
     Variant("cls_last/paper/f16", ("heatmap.kind=cls_last", "heatmap.dtype=float16"), ("cae.arch=paper",)),
     Variant("cls_last/small/f16", ("heatmap.kind=cls_last", "heatmap.dtype=float16"), ("cae.arch=small",)),
     Variant("cls_heads/small/f16", ("heatmap.kind=cls_heads", "heatmap.dtype=float16"), ("cae.arch=small",)),
