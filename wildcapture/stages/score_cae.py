@@ -1,23 +1,10 @@
 """Stage 4: score every test image by its CAE reconstruction error and compare with the baselines.
 
-Outputs in `results/<exp>/`, replaced only when the whole stage succeeded (`score_cae.complete.yaml`
-is written last):
-- `recon_errors.pkl`: a dict of equal-length lists/arrays, one entry per test image
-  (`test_id` first, then `test_ood`): `ids` (source image), `rows` (row in the split's stage-2
-  files), `split`, `labels` (ID class index, -1 for OOD), `class_names`, `is_ood` (0/1),
-  `errors` (float64 squared reconstruction error averaged over channels and pixels: the OOD score), `flagged_ood`
-  (errors > threshold), `fusion_scores` (float64: the fusion detector's score, the CAE error plus
-  its partner's score, each z-scored on val_id; NaN when the checkpoint has no `fusion` entry or the
-  heatmaps are `inputs.*` files) and `fusion_flagged_ood` (fusion_scores > fusion_threshold); plus
-  `threshold` (float), `fusion_threshold` (float, NaN without fusion), `fusion` (its table row's name,
-  e.g. "cae+mahalanobis", or None) and `checkpoint` (str). `recon_errors.csv` has the same rows.
-- `ood_table.{md,csv,json}`: AUROC, AUPR-IN, AUPR-OUT, FPR@95TPR for the CAE, the fusion detector
-  (`cae+<partner>`, when the checkpoint has one) and every baseline.
-- `roc_curves.png`, `score_histograms.png`, `reconstruction_gallery.png`, `config_test_autoencoder.yaml`.
-
-The CAE must have been trained on heatmaps of the same kind, block, classifier and preprocessing as
-the test heatmaps (checked through their provenance), and the baseline scores must come from the
-same stage-2 run as the heatmaps.
+Writes `results/<exp>/` (`recon_errors.pkl` and `.csv`: one entry per test image, RECON_COLUMNS; `ood_table.*`;
+the ROC, histogram and gallery plots; the config; `score_cae.complete.yaml` last, with the CAE's SHA-256),
+replaced only when the whole stage succeeded; every column in docs/outputs.md. The CAE must have learned
+heatmaps of the same kind, block, classifier and preprocessing as the test heatmaps (their provenance), and
+the baseline scores must come from the same stage-2 run as the heatmaps.
 """
 from __future__ import annotations
 
