@@ -36,6 +36,7 @@ from wildcapture.data.config import data_identity
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
 from wildcapture.data.images import load_rgb_at_least
+from wildcapture.detection import DECODES
 from wildcapture.detection.run import DetectOptions, default_workers, detect
 from wildcapture.machine import cpu_name
 from wildcapture.paths import REPO_ROOT
@@ -121,7 +122,7 @@ def peak_memory(folder: Path, cae: Path, out: Path) -> float:
     return int(result.stdout.split("PEAK")[-1]) / 1024
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("frames", type=Path, help="folder of camera-trap frames (JPEGs)")
     parser.add_argument("--n", type=int, default=200, help="images in the speed runs")
@@ -139,9 +140,16 @@ def main() -> None:
                         help="detect's --precision values to time (default: fp32 auto)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timed runs per precision; the fastest "
                         "is reported")
-    args = parser.parse_args()
+    parser.add_argument("--decode", default="cpu", choices=DECODES, help="detect's --decode (gpu: nvJPEG on CUDA)")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the plain and fast decode timings (one "
+                        "CPU process each: minutes for thousands of 2048 px frames)")
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     options = {p: DetectOptions(device=args.device, overwrite=True, workers=args.workers, batch_size=args.batch_size,
-                                precision=p, html=args.html) for p in args.precisions}
+                                precision=p, html=args.html, decode=args.decode) for p in args.precisions}
     device = pick_device(args.device)
     chosen = {p: resolve_precision(p, device) for p in args.precisions}
     print(f"CPU {cpu_name()}, native bf16 {cpu_has_native_bf16()} (AVX512-BF16 or AMX, as torch reports), torch "
@@ -154,8 +162,8 @@ def main() -> None:
         for kind in kinds:
             cae = make_detector(tmp, kind, 32 if kind == "digits" else 128)
             size = [16, 16] if kind == "digits" else [224, 224]
-            plain = seconds(lambda: plain_decode(paths, size))
-            decode = seconds(lambda: fast_decode(paths, size))
+            plain = (1.0, 0.0) if args.no_baselines else seconds(lambda: plain_decode(paths, size))
+            decode = (1.0, 0.0) if args.no_baselines else seconds(lambda: fast_decode(paths, size))
             if args.device != "cpu":  # warm-up: CUDA context, kernels and the allocator, outside the timing
                 for p in args.precisions:
                     detect(tmp / "images", cae, tmp / f"{kind}.csv", options[p])
@@ -167,10 +175,12 @@ def main() -> None:
             n, first = len(paths), args.precisions[0]
             for p, run in runs.items():
                 workers = default_workers() if args.workers is None else args.workers
-                print(f"{kind} on {args.device}, precision {p} ({chosen[p]}), {workers} decoding workers, batch "
+                print(f"{kind} on {args.device}, decode {args.decode}, precision {p} ({chosen[p]}), {workers} decoding workers, batch "
                       f"{args.batch_size}: detect {n / run[0]:.2f} img/s ({1000 * run[1] / n:.1f} CPU ms/img), "
                       f"{runs[first][0] / run[0]:.2f}x {first}'s speed", flush=True)
             run = runs[first]
+            if args.no_baselines:
+                continue
             print(f"{kind}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "
                   f"detect at {first} is {plain[0] / run[0]:.2f}x the plain decode's speed; its decode alone "
                   f"{n / decode[0]:.1f} img/s = {decode[0] / run[0]:.0%} of detect's time at {first}", flush=True)
