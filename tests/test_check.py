@@ -67,6 +67,8 @@ def test_check_on_every_entry_point_writes_nothing(tiny_vit_checkpoint, tiny_hea
 
 @pytest.mark.parametrize("stage, problem, message", [
     (1, ["train.resume=true", "train.epochs=3"], "train.epochs=3 differs from the run being resumed"),  # cosine
+    (1, ["model.name=vit_bogus"], "unknown timm model 'vit_bogus'"),  # the model is built, on the meta device
+    (1, ["data.interpolation=bogus"], "unknown interpolation 'bogus'"),  # and its transforms
     (2, ["heatmap.kind=rollout"], "holds heatmaps with heatmap.kind 'cls_last'"),  # would replace another variant
     (3, ["train.epochs=3"], "already finished epoch 2 of train.epochs=3"),  # a resume with nothing to do
     (4, ["cae.paper.input_size=32"], "made with cae.paper.input_size=16"),
@@ -81,3 +83,20 @@ def test_a_check_that_finds_a_problem_exits_2_with_one_line_and_writes_nothing(
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert _tree(vit, tiny_heatmaps, tiny_cae) == before
+
+
+def test_detect_check_refuses_the_unfinished_run_of_another_job(tiny_cae, tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (24, 20), (10, 200, 30)).save(images / "a.jpg")
+    work = tmp_path / "out" / ".d.csv.incomplete"
+    work.mkdir(parents=True)
+    (work / "progress.rank0.json").write_text('{"fingerprint": "another job", "items_done": 1, "bytes": 10}')
+    before = _tree(tmp_path)
+    monkeypatch.setattr("sys.argv", ["detect.py", str(images), "--cae", str(tiny_cae / "cae" / "best.pth"), "--out",
+                                     str(tmp_path / "out" / "d.csv"), "--device", "cpu", "--check"])
+    with pytest.raises(SystemExit) as exit_:
+        _script("detect.py").main()
+    assert exit_.value.code == 2 and "holds an unfinished run of another job" in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+

@@ -195,3 +195,17 @@ def test_open_image_turns_damaged_files_into_dataset_errors_but_not_bugs(tmp_pat
     with pytest.raises(TypeError):  # an error of the caller's code stays what it is
         with open_image(tmp_path / "b.png"):
             raise TypeError("a bug")
+
+
+def test_a_run_refused_inside_the_lock_leaves_no_folder_it_made_and_keeps_one_it_found(tmp_path):
+    with pytest.raises(ConfigError), hold_lock(tmp_path / "new" / "out", "stage 4"):
+        raise ConfigError("refused before writing")
+    assert list(tmp_path.iterdir()) == []  # the folder and the parent the lock made are gone
+    (tmp_path / "found").mkdir()
+    with pytest.raises(ConfigError), hold_lock(tmp_path / "found", "stage 4"):
+        raise ConfigError("refused before writing")
+    assert (tmp_path / "found").is_dir()
+    with pytest.raises(ConfigError), hold_lock(tmp_path / "made", "stage 4") as lock:
+        (lock.parent / "partial.txt").write_text("work to keep")
+        raise ConfigError("failed after writing")
+    assert (tmp_path / "made" / "partial.txt").read_text() == "work to keep"

@@ -178,3 +178,16 @@ def test_bad_inputs_raise_clear_errors():
         Mahalanobis().fit(np.zeros((2, 4)), np.zeros((2, 2)), None)
     with pytest.raises(ValueError, match="features contains NaN"):
         MSP().score(np.full((1, 2), np.nan), np.zeros((1, 2)))
+
+
+def test_a_registered_detector_fitting_on_an_input_stage_2_lacks_is_refused_by_name(monkeypatch):
+    from wildcapture.detector import Detector
+    from wildcapture.errors import ConfigError
+
+    class NeedsHeatmaps(Detector):
+        fit_inputs = ("heatmaps",)
+
+    monkeypatch.setitem(DETECTORS, "needs_heatmaps", NeedsHeatmaps)
+    feats, logits, _, _ = _vim_data(n=20)
+    with pytest.raises(ConfigError, match="detector needs_heatmaps fits on 'heatmaps'"):
+        fit_detectors({"features": feats, "logits": logits, "labels": logits.argmax(1)})

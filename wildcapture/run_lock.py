@@ -84,12 +84,14 @@ def _locked_handle(folder: Path) -> IO[str]:
 @contextlib.contextmanager
 def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     """Hold the run lock of `folder` (created if missing) for the duration of the `with` block, after
-    removing the folder's stale temporary files.
+    removing the folder's stale temporary files. When the block fails and left nothing in a folder this call
+    created but the lock file, the folder (and the parents it created) is removed.
 
     `what` says which run holds it (e.g. "stage 1 train_classifier"). Yields the lock file's path.
     Raises RunLockedError naming the holder if another live process holds the lock.
     """
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     handle = _locked_handle(folder)
     try:
         handle.seek(0)
@@ -101,6 +103,9 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
         remove_stale_temporaries(folder, LOCK_NAME)
         try:
             yield folder / LOCK_NAME
+        except BaseException:
+            _remove_if_untouched(folder, created)
+            raise
         finally:
             handle.seek(0)
             handle.truncate()
@@ -108,6 +113,17 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     finally:
         _HELD.discard(handle.fileno())
         handle.close()  # closing releases the flock
+
+
+def _remove_if_untouched(folder: Path, created: list[Path]) -> None:
+    """After a failed run: remove `folder` and its parents in `created` (the folders taking the lock made) when
+    the run left nothing in `folder` but its lock file, so a run refused early leaves nothing behind."""
+    if folder not in created or not folder.is_dir() or any(p.name != LOCK_NAME for p in folder.iterdir()):
+        return  # not ours, already removed (a training run cleans up its own), or holding the run's files
+    remove_held(folder)
+    for parent in created[1:]:
+        with contextlib.suppress(OSError):  # not empty: another run's
+            parent.rmdir()
 
 
 def clear_held(folder: Path) -> None:

@@ -6,7 +6,6 @@ from typing import Any
 from wildcapture.cae.architectures import check_arch_settings
 from wildcapture.cae.heatmap_data import NORMS, RESIZE_MODES
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
-from wildcapture.errors import ConfigError
 from wildcapture.ood.fusion import fusion_partners
 from wildcapture.runtime import pick_device
 

@@ -1,7 +1,7 @@
 """`detect.py --decode gpu`: DataLoader workers read file bytes; the main process decodes the batch's JPEGs
 on the device (nvJPEG via torchvision's batched `decode_jpeg`), then crops, resizes and normalises there.
 
-The result follows the CPU path (`dataset.DetectionImages`): the box is `megadetector.pixel_box` of the
+The result follows the CPU path (`engine.DetectionImages`): the box is `megadetector.pixel_box` of the
 decoded image, the resize and centre crop are `build_transforms`' eval ones (`transforms.cover_size`, the
 same interpolation with antialiasing, on uint8 tensors), then mean/std. It is not bit-identical: the CPU
 path decodes at a reduced DCT scale (`data.images.load_rgb_at_least`) and resizes with PIL.

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from wildcapture.detection.engine import DetectionModels
 
 from wildcapture.detection import SCORES
-from wildcapture.detection.season import EMPTY, Scan, Season, SeasonImage
+from wildcapture.detection.season import EMPTY, Season, SeasonImage
 from wildcapture.errors import ConfigError
 from wildcapture.megadetector import DetectionResult, MDWriter
 from wildcapture.storage import write_text
@@ -192,18 +192,23 @@ class ShardProgress:
         self.items_done, self._since_checkpoint = 0, 0
         self._handle: io.TextIOWrapper | None = None
 
+    def saved(self) -> tuple[int, int]:
+        """(items done, bytes of the rows file) of this shard's checkpoint of the same job, (0, 0) without one;
+        ConfigError if the checkpoint belongs to another job (other inputs, models or settings)."""
+        if not self.progress_path.is_file():
+            return 0, 0
+        saved = json.loads(self.progress_path.read_text(encoding="utf-8"))
+        if saved["fingerprint"] != self.fingerprint:
+            raise ConfigError(f"{self.progress_path.parent} holds an unfinished run of another job (other input, "
+                              "models, score, threshold, batch size or process count): run the same command as it "
+                              "did to continue it, or add --overwrite to start afresh")
+        return saved["items_done"], saved["bytes"]
+
     def resume(self) -> int:
         """Open the rows file, continuing a checkpointed run of the same job if there is one; returns the
         number of this shard's items already done (0 when starting afresh). ConfigError if the checkpoint
         belongs to another job (other inputs, models or settings)."""
-        start, size = 0, 0
-        if self.progress_path.is_file():
-            saved = json.loads(self.progress_path.read_text(encoding="utf-8"))
-            if saved["fingerprint"] != self.fingerprint:
-                raise ConfigError(f"{self.progress_path.parent} holds an unfinished run of another job (other input, "
-                                  "models, score, threshold, batch size or process count): run the same command as it "
-                                  "did to continue it, or add --overwrite to start afresh")
-            start, size = saved["items_done"], saved["bytes"]
+        start, size = self.saved()
         self._handle = open(self.rows_path, "a+", encoding="utf-8", newline="")
         self._handle.truncate(size)
         self._handle.seek(size)

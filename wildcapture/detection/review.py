@@ -15,8 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageOps
 
-from wildcapture.detection.review_page import (ASSET_KINDS, Card, asset_file_name, has_review_assets, review_folder,
-                                             write_review_page)
+from wildcapture.detection.review_page import Card, asset_file_name, write_review_page
 from wildcapture.data.images import decode_scale, displayed_size, open_image, to_rgb
 from wildcapture.data.transforms import centre_crop_box
 from wildcapture.detection.season import Item

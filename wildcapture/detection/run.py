@@ -19,8 +19,7 @@ import torch.distributed as dist
 
 from wildcapture.detection import DECODES, SCORES
 from wildcapture.detection.engine import DetectionModels, job_fingerprint, load_models, prepare_work_folder, score_shard
-from wildcapture.detection.report import has_progress
-from wildcapture.detection.report import Summary, json_info, recorded_score, write_reports
+from wildcapture.detection.report import ShardProgress, Summary, has_progress, json_info, recorded_score, write_reports
 from wildcapture.detection.review import ReviewPage
 from wildcapture.detection.review_page import review_folder
 from wildcapture.detection.season import Scan, Season, scan
@@ -193,10 +192,21 @@ def _load_models(cae_path: Path, options: DetectOptions, device: torch.device) -
     if options.decode == "gpu" and device.type != "cuda":
         raise ConfigError(f"--decode gpu needs a CUDA device; this run's device is {device}: use --decode cpu")
     models = load_models(cae_path, options.batch_size, device, options.threshold, options.score, options.precision)
+    if options.decode == "gpu":
+        from wildcapture.detection.gpu_decode import check_interpolation
+
+        check_interpolation(models.provenance["input_spec"]["interpolation"])
     if options.unknown_label in models.class_names:
         raise ConfigError(f"--unknown-label {options.unknown_label!r} is one of the classifier's classes: "
                           "choose another label")
     return models
+
+
+def _job_settings(season: Season, options: DetectOptions, world_size: int) -> dict[str, Any]:
+    """The settings that, with the input and the models, decide a run's rows (`engine.job_fingerprint`)."""
+    return {"batch_size": options.batch_size, "crop_margin": options.crop_margin, "world_size": world_size,
+            "source": str(season.source), "html": options.html, "image_root": str(season.image_root),
+            **({"decode": options.decode} if options.decode != "cpu" else {})}
 
 
 def _score_and_finish(season: Season, found: Scan, models: DetectionModels, out: OutputPaths, state: DistState,
@@ -205,10 +215,7 @@ def _score_and_finish(season: Season, found: Scan, models: DetectionModels, out:
     summary (None on the other processes)."""
     prepare_work_folder(out.work, options.overwrite, state)
     page = ReviewPage(out.staged(out.review), found.items, models, options.crop_margin) if options.html else None
-    settings: dict[str, Any] = {"batch_size": options.batch_size, "crop_margin": options.crop_margin,
-                                "world_size": state.world_size, "source": str(season.source),
-                                "html": options.html, "image_root": str(season.image_root),
-                                **({"decode": options.decode} if options.decode != "cpu" else {})}
+    settings = _job_settings(season, options, state.world_size)
     workers = default_workers() if options.workers is None else options.workers
     score_shard(models, found.items, out.work, state, batch_size=options.batch_size, workers=workers,
                 margin=options.crop_margin, checkpoint_every=options.checkpoint_every, device=device,
@@ -244,11 +251,15 @@ def check(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -
     options.check()
     out = OutputPaths(out_csv)
     check_outputs(source, out, options)
-    found = scan(Season(source, options.md_threshold, options.image_root))
+    season = Season(source, options.md_threshold, options.image_root)
+    found = scan(season)
     device = pick_device(options.device)
     models = _load_models(cae_path, options, device)
+    fingerprint = job_fingerprint(found, models, _job_settings(season, options, world_size=1))
+    done = 0 if options.overwrite else ShardProgress(out.work, 0, fingerprint, 1).saved()[0]
     print(f"{precision_line(options.precision, models, device)}\ndetect: {len(found.items)} items to score by "
-          f"{models.score_name}, threshold {models.threshold:.6g}", flush=True)
+          f"{models.score_name}, threshold {models.threshold:.6g}"
+          + (f"; continues the unfinished run after its first {done}" if done else ""), flush=True)
     return [out.csv, out.json, *([out.html, out.review] if options.html else []),
             *([options.export_crops] if options.export_crops is not None else [])]
 

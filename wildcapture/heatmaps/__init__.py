@@ -1,1 +1,1 @@
-"""CLS-attention heatmaps: extraction from a timm ViT (`attention`, with the kind registry), PNG export, a gallery."""
+"""Heatmap outputs of stage 2: PNG export and the gallery plot (the heatmaps themselves: `wildcapture.attention`)."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from wildcapture.detector import Detector, fit_on, score_on
+from wildcapture.errors import ConfigError
 
 # Upper bound on the float64 entries of one KNN similarity block (2**25 -> 256 MiB).
 _BLOCK_ENTRIES = 2**25
@@ -324,10 +325,15 @@ def fit_detectors(train: Mapping[str, Any], options: Mapping[str, dict[str, Any]
                   ) -> dict[str, Detector]:
     """Every detector of DETECTORS, built with its `options` (name -> constructor keywords, e.g.
     {"knn": {"k": 50, "device": "cuda"}}) and fit on `train` (train_id's inputs by name); returns
-    {name: fitted detector}. A detector whose fit input is None in `train` (ViM without the classifier's
-    head) is left out."""
+    {name: fitted detector}. A detector whose fit input is None in `train`, or is a `head` it lacks (ViM without
+    the classifier's head), is left out; ConfigError for any other input `train` lacks."""
     options = options or {}
     detectors = {name: cls(**options.get(name, {})) for name, cls in DETECTORS.items()}
+    for name, det in detectors.items():
+        missing = [k for k in det.fit_inputs if k not in train and k != "head"]
+        if missing:
+            raise ConfigError(f"detector {name} fits on {missing[0]!r}, which stage 2 does not give (it gives "
+                              f"{', '.join(train)}): fix its fit_inputs")
     return {name: fit_on(det, train) for name, det in detectors.items()
             if all(train.get(k) is not None for k in det.fit_inputs)}
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from .baselines import storable_detectors
 from wildcapture.detector import Detector, fit_on, score_on
+from wildcapture.errors import ConfigError
 from .metrics import _as_scores
 
 # A standard deviation below STD_FLOOR * max(1, |mean|) is raised to it (see ZScoreFusion.fit).
@@ -91,7 +92,10 @@ def fit_partner(name: str, train: Mapping[str, Any]) -> Detector:
     partners = fusion_partners()
     if name not in partners:
         raise ValueError(f"unknown fusion partner {name!r}; choose one of {', '.join(partners)}")
-    return fit_on(partners[name](), train)
+    try:
+        return fit_on(partners[name](), train)
+    except KeyError as err:
+        raise ConfigError(f"fusion.partner={name}: {err.args[0]} (stage 3 gives {', '.join(train)})") from None
 
 
 @dataclass

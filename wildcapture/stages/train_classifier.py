@@ -31,6 +31,7 @@ from wildcapture.config_checks import check_choice, check_number, check_positive
 from wildcapture.data.benchmarks import build_benchmark
 from wildcapture.data.config import resolve_data_cfg
 from wildcapture.data.splits import Benchmark
+from wildcapture.data.transforms import build_transforms
 from wildcapture.errors import DatasetError
 from wildcapture.data.verify import verify_benchmark_images
 from wildcapture.paths import classifier_dir, resolve_path
@@ -103,16 +104,33 @@ def check(cfg: Config) -> list[Path]:
     missing data names the folder), the images (with data.verify_images), the start weights and a resume's
     compatibility. Returns `outputs(cfg)`."""
     check_config(cfg)
-    bench = build_benchmark({**cfg["data"], "download": False})
-    if cfg["data"]["verify_images"]:
+    bench = _benchmark_to_check(cfg["data"])
+    if bench is not None and cfg["data"]["verify_images"]:
         verify_benchmark_images(bench)
-    if len(bench.splits["val_id"]) == 0:
+    if bench is not None and len(bench.splits["val_id"]) == 0:
         raise DatasetError("val_id is empty, so no checkpoint could be selected: set data.val_fraction > 0")
+    classes = len(bench.id_class_names) if bench is not None else 2
+    with torch.device("meta"):  # the architecture and its preprocessing, without weights or a download
+        model = build_vit(model_args_from_config(cfg["model"], num_classes=classes))
+    spec = input_spec(model, cfg["data"])
+    build_transforms(cfg["data"], spec["input_size"], spec["mean"], spec["std"], spec["interpolation"])
     weights = cfg["model"]["init_weights"]
     if weights and not resolve_path(weights).is_file():
         raise FileNotFoundError(f"model.init_weights: {resolve_path(weights)} not found")
     TrainingRun(classifier_dir(cfg), STAGE).start(cfg, free_on_resume(cfg), prepare=False)
     return outputs(cfg)
+
+
+def _benchmark_to_check(data_cfg: dict[str, Any]) -> Benchmark | None:
+    """The benchmark, never downloaded: None (with a note) when it is missing and data.download would fetch it;
+    DatasetError naming the folder when it is missing otherwise."""
+    try:
+        return build_benchmark({**data_cfg, "download": False})
+    except DatasetError as err:
+        if not data_cfg.get("download"):
+            raise
+        print(f"note: the data are not there yet, and data.download=true fetches them: {err}", flush=True)
+        return None
 
 
 def run(cfg: Config) -> dict[str, Any]:
