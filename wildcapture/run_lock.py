@@ -91,7 +91,7 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     Raises RunLockedError naming the holder if another live process holds the lock.
     """
     folder = Path(folder)
-    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    created = missing_folders(folder)
     handle = _locked_handle(folder)
     try:
         handle.seek(0)
@@ -113,6 +113,15 @@ def hold_lock(folder: Path, what: str) -> Iterator[Path]:
     finally:
         _HELD.discard(handle.fileno())
         handle.close()  # closing releases the flock
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """Return `path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _remove_if_untouched(folder: Path, created: list[Path]) -> None:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from wildcapture.errors import ConfigError
 from wildcapture.storage import Staging
 from wildcapture.provenance import check_resume_config
-from wildcapture.run_lock import LOCK_NAME, hold_lock
+from wildcapture.run_lock import hold_lock
 from wildcapture.storage import load_checkpoint, save_checkpoint, write_text
 
 LOG_NAME = "log.jsonl"
@@ -117,33 +117,17 @@ class TrainingRun:
     def hold(self, what: str) -> Iterator["TrainingRun"]:
         """Hold the run lock of `out` (`what` names the run, see `wildcapture.run_lock`) for the `with` block;
         yields self. If the block raises, keep the staged run only if it can be resumed (see the module)."""
-        created = _missing_folders(self.out)
-        with hold_lock(self.out, what):
+        with hold_lock(self.out, what):  # which removes the folders it made if the run leaves them empty
             try:
                 yield self
             except BaseException:
-                self._clean_up_failure(created)
+                self._clean_up_failure()
                 raise
 
-    def _clean_up_failure(self, created: list[Path]) -> None:
-        """After an exception: keep a staging folder holding a `last.pth` (and say so), else remove it and then
-        the folders in `created` (deepest first) that hold nothing else but the run's lock."""
+    def _clean_up_failure(self) -> None:
+        """After an exception: keep a staging folder holding a `last.pth` (and say so), else remove it."""
         if (self.staging.dir / "last.pth").is_file():
             print(f"note: the unfinished run stays in {self.staging.dir}: train.resume=true continues it from its "
                   "last completed epoch", flush=True)
             return
         shutil.rmtree(self.staging.dir, ignore_errors=True)
-        if created and [p.name for p in self.out.iterdir()] == [LOCK_NAME]:
-            (self.out / LOCK_NAME).unlink()
-            for folder in created:
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-
-
-def _missing_folders(path: Path) -> list[Path]:
-    """Return `path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    return missing

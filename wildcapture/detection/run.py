@@ -25,7 +25,7 @@ from wildcapture.detection.review_page import review_folder
 from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
 from wildcapture.paths import portable_path
-from wildcapture.run_lock import hold_lock, remove_held
+from wildcapture.run_lock import hold_lock, missing_folders, remove_held
 from wildcapture.runtime import (DistState, available_cpus, cleanup_distributed, describe_precision, heatmap_precision,
                                  init_distributed, pick_device)
 from wildcapture.storage import TMP_SUFFIX, write_text
@@ -108,7 +108,7 @@ class OutputPaths:
 
 def _missing(folders: Sequence[Path | None]) -> list[Path]:
     """The folders of `folders` (None: none) and their parents that do not exist yet, deepest first."""
-    missing = {p for folder in folders if folder is not None for p in (folder, *folder.parents) if not p.exists()}
+    missing = {p for folder in folders if folder is not None for p in missing_folders(folder)}
     return sorted(missing, key=lambda p: len(p.parts), reverse=True)
 
 
