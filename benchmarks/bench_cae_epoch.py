@@ -1,8 +1,8 @@
 """Time one CAE training epoch through the real data path against the bare model compute.
 
-real : raw (N, [C,] grid, grid) heatmaps on the device -> train_one_epoch (shuffled batches, gathered and
-       resized (paper CAE) + normalised on the device by HeatmapPrep a chunk of batches at a time, then Adam
-       steps), as stage 3 runs it
+real : raw (N, [C,] grid, grid) heatmaps already on the device (stage 3 moves them once per run, in
+       `training_source`) -> train_one_epoch (shuffled batches, gathered and resized (paper CAE) + normalised on
+       the device by HeatmapPrep a chunk of batches at a time, then Adam steps), as stage 3 runs an epoch
 model: the same number and sizes of forward + backward + Adam steps on a pre-made
        (N, C, S, S) tensor, in order: no preparation, no shuffling (S = size, or grid for --arch small).
 Prints the median of --repeats for each and real/model (target <= 1.15), plus the data
@@ -42,13 +42,12 @@ def _sync(device: str) -> None:
 
 
 def time_real(raw: torch.Tensor, prep: HeatmapPrep, args: argparse.Namespace) -> float:
-    """Seconds for moving the raw heatmaps to the device + one shuffled train_one_epoch."""
+    """Seconds for one shuffled train_one_epoch on the raw heatmaps (on the device)."""
     model, optimizer = _fresh(args)
     generator = torch.Generator().manual_seed(0)
     _sync(args.device)
     start = time.perf_counter()
-    train_one_epoch(model, raw.to(args.device), prep, optimizer, args.batch_size, generator, args.device,
-                    progress=False)
+    train_one_epoch(model, raw, prep, optimizer, args.batch_size, generator, args.device, progress=False)
     _sync(args.device)
     return time.perf_counter() - start
 
@@ -70,12 +69,12 @@ def time_model(x: torch.Tensor, args: argparse.Namespace) -> float:
 
 
 def time_data_path(raw: torch.Tensor, prep: HeatmapPrep, args: argparse.Namespace) -> float:
-    """Seconds for the real path without the model: raw heatmaps to the device + shuffled batches, gathered and
-    prepared a chunk at a time (`epoch_batches`)."""
+    """Seconds for the real path without the model: shuffled batches of the raw heatmaps (on the device),
+    gathered and prepared a chunk at a time (`epoch_batches`)."""
     generator = torch.Generator().manual_seed(0)
     _sync(args.device)
     start = time.perf_counter()
-    for _ in epoch_batches(raw.to(args.device), prep, args.batch_size, args.device, True, generator):
+    for _ in epoch_batches(raw, prep, args.batch_size, args.device, True, generator):
         pass
     _sync(args.device)
     return time.perf_counter() - start
@@ -98,10 +97,10 @@ def main() -> None:
     args = parser.parse_args()
 
     shape = (args.n, args.grid, args.grid) if args.channels == 1 else (args.n, args.channels, args.grid, args.grid)
-    raw = torch.rand(*shape, generator=torch.Generator().manual_seed(0))
+    raw = torch.rand(*shape, generator=torch.Generator().manual_seed(0)).to(args.device)
     model, _ = _fresh(args)
     prep = heatmap_prep(model, "bilinear", "max")
-    premade = prepare_heatmaps(raw, prep.size).to(args.device)
+    premade = prepare_heatmaps(raw, prep.size).to(args.device)  # prepared on the CPU, then moved
     time_model(premade[: args.batch_size * 2], args)  # warm-up (allocator, kernels)
 
     real, bare = [], []

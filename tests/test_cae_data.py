@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wildcapture.cae.heatmap_data import HeatmapPrep, iterate_batches, load_heatmaps, prepare_heatmaps
+from wildcapture.cae.heatmap_data import HeatmapPrep, epoch_batches, load_heatmaps, prepare_heatmaps
 
 
 def test_max_norm_gives_per_image_max_one():
@@ -84,17 +84,48 @@ def test_prep_runs_on_the_batch_device():
         torch.testing.assert_close(on_gpu.cpu(), prep(heatmaps), rtol=1e-6, atol=1e-7)
 
 
-def test_iterate_batches_covers_all_rows_once_and_is_seeded():
-    x = torch.arange(10.0).view(10, 1)
-    batches = list(iterate_batches(x, 4, shuffle=True, generator=torch.Generator().manual_seed(1)))
-    assert [len(idx) for idx, _ in batches] == [4, 4, 2]
-    idx = torch.cat([i for i, _ in batches])
-    assert sorted(idx.tolist()) == list(range(10))
-    assert torch.equal(torch.cat([b for _, b in batches]).view(-1), idx.float())
-    again = list(iterate_batches(x, 4, shuffle=True, generator=torch.Generator().manual_seed(1)))
-    assert torch.equal(torch.cat([i for i, _ in again]), idx)
-    ordered = torch.cat([i for i, _ in iterate_batches(x, 3, shuffle=False)])
-    assert ordered.tolist() == list(range(10))
+def test_epoch_batches_cover_every_row_once_seeded_and_prepared_like_the_whole_set():
+    heatmaps = torch.rand(10, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    prep = HeatmapPrep(8, "bilinear", "max")
+    whole = prepare_heatmaps(heatmaps, 8)
+    one_batch = 4 * 3 * 8 * 8 * 4  # bytes of one prepared batch of 4: a chunk per batch
+    drawn = [(idx, batch.clone()) for idx, batch in
+             epoch_batches(heatmaps, prep, 4, "cpu", True, torch.Generator().manual_seed(1), chunk_bytes=one_batch)]
+    idx = torch.cat([i for i, _ in drawn])
+    assert [len(i) for i, _ in drawn] == [4, 4, 2] and sorted(idx.tolist()) == list(range(10))
+    assert torch.equal(idx, torch.randperm(10, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(torch.cat([b for _, b in drawn]), whole[idx])
+    in_order = list(epoch_batches(heatmaps, prep, 3, "cpu", False, chunk_bytes=one_batch))
+    assert torch.cat([i for i, _ in in_order]).tolist() == list(range(10))
+
+
+def test_epoch_batches_reuse_one_buffer_across_chunks():
+    heatmaps = torch.rand(12, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    batches = epoch_batches(heatmaps, HeatmapPrep(16), 3, "cpu", True, torch.Generator().manual_seed(0),
+                            chunk_bytes=3 * 2 * 16 * 16 * 4)
+    pointers = {batch.data_ptr() for _, batch in batches}
+    assert len(pointers) == 1  # four chunks of one batch each, all prepared into the same memory
+
+
+@pytest.mark.parametrize("size, mode, norm", [(16, "bilinear", "max"), (16, "nearest", "minmax"),
+                                              (None, "bilinear", "max"), (16, "bilinear", "none"),
+                                              (None, "nearest", "minmax")])
+def test_prep_into_a_buffer_equals_a_fresh_result(size, mode, norm):
+    heatmaps = torch.rand(5, 3, 6, 6, generator=torch.Generator().manual_seed(0)).half()
+    prep = HeatmapPrep(size, mode, norm)
+    out = torch.full((5, *prep.output_shape(heatmaps.shape)), float("nan"))
+    result = prep(heatmaps, out=out)
+    assert result.data_ptr() == out.data_ptr() and torch.equal(result, prep(heatmaps))
+    with pytest.raises(ValueError, match="out has shape"):
+        prep(heatmaps, out=out[:4])
+
+
+def test_a_map_with_a_nan_stays_nan_instead_of_becoming_zeros():
+    heatmaps = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
+    heatmaps[1, 2, 2] = float("nan")
+    for norm in ("max", "minmax"):
+        out = HeatmapPrep(8, "bilinear", norm)(heatmaps)
+        assert torch.isfinite(out[0]).all() and torch.isnan(out[1]).any()
 
 
 def test_npy_round_trip(tmp_path):

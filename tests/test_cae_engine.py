@@ -65,10 +65,12 @@ def test_train_one_epoch_stops_on_non_finite_loss():
     maps = _maps(6)
     maps[4, 3, 3] = float("nan")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    unnormalised = HeatmapPrep(16, "bilinear", "none")  # max/minmax turn a map with a NaN into zeros
-    with pytest.raises(RuntimeError, match=r"non-finite loss .* epoch 3, step"):
-        train_one_epoch(model, maps, unnormalised, optimizer, 2, torch.Generator().manual_seed(0), "cpu",
-                        progress=False, epoch=3)
+    before = [p.detach().clone() for p in model.parameters()]
+    for norm in ("none", "max"):  # normalising keeps the NaN: a bad map is not hidden as zeros
+        with pytest.raises(RuntimeError, match=r"non-finite loss .* epoch 3, step"):
+            train_one_epoch(model, maps, HeatmapPrep(16, "bilinear", norm), optimizer, 6, None, "cpu",
+                            progress=False, epoch=3)
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # stopped before the step
 
 
 def test_multichannel_errors_are_the_mean_over_channels_and_pixels():

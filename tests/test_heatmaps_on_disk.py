@@ -44,6 +44,21 @@ def test_memory_mapped_training_gives_the_in_memory_weights_bit_for_bit(tmp_path
         assert torch.equal(in_memory[key], mapped[key]), key
 
 
+def test_heatmap_file_reads_rows_in_their_order_into_a_given_array(tmp_path):
+    maps = np.random.default_rng(0).random((6, 2, 3, 3)).astype(np.float16)
+    np.save(tmp_path / "h.npy", maps)
+    file = HeatmapFile(tmp_path / "h.npy")
+    out = np.full((3, 2, 3, 3), np.nan, dtype=np.float16)
+    assert file.rows(np.array([4, 0, -1]), out=out) is out
+    np.testing.assert_array_equal(out, maps[[4, 0, 5]])
+    np.testing.assert_array_equal(file.rows(slice(1, 4), out=out), maps[1:4])
+    np.testing.assert_array_equal(file.rows(slice(0, 6, 2)), maps[0:6:2])
+    with pytest.raises(ValueError, match="expected a C-contiguous float16"):
+        file.rows(slice(0, 2), out=out)
+    with pytest.raises(IndexError, match="out of range"):
+        file.rows(np.array([6]))
+
+
 def test_float16_heatmaps_round_trip_and_stage4_knows_what_it_reads(tiny_vit_checkpoint, tiny_heatmaps, tmp_path):
     evaluate_classifier.run(stage2_config(tiny_vit_checkpoint, tmp_path, "heatmap.dtype=float16"))
     meta = read_meta(tmp_path / "heatmaps")

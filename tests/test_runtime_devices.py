@@ -65,3 +65,27 @@ def test_workers_are_capped_at_the_available_cpus_with_one_note(capsys):
     assert make_loader(list(range(4)), 2, None, 0, cpu).num_workers == 0
     assert make_loader(list(range(4)), 2, None, 1, cpu).num_workers == 1
     assert capsys.readouterr().out == ""
+
+
+def test_one_behind_hands_each_item_over_once_the_next_is_produced():
+    produced = []
+
+    def items():
+        for i in range(3):
+            produced.append(i)
+            yield i
+
+    seen = [(item, list(produced)) for item in runtime.one_behind(items())]
+    assert seen == [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2])]
+    assert list(runtime.one_behind(iter(()))) == []
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_to_host_later_gives_float32_host_copies(device):
+    values = torch.tensor([[0.5, -2.0], [3.25, 1.0]], dtype=torch.bfloat16, device=device)
+    logits = torch.arange(3.0, device=device)
+    host = runtime.to_host_later(values, logits)()
+    assert [t.device.type for t in host] == ["cpu", "cpu"] and [t.dtype for t in host] == [torch.float32] * 2
+    assert host[0].tolist() == [[0.5, -2.0], [3.25, 1.0]] and host[1].tolist() == [0.0, 1.0, 2.0]
+    assert runtime.to_host_later()() == ()

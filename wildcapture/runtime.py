@@ -8,7 +8,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +16,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wildcapture.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -204,6 +206,35 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     """Return the loss scaler `autocast_context` needs: enabled only for fp16 autocast (CUDA without bf16)."""
     return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and not torch.cuda.is_bf16_supported())
+
+
+def to_host_later(*tensors: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """Start copying `tensors` to float32 CPU tensors; return a function that gives them (on CUDA it waits
+    for these copies only, not for work queued after them, so the GPU stays busy while the host waits)."""
+    if not tensors or tensors[0].device.type != "cuda":
+        done = tuple(t.detach().to("cpu", torch.float32) for t in tensors)
+        return lambda: done
+    host = tuple(torch.empty(t.shape, dtype=torch.float32, pin_memory=True) for t in tensors)
+    for target, t in zip(host, tensors):
+        target.copy_(t.detach().float(), non_blocking=True)  # cast on the GPU, then an asynchronous copy
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait() -> tuple[torch.Tensor, ...]:
+        copied.synchronize()
+        return host
+    return wait
+
+
+def one_behind(items: Iterable[T]) -> Iterator[T]:
+    """Yield `items` in order, each once the next one has been produced (the last at the end)."""
+    previous, started = None, False
+    for item in items:
+        if started:
+            yield previous
+        previous, started = item, True
+    if started:
+        yield previous
 
 
 @functools.cache

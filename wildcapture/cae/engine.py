@@ -15,7 +15,7 @@ from wildcapture.cae.architectures import check_fits, heatmap_prep
 from wildcapture.cae.heatmap_data import HeatmapFile, HeatmapPrep, RawHeatmaps, epoch_batches, prepare_heatmaps
 from wildcapture.detector import Detector
 from wildcapture.errors import NonFiniteLossError
-from wildcapture.runtime import autocast_context
+from wildcapture.runtime import autocast_context, to_host_later
 
 
 def train_one_epoch(
@@ -39,7 +39,8 @@ def train_one_epoch(
     With `amp` on CUDA the forward pass runs under `autocast_context` (bf16, or fp16 with `scaler`, from
     `runtime.grad_scaler`); the loss is computed in float32.
     Returns the epoch's mean training MSE per pixel and channel (batch losses weighted by batch size).
-    Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step.
+    Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step. On CUDA the loss
+    is read while the backward pass runs, so the GPU does not wait for the host at every step.
     """
     model.train()
     total, seen = 0.0, 0
@@ -50,16 +51,16 @@ def train_one_epoch(
         with autocast_context(torch.device(device), amp):
             recon = model(batch)
         loss = F.mse_loss(recon.float(), batch)
-        loss_value = loss.item()
+        read_loss = to_host_later(loss)
+        optimizer.zero_grad(set_to_none=True)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        loss_value = float(read_loss()[0])  # on CUDA, the backward pass runs meanwhile
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"non-finite loss ({loss_value}) in CAE training at epoch {epoch}, step {step}: "
                                      "lower train.lr or check the heatmaps for NaN/inf values")
-        optimizer.zero_grad(set_to_none=True)
         if scaler is None:
-            loss.backward()
             optimizer.step()
         else:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         total += loss_value * batch.shape[0]

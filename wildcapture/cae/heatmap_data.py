@@ -45,15 +45,16 @@ class HeatmapFile:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def rows(self, index: np.ndarray | slice | int) -> np.ndarray:
-        """Return rows `index` (an int array, in its order; a slice; an int) in the stored dtype."""
+    def rows(self, index: np.ndarray | slice | int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Return rows `index` (an int array, in its order; a slice; an int) in the stored dtype, read into `out`
+        (C-contiguous, that shape and dtype) when given, else into a new array."""
         if isinstance(index, (int, np.integer)):
             return self.rows(np.array([index]))[0]
         if isinstance(index, slice):
             start, stop, step = index.indices(self.shape[0])
             if step != 1:
-                return self.rows(np.arange(start, stop, step))
-            out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
+                return self.rows(np.arange(start, stop, step), out)
+            out = self._target(max(0, stop - start), out)
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset + start * self.row_bytes)
                 handle.readinto(memoryview(out).cast("B"))
@@ -61,12 +62,21 @@ class HeatmapFile:
         index = np.asarray(index, dtype=np.int64).reshape(-1)
         if index.size and (index.min() < -self.shape[0] or index.max() >= self.shape[0]):
             raise IndexError(f"row index out of range for {self.shape[0]} rows of {self.path}")
-        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        out = self._target(len(index), out)
         flat = memoryview(out.reshape(len(index), -1)).cast("B")
         with open(self.path, "rb") as handle:
             for i, row in enumerate(index % self.shape[0]):
                 handle.seek(self.offset + int(row) * self.row_bytes)
                 handle.readinto(flat[i * self.row_bytes:(i + 1) * self.row_bytes])
+        return out
+
+    def _target(self, n: int, out: Optional[np.ndarray]) -> np.ndarray:
+        """Return `out` checked to hold n rows, or a new array for them."""
+        if out is None:
+            return np.empty((n, *self.shape[1:]), dtype=self.dtype)
+        if out.shape != (n, *self.shape[1:]) or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out is {out.dtype} {out.shape}, expected a C-contiguous {self.dtype} "
+                             f"{(n, *self.shape[1:])} for rows of {self.path}")
         return out
 
     __getitem__ = rows
@@ -94,13 +104,6 @@ def training_source(heatmaps: np.ndarray | HeatmapFile, device: torch.device) ->
             out[start:start + step] = torch.from_numpy(heatmaps.rows(slice(start, start + step))).to(device)
         return out
     return torch.from_numpy(np.ascontiguousarray(heatmaps)).to(device)
-
-
-def gather(source: RawHeatmaps, index: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Return rows `index` (B,) int64 of `source`, in that order, on `device` in the stored dtype."""
-    if isinstance(source, HeatmapFile):
-        return torch.from_numpy(source.rows(index.numpy())).to(device)
-    return source.index_select(0, index.to(source.device)).to(device)
 
 
 def load_heatmaps(source: str | Path) -> np.ndarray:
@@ -155,7 +158,8 @@ class HeatmapPrep:
     "bilinear" (align_corners=False) or "nearest" (pixel-centre aligned, torch's "nearest-exact"; equal
     to repeating cells for integer factors). norm: "max" divides each map by its maximum (the paper);
     "minmax" maps each to [0, 1]; "none" leaves values. Each channel of each image is a map of its own;
-    maps whose max (resp. max - min) is 0 become zeros.
+    maps whose max (resp. max - min) is not positive become zeros, and a map with a NaN stays NaN (stage 3 stops
+    on the loss it gives rather than training on a map silently zeroed).
     """
 
     size: Optional[int]
@@ -175,20 +179,35 @@ class HeatmapPrep:
         channels = 1 if len(shape) == 3 else shape[1]
         return (channels, *(shape[-2:] if self.size is None else (self.size, self.size)))
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Return batch (B, h, w) or (B, C, h, w) prepared: float32 (B, C, S, S) on batch's device (C = 1
         for 3-D input; (B, C, h, w) when size is None).
 
+        out: a float32 tensor of that shape on that device to write the result into (and return), so a loop
+        over chunks reuses one buffer instead of allocating (and, on the CPU, page-faulting) a new one each time.
         Each map is prepared on its own, so the result does not depend on which maps share a batch.
         """
-        x = as_channels(batch.to(torch.float32))  # ValueError for other shapes
+        x = as_channels(batch)  # ValueError for other shapes
+        expected = (x.shape[0], *self.output_shape(batch.shape))
+        if out is not None and tuple(out.shape) != expected:
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {expected}")
         if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
-            if self.resize == "bilinear":
-                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            else:
-                x = F.interpolate(x, size=(self.size, self.size), mode="nearest-exact")
-            return _normalise(x, self.norm, in_place=True)  # x is a new tensor: no second allocation
-        return _normalise(x, self.norm)
+            return _normalise(_resize(x.to(torch.float32), self.size, self.resize, out), self.norm, in_place=True)
+        if out is not None:
+            return _normalise(out.copy_(x), self.norm, in_place=True)
+        return _normalise(x.to(torch.float32), self.norm)
+
+
+def _resize(x: torch.Tensor, size: int, mode: str, out: Optional[torch.Tensor]) -> torch.Tensor:
+    """Return x (B, C, h, w) float32 resized to (B, C, size, size) by `mode` (see `HeatmapPrep`), into `out` when
+    given; the `.out` operators are the ones `F.interpolate` calls, so the values are the same."""
+    if out is None:
+        if mode == "bilinear":
+            return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=(size, size), mode="nearest-exact")
+    if mode == "bilinear":
+        return torch.ops.aten.upsample_bilinear2d.out(x, [size, size], False, None, None, out=out)
+    return torch.ops.aten._upsample_nearest_exact2d.out(x, [size, size], None, None, out=out)
 
 
 def prepare_heatmaps(
@@ -217,37 +236,14 @@ def _normalise(x: torch.Tensor, norm: str, in_place: bool = False) -> torch.Tens
     hi = x.amax(dim=(-2, -1), keepdim=True)
     if norm == "max":
         scale = hi
-        out = x if in_place else None
     else:
         lo = x.amin(dim=(-2, -1), keepdim=True)
         scale = hi - lo
-        out = x.sub_(lo) if in_place else x - lo
-    ok = scale > 0
-    safe = torch.where(ok, scale, torch.ones_like(scale))
-    # in-place steps: the same values as where(ok, (x - lo) / scale, 0), in fewer passes and allocations
-    out = x.div(safe) if out is None else out.div_(safe)
-    return out.masked_fill_(~ok, 0.0)
-
-
-def iterate_batches(
-    x: torch.Tensor, batch_size: int, shuffle: bool, generator: Optional[torch.Generator] = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (indices (B,) int64, batch (B, ...)) covering every row of x once.
-
-    Shuffled batches come from one `torch.randperm(N, generator=generator)`; unshuffled
-    ones are views in order. The last batch may be smaller than batch_size.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = x.shape[0]
-    order = torch.randperm(n, generator=generator) if shuffle else None
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        if order is None:
-            yield torch.arange(start, stop), x[start:stop]
-        else:
-            idx = order[start:stop]
-            yield idx, x.index_select(0, idx.to(x.device))
+        x = x.sub_(lo) if in_place else x - lo
+        in_place = True
+    # dividing a (finite) map whose scale is not positive by infinity makes it zeros: one pass, no mask
+    safe = torch.where(scale > 0, scale, torch.full_like(scale, float("inf")))
+    return x.div_(safe) if in_place else x.div(safe)
 
 
 def epoch_batches(source: RawHeatmaps, prep: HeatmapPrep, batch_size: int, device: torch.device | str,
@@ -255,23 +251,34 @@ def epoch_batches(source: RawHeatmaps, prep: HeatmapPrep, batch_size: int, devic
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (indices (B,) int64, prepared batch float32 (B, C, S, S) on `device`) covering every row once.
 
-    Shuffled: one `torch.randperm(N, generator=generator)`, the same batches as `iterate_batches`. Rows are
-    gathered and prepared a chunk of whole batches at a time (about `chunk_bytes` prepared); each map is prepared
-    on its own, so the values do not depend on the chunking, and memory is bounded by the chunk, not N.
+    Shuffled: one `torch.randperm(N, generator=generator)`, batch k its rows k*B to (k+1)*B. Rows are
+    gathered and prepared a chunk of whole batches at a time (about `chunk_bytes` prepared) into buffers that
+    every chunk reuses (the raw rows and the prepared maps), so a batch holds its values until the next chunk
+    is drawn: use each batch before asking for the next. Each map is prepared on its own, so the values do not
+    depend on the chunking, and memory is bounded by the chunk, not N. Indices are on the CPU; the shuffled order
+    goes to the source's device once per call.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = source.shape[0]
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    row_bytes = 4 * int(np.prod(prep.output_shape(source.shape)))
-    chunk = max(1, chunk_bytes // (row_bytes * batch_size)) * batch_size
+    on_source = order.to(source.device) if shuffle and isinstance(source, torch.Tensor) else order
+    shape = prep.output_shape(source.shape)
+    chunk = max(1, chunk_bytes // (4 * int(np.prod(shape)) * batch_size)) * batch_size
+    buffer = torch.empty((min(chunk, n), *shape), dtype=torch.float32, device=device)
+    from_file = isinstance(source, HeatmapFile)
+    stored = getattr(torch, source.dtype.name) if from_file else source.dtype
+    rows = torch.empty((min(chunk, n), *source.shape[1:]), dtype=stored, device="cpu" if from_file else source.device,
+                       pin_memory=from_file and torch.device(device).type == "cuda")
     for start in range(0, n, chunk):
-        idx = order[start:start + chunk]
-        if shuffle:
-            raw = gather(source, idx, device)
+        idx, k = order[start:start + chunk], min(chunk, n - start)
+        if from_file:
+            source.rows(idx.numpy() if shuffle else slice(start, start + k), out=rows[:k].numpy())
+            raw = rows[:k]
+        elif shuffle:
+            raw = torch.index_select(source, 0, on_source[start:start + chunk], out=rows[:k])
         else:
-            raw = (torch.from_numpy(source.rows(slice(start, start + len(idx)))) if isinstance(source, HeatmapFile)
-                   else source[start:start + len(idx)]).to(device)
-        prepared = prep(raw)
-        for b in range(0, len(idx), batch_size):
+            raw = source[start:start + k]
+        prepared = prep(raw.to(device), out=buffer[:k])
+        for b in range(0, k, batch_size):
             yield idx[b:b + batch_size], prepared[b:b + batch_size]

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from wildcapture.heatmap_store import SplitArrays
 from wildcapture.attention import forward_with_heatmaps
-from wildcapture.runtime import DistState, precision_context, shard_indices
+from wildcapture.runtime import DistState, one_behind, precision_context, shard_indices, to_host_later
 
 # sink(start row, logits (B, K), features (B, D), heatmaps (B, [C,] h, w)), all float32
 Sink = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]
@@ -40,11 +40,19 @@ class _Collect:
 
 def _batches(model: nn.Module, loader: Iterable, kind: str, block: int, device: torch.device, precision: str,
              desc: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (logits, features, heatmaps) float32 NumPy arrays per batch of `loader`, in order."""
-    for images, _ in tqdm(loader, desc=desc, leave=False):
-        with precision_context(device, precision):
-            batch = forward_with_heatmaps(model, images.to(device, non_blocking=True), kind, block)
-        yield tuple(t.float().cpu().numpy() for t in batch)  # bf16/fp16 back to float32 before storing
+    """Yield (logits, features, heatmaps) float32 NumPy arrays per batch of `loader`, in order.
+
+    On CUDA a batch's arrays are copied into pinned host memory without waiting, and batch k is handed over
+    once batch k+1's forward pass is queued: the GPU computes the next batch while the caller stores this one.
+    """
+    def launched() -> Iterator[Callable[[], tuple[torch.Tensor, ...]]]:
+        for images, _ in tqdm(loader, desc=desc, leave=False):
+            with precision_context(device, precision):
+                batch = forward_with_heatmaps(model, images.to(device, non_blocking=True), kind, block)
+            yield to_host_later(*batch)  # bf16/fp16 back to float32 before storing
+
+    finished = launched() if device.type != "cuda" else one_behind(launched())
+    return (tuple(t.numpy() for t in wait()) for wait in finished)
 
 
 @torch.inference_mode()
