@@ -120,6 +120,14 @@ def test_prep_into_a_buffer_equals_a_fresh_result(size, mode, norm):
         prep(heatmaps, out=out[:4])
 
 
+def test_preparing_without_a_buffer_leaves_the_callers_batch_untouched():
+    heatmaps = torch.rand(4, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    kept = heatmaps.clone()
+    for prep in (HeatmapPrep(None, "bilinear", "max"), HeatmapPrep(None, "nearest", "minmax"), HeatmapPrep(6)):
+        assert prep(heatmaps).data_ptr() != heatmaps.data_ptr()
+        assert torch.equal(heatmaps, kept)
+
+
 def test_a_map_with_a_nan_stays_nan_instead_of_becoming_zeros():
     heatmaps = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
     heatmaps[1, 2, 2] = float("nan")
