@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from wildcapture.cae.heatmap_data import HeatmapPrep, epoch_batches, load_heatmaps, prepare_heatmaps
+from wildcapture.cae.heatmap_data import HeatmapFile, HeatmapPrep, epoch_batches, load_heatmaps, prepare_heatmaps
 
 
 def test_max_norm_gives_per_image_max_one():
@@ -99,12 +99,20 @@ def test_epoch_batches_cover_every_row_once_seeded_and_prepared_like_the_whole_s
     assert torch.cat([i for i, _ in in_order]).tolist() == list(range(10))
 
 
-def test_epoch_batches_reuse_one_buffer_across_chunks():
+@pytest.mark.parametrize("from_file", [False, True])
+@pytest.mark.parametrize("size", [16, None])
+def test_epoch_batches_reuse_one_buffer_across_chunks(tmp_path, from_file, size):
     heatmaps = torch.rand(12, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    batches = epoch_batches(heatmaps, HeatmapPrep(16), 3, "cpu", True, torch.Generator().manual_seed(0),
-                            chunk_bytes=3 * 2 * 16 * 16 * 4)
-    pointers = {batch.data_ptr() for _, batch in batches}
-    assert len(pointers) == 1  # four chunks of one batch each, all prepared into the same memory
+    np.save(tmp_path / "h.npy", heatmaps.numpy())
+    source = HeatmapFile(tmp_path / "h.npy") if from_file else heatmaps
+    prep = HeatmapPrep(size)
+    side = size or 4
+    batches = epoch_batches(source, prep, 3, "cpu", True, torch.Generator().manual_seed(0),
+                            chunk_bytes=3 * 2 * side * side * 4)
+    drawn = [(idx, batch.data_ptr(), batch.clone()) for idx, batch in batches]
+    assert len({pointer for _, pointer, _ in drawn}) == 1  # four chunks of one batch each, in the same memory
+    for idx, _, batch in drawn:
+        assert torch.equal(batch, prep(heatmaps[idx]))
 
 
 @pytest.mark.parametrize("size, mode, norm", [(16, "bilinear", "max"), (16, "nearest", "minmax"),

@@ -116,3 +116,27 @@ def test_torchrun_two_processes_write_the_arrays_of_one(tiny_vit_checkpoint, tin
             (tiny_heatmaps / "heatmaps" / split / "index.csv").read_bytes()
     assert (tmp_path / "results" / "baseline_scores.csv").read_bytes() == \
         (tiny_heatmaps / "results" / "baseline_scores.csv").read_bytes()
+
+
+def test_each_batch_is_stored_once_the_next_forward_pass_is_launched(monkeypatch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from wildcapture.classifier import inference
+
+    log = []
+
+    def forward(_model, images, _kind, _block):
+        first = int(images[0, 0, 0, 0])
+        log.append(("forward", first))
+        rows = images[:, 0, 0, :1]  # (B, 1): each image's number
+        return rows * 10, rows.expand(-1, 3).clone(), images[:, 0, :2, :2].clone()
+
+    def sink(start, logits, features, heatmaps):
+        log.append(("store", start))
+        assert logits[:, 0].tolist() == [10.0 * i for i in range(start, start + len(logits))]
+
+    monkeypatch.setattr(inference, "forward_with_heatmaps", forward)
+    images = torch.arange(5.0).view(5, 1, 1, 1).expand(5, 3, 4, 4)
+    loader = DataLoader(TensorDataset(images, torch.zeros(5)), batch_size=2)
+    inference.infer_split(torch.nn.Identity(), loader, 5, "cls_last", -1, torch.device("cpu"), sink=sink)
+    assert log == [("forward", 0), ("forward", 2), ("store", 0), ("forward", 4), ("store", 2), ("store", 4)]

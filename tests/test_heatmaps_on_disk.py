@@ -53,6 +53,8 @@ def test_heatmap_file_reads_rows_in_their_order_into_a_given_array(tmp_path):
     np.testing.assert_array_equal(out, maps[[4, 0, 5]])
     np.testing.assert_array_equal(file.rows(slice(1, 4), out=out), maps[1:4])
     np.testing.assert_array_equal(file.rows(slice(0, 6, 2)), maps[0:6:2])
+    np.testing.assert_array_equal(file.rows(2, out=out[0]), maps[2])
+    np.testing.assert_array_equal(out[0], maps[2])
     with pytest.raises(ValueError, match="expected a C-contiguous float16"):
         file.rows(slice(0, 2), out=out)
     with pytest.raises(IndexError, match="out of range"):

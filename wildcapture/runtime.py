@@ -209,16 +209,18 @@ def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
 
 
 def to_host_later(*tensors: torch.Tensor) -> Callable[[], tuple[torch.Tensor, ...]]:
-    """Start copying `tensors` to float32 CPU tensors; return a function that gives them (on CUDA it waits
-    for these copies only, not for work queued after them, so the GPU stays busy while the host waits)."""
+    """Start copying `tensors` (all on one device) to float32 CPU tensors; return a function that gives them (on
+    CUDA it waits for these copies only, not for work queued after them, so the GPU stays busy while the host
+    waits)."""
     if not tensors or tensors[0].device.type != "cuda":
         done = tuple(t.detach().to("cpu", torch.float32) for t in tensors)
         return lambda: done
     host = tuple(torch.empty(t.shape, dtype=torch.float32, pin_memory=True) for t in tensors)
-    for target, t in zip(host, tensors):
-        target.copy_(t.detach().float(), non_blocking=True)  # cast on the GPU, then an asynchronous copy
     copied = torch.cuda.Event()
-    copied.record()
+    with torch.cuda.device(tensors[0].device):  # the copies and the event on that device's stream, not cuda:0's
+        for target, t in zip(host, tensors):
+            target.copy_(t.detach().float(), non_blocking=True)  # cast on the GPU, then an asynchronous copy
+        copied.record()
 
     def wait() -> tuple[torch.Tensor, ...]:
         copied.synchronize()

@@ -39,8 +39,9 @@ def train_one_epoch(
     With `amp` on CUDA the forward pass runs under `autocast_context` (bf16, or fp16 with `scaler`, from
     `runtime.grad_scaler`); the loss is computed in float32.
     Returns the epoch's mean training MSE per pixel and channel (batch losses weighted by batch size).
-    Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step. On CUDA the loss
-    is read while the backward pass runs, so the GPU does not wait for the host at every step.
+    Raises NonFiniteLossError (a RuntimeError) on a non-finite loss, before the optimizer step (the weights are
+    untouched; that step's gradients are not). On CUDA the host waits for each step's loss while the GPU runs
+    the backward pass, rather than for the whole step.
     """
     model.train()
     total, seen = 0.0, 0

@@ -27,8 +27,8 @@ CHUNK_BYTES = 64 << 20  # prepared float32 bytes per chunk of epoch_batches
 
 class HeatmapFile:
     """A `.npy` of heatmaps (N, [C,] h, w), float32 or float16, read by rows with plain file reads into a fresh
-    array: neither the file nor the page cache's pages of it count in this process's resident memory (a
-    memory map would count every page the kernel maps around a fault, up to the whole file)."""
+    array or one the caller reuses: neither the file nor the page cache's pages of it count in this process's
+    resident memory (a memory map would count every page the kernel maps around a fault, up to the whole file)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -49,7 +49,7 @@ class HeatmapFile:
         """Return rows `index` (an int array, in its order; a slice; an int) in the stored dtype, read into `out`
         (C-contiguous, that shape and dtype) when given, else into a new array."""
         if isinstance(index, (int, np.integer)):
-            return self.rows(np.array([index]))[0]
+            return self.rows(np.array([index]), None if out is None else out[None])[0]
         if isinstance(index, slice):
             start, stop, step = index.indices(self.shape[0])
             if step != 1:
@@ -241,7 +241,8 @@ def _normalise(x: torch.Tensor, norm: str, in_place: bool = False) -> torch.Tens
         scale = hi - lo
         x = x.sub_(lo) if in_place else x - lo
         in_place = True
-    # dividing a (finite) map whose scale is not positive by infinity makes it zeros: one pass, no mask
+    # dividing a (finite) map whose scale is not positive by infinity makes it zeros (-0.0 for negative cells,
+    # equal to 0): one pass, no mask; a NaN stays NaN
     safe = torch.where(scale > 0, scale, torch.full_like(scale, float("inf")))
     return x.div_(safe) if in_place else x.div(safe)
 
@@ -268,8 +269,9 @@ def epoch_batches(source: RawHeatmaps, prep: HeatmapPrep, batch_size: int, devic
     buffer = torch.empty((min(chunk, n), *shape), dtype=torch.float32, device=device)
     from_file = isinstance(source, HeatmapFile)
     stored = getattr(torch, source.dtype.name) if from_file else source.dtype
-    rows = torch.empty((min(chunk, n), *source.shape[1:]), dtype=stored, device="cpu" if from_file else source.device,
-                       pin_memory=from_file and torch.device(device).type == "cuda")
+    rows = torch.empty((min(chunk, n) if from_file or shuffle else 0, *source.shape[1:]), dtype=stored,
+                       device="cpu" if from_file else source.device,
+                       pin_memory=from_file and torch.device(device).type == "cuda")  # unused in order from a tensor
     for start in range(0, n, chunk):
         idx, k = order[start:start + chunk], min(chunk, n - start)
         if from_file:

@@ -44,7 +44,8 @@ def _batches(model: nn.Module, loader: Iterable, kind: str, block: int, device: 
 
     Batch k is handed over once batch k+1's forward pass is launched; on CUDA its arrays are copied into pinned
     host memory without waiting, so the GPU computes the next batch while the caller stores this one (on the
-    CPU the same order, at no gain, so one code path is tested everywhere).
+    CPU the same order, at no gain, so one code path is tested everywhere). If batch k+1's forward pass raises,
+    batch k is not handed over: the split is incomplete either way.
     """
     def launched() -> Iterator[Callable[[], tuple[torch.Tensor, ...]]]:
         for images, _ in tqdm(loader, desc=desc, leave=False):
