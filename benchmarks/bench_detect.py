@@ -20,12 +20,15 @@ memory of `detect.py` (a fresh process each) on `--memory` image counts.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -143,7 +146,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode", default="cpu", choices=DECODES, help="detect's --decode (gpu: nvJPEG on CUDA)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the plain and fast decode timings (one "
                         "CPU process each: minutes for thousands of 2048 px frames)")
+    parser.add_argument("--profile", type=int, default=0, metavar="K", help="after the timed runs, one more run of "
+                        "the first precision under cProfile; print its K functions of most cumulative time (where "
+                        "the main process waits: the loader, a device sync, the rows)")
     return parser
+
+
+def print_profile(work: Callable[[], object], top: int) -> None:
+    """Run `work` under cProfile and print its `top` functions by cumulative time."""
+    profile = cProfile.Profile()
+    profile.runcall(work)
+    pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(top)
 
 
 def main() -> None:
@@ -179,6 +192,9 @@ def main() -> None:
                       f"{args.batch_size}: detect {n / run[0]:.2f} img/s ({1000 * run[1] / n:.1f} CPU ms/img), "
                       f"{runs[first][0] / run[0]:.2f}x {first}'s speed", flush=True)
             run = runs[first]
+            if args.profile:
+                print(f"{kind}: where detect's main process spends its time, {first}:", flush=True)
+                print_profile(lambda: detect(tmp / "images", cae, tmp / f"{kind}.csv", options[first]), args.profile)
             if args.no_baselines:
                 continue
             print(f"{kind}: plain full decode + resize {n / plain[0]:.1f} img/s ({1000 * plain[1] / n:.1f} CPU ms/img); "

@@ -7,7 +7,7 @@
 # 3. stage 2's pass against a plain forward pass at 224 px with a randomly initialised vit_base_patch16_224,
 #    every heatmap kind (target <= 1.05 for the CLS kinds);
 # 4. detect.py's images/s on camera-trap frames with the same ViT-B and the paper's 128x128 CAE, decoded on the
-#    GPU and on 12 CPU workers (target 2,000 images/s);
+#    GPU and on 12 CPU workers (target 2,000 images/s), each with a profile of where the main process waits;
 # 5. CAE training epochs against the bare model compute on ViT-B/16-sized heatmaps (14x14): the paper CAE on
 #    144 and on 1 channel, the small CAE on 144 (target <= 1.15).
 set -uo pipefail
@@ -23,7 +23,7 @@ step torchrun --standalone --nproc_per_node=1 Test_Classifier/test_classifier.py
 step python benchmarks/bench_heatmaps.py --model vit_base_patch16_224 --device cuda --precision auto --n 2048 --batch-size 256 --repeats 3
 for decode in gpu cpu; do
   step python benchmarks/bench_detect.py "$frames" --n 4000 --device cuda --workers 12 --batch-size 128 --skip-digits \
-    --memory --precisions auto --decode "$decode" --no-baselines
+    --memory --precisions auto --decode "$decode" --no-baselines --profile 40
 done
 step python benchmarks/bench_cae_epoch.py --device cuda --arch paper --grid 14 --channels 144 --size 128 --n 4000 \
   --batch-size 64
