@@ -43,12 +43,23 @@ def epoch_summary(epoch: int, epochs: int, values: dict[str, float], seconds: fl
                       f"{seconds:.1f} s"])
 
 
+def run_outputs(out: Path, stage: str, *extra: str) -> list[Path]:
+    """The files a training run of `stage` writes in `out`: the checkpoints, its config, its log, `extra`, then
+    the completion marker last."""
+    return [Path(out) / name for name in ("best.pth", "last.pth", "config.yaml", LOG_NAME, *extra,
+                                          _marker(stage))]
+
+
+def _marker(stage: str) -> str:
+    return f"{stage}.complete.yaml"
+
+
 class TrainingRun:
     """One run of a training stage writing `out`."""
 
     def __init__(self, out: Path, stage: str):
         self.out = Path(out)
-        self.staging = Staging(self.out, stage, f"{stage}.complete.yaml")
+        self.staging = Staging(self.out, stage, _marker(stage))
 
     def start(self, cfg: dict[str, Any], free_keys: set[str], prepare: bool = True) -> dict[str, Any] | None:
         """Return the checkpoint to resume from, or None to start afresh; with `prepare` (the process

@@ -40,6 +40,7 @@ class HeatmapFile:
         if fortran or dtype.hasobject:
             raise ValueError(f"{self.path} is not a C-ordered numeric array")
         self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
+        self.torch_dtype: torch.dtype = torch.from_numpy(np.empty(0, dtype)).dtype
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
 
     def __len__(self) -> int:
@@ -98,7 +99,7 @@ def training_source(heatmaps: np.ndarray | HeatmapFile, device: torch.device) ->
         nbytes = int(np.prod(heatmaps.shape)) * heatmaps.dtype.itemsize
         if device.type != "cuda" or nbytes > torch.cuda.mem_get_info(device)[0] // 2:
             return heatmaps
-        out = torch.empty(heatmaps.shape, dtype=getattr(torch, heatmaps.dtype.name), device=device)
+        out = torch.empty(heatmaps.shape, dtype=heatmaps.torch_dtype, device=device)
         step = max(1, CHUNK_BYTES // max(1, nbytes // max(1, len(heatmaps))))
         for start in range(0, len(heatmaps), step):
             out[start:start + step] = torch.from_numpy(heatmaps.rows(slice(start, start + step))).to(device)
@@ -223,8 +224,8 @@ def prepare_heatmaps(
     heatmaps = as_channels(torch.as_tensor(heatmaps).detach().to("cpu", torch.float32))
     out = torch.empty(heatmaps.shape[0], *prep.output_shape(heatmaps.shape), dtype=torch.float32)
     for start in range(0, heatmaps.shape[0], _PREP_CHUNK):
-        chunk = prep(heatmaps[start:start + _PREP_CHUNK])
-        out[start:start + chunk.shape[0]] = chunk
+        chunk = heatmaps[start:start + _PREP_CHUNK]
+        prep(chunk, out=out[start:start + chunk.shape[0]])
     return out
 
 
@@ -268,8 +269,8 @@ def epoch_batches(source: RawHeatmaps, prep: HeatmapPrep, batch_size: int, devic
     chunk = max(1, chunk_bytes // (4 * int(np.prod(shape)) * batch_size)) * batch_size
     buffer = torch.empty((min(chunk, n), *shape), dtype=torch.float32, device=device)
     from_file = isinstance(source, HeatmapFile)
-    stored = getattr(torch, source.dtype.name) if from_file else source.dtype
-    rows = torch.empty((min(chunk, n) if from_file or shuffle else 0, *source.shape[1:]), dtype=stored,
+    rows = torch.empty((min(chunk, n) if from_file or shuffle else 0, *source.shape[1:]),
+                       dtype=source.torch_dtype if from_file else source.dtype,
                        device="cpu" if from_file else source.device,
                        pin_memory=from_file and torch.device(device).type == "cuda")  # unused in order from a tensor
     for start in range(0, n, chunk):

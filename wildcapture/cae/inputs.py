@@ -94,7 +94,11 @@ class ExternalHeatmaps:
         A `.npy` input has no index: ids are row numbers."""
         source = self.files[split]
         if source.suffix.lower() != ".csv":
-            n = len(load_heatmaps(source))
+            try:
+                n = len(HeatmapFile(source))  # the header's row count: `heatmaps` reads and checks the values
+            except ValueError as err:
+                raise DatasetError(f"cannot use the heatmaps of split {split}: {source}: not a readable .npy "
+                                   f"array ({err})") from err
             return SplitIndex([f"{source}#{i}" for i in range(n)], [-1 if split == "test_ood" else 0] * n, [""] * n)
         with open(source, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))

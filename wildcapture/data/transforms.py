@@ -84,7 +84,8 @@ def eval_transform(input_size: Sequence[int], mean: Sequence[float], std: Sequen
                    interpolation: str = "bicubic") -> Callable:
     """Return the eval transform of `build_transforms`: PIL RGB image -> float tensor 3 x H x W."""
     size = (int(input_size[0]), int(input_size[1]))
-    return T.Compose([*_eval_steps(size, _mode(interpolation)), T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))])
+    finish = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
+    return T.Compose([*_eval_steps(size, _mode(interpolation)), *finish])
 
 
 def build_transforms(data_cfg: dict, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
@@ -103,18 +104,16 @@ def build_transforms(data_cfg: dict, input_size: Sequence[int], mean: Sequence[f
     mode = _mode(interpolation)
     size = (int(input_size[0]), int(input_size[1]))
     augment = resolve_augment((data_cfg or {}).get("augment"))
-    finish = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
-    resize = _eval_steps(size, mode)
-
     train: list[Callable] = []
     if augment["random_resized_crop"] is not None:
         train.append(T.RandomResizedCrop(size, scale=(float(augment["random_resized_crop"]), 1.0),
                                          interpolation=mode, antialias=True))
     else:
-        train += resize
+        train += _eval_steps(size, mode)
     if augment["hflip"] > 0:
         train.append(T.RandomHorizontalFlip(p=float(augment["hflip"])))
     if augment["color_jitter"] > 0:
         s = float(augment["color_jitter"])
         train.append(T.ColorJitter(brightness=s, contrast=s, saturation=s))
-    return T.Compose(train + finish), T.Compose(resize + finish)
+    finish = [T.ToTensor(), T.Normalize(mean=list(mean), std=list(std))]
+    return T.Compose(train + finish), eval_transform(input_size, mean, std, interpolation)

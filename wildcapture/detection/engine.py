@@ -33,7 +33,6 @@ from wildcapture.attention import forward_with_heatmaps
 from wildcapture.vit import locate_classifier
 from wildcapture.run_lock import clear_held
 from wildcapture.runtime import DistState, make_loader, precision_context, resolve_precision, shard_indices
-from wildcapture.storage import sha256_file
 from wildcapture.vit import build_vit, load_state
 
 if TYPE_CHECKING:
@@ -51,10 +50,15 @@ class DetectionModels:
     provenance: dict[str, Any]  # the heatmaps the CAE learned: classifier, input_spec, heatmap, data
     threshold: float            # of the score in use
     cae_sha256: str             # of the CAE checkpoint file
-    fingerprint: str            # SHA-256 of the CAE and the classifier files and the precision
     val_scores: np.ndarray      # the score's val_id scores, sorted (N,): calibrate the unknown confidence
     fusion: FusionDetector | None = None  # set when the score is the fusion detector's
     precision: str = "fp32"     # the classifier's, resolved (runtime.resolve_precision); the CAE runs in fp32
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the CAE and the classifier files and the precision."""
+        return hashlib.sha256((self.cae_sha256 + self.provenance["classifier"]["sha256"] + self.precision).encode()
+                              ).hexdigest()
 
     @property
     def class_names(self) -> list[str]:
@@ -103,11 +107,9 @@ def load_models(cae_path: Path, batch_size: int, device: torch.device, threshold
     classifier = build_vit(source["classifier"]["model_args"])
     load_state(classifier, locate_classifier(source["classifier"], f"CAE {cae_path}"), f"classifier of {cae_path}")
     resolved = resolve_precision(precision, device)
-    cae_sha256 = sha256_file(cae_path)
-    fingerprint = hashlib.sha256((cae_sha256 + source["classifier"]["sha256"] + resolved).encode()).hexdigest()
     scorer = CAEDetector(cae, ckpt["prep"]["resize"], ckpt["prep"]["norm"], batch_size, device)
     return DetectionModels(classifier.eval().to(device), scorer, source,
-                           float(stored if threshold is None else threshold), cae_sha256, fingerprint, val_scores,
+                           float(stored if threshold is None else threshold), ckpt["sha256"], val_scores,
                            fusion, resolved)
 
 

@@ -30,7 +30,7 @@ from wildcapture.data.config import DATA_DEFAULTS, data_identity, resolve_data_c
 from wildcapture.data.splits import Benchmark, SPLITS
 from wildcapture.errors import DatasetError
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
-from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
+from wildcapture.heatmap_store import (ARRAYS, HEATMAP_DTYPES, RESULTS_MARKER, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
                                        read_meta, results_staging, write_baseline_scores, write_index)
 from wildcapture.attention import heatmap_channels, HEATMAP_KINDS
 from wildcapture.heatmaps.export import export_heatmap_pngs
@@ -176,12 +176,11 @@ def run(cfg: Config) -> dict[str, Any] | None:
 def outputs(cfg: Config) -> list[Path]:
     """The files a run writes: the heatmaps' folder (its meta last), then the results folder (its marker last)."""
     heat, results = heatmaps_dir(cfg), results_dir(cfg)
-    arrays = [heat / split / name for split in SPLITS for name in ("heatmaps.npy", "logits.npy", "features.npy",
-                                                                      "index.csv")]
+    arrays = [heat / split / name for split in SPLITS for name in (*(f"{a}.npy" for a in ARRAYS), "index.csv")]
     pngs = [heat / split / "png" for split in SPLITS] if cfg["heatmap"]["export_png"] else []
     report = ["classifier_report.json", "confusion_matrix.png", "baseline_scores.csv",
               *(["heatmap_gallery.png"] if cfg["gallery_size"] else []), "config_test_classifier.yaml",
-              "evaluate_classifier.complete.yaml"]
+              RESULTS_MARKER]
     return [*arrays, *pngs, heat / HEATMAPS_META, *(results / name for name in report)]
 
 

@@ -34,7 +34,7 @@ from wildcapture.paths import cae_dir
 from wildcapture.runtime import epoch_seed, grad_scaler, pick_device, seed_everything
 from wildcapture.storage import write_yaml
 from wildcapture.training_checkpoint import TrainingState
-from wildcapture.training_run import TrainingRun, epoch_summary
+from wildcapture.training_run import TrainingRun, epoch_summary, run_outputs
 
 STAGE = "train_cae"
 TRAIN_SPLITS = ("train_id", "val_id")
@@ -46,8 +46,7 @@ FREE_ON_RESUME = {"exp", "output_dir", "results_dir", "heatmaps_dir", "inputs", 
 
 def outputs(cfg: Config) -> list[Path]:
     """The files a run writes in its output folder, the completion marker last."""
-    out = cae_dir(cfg)
-    return [out / name for name in ("best.pth", "last.pth", "config.yaml", "log.jsonl", f"{STAGE}.complete.yaml")]
+    return run_outputs(cae_dir(cfg), STAGE)
 
 
 def check(cfg: Config) -> list[Path]:

@@ -39,7 +39,7 @@ from wildcapture.runtime import (DistState, cleanup_distributed, epoch_seed, gra
                                  pick_device, seed_everything)
 from wildcapture.storage import write_yaml
 from wildcapture.training_checkpoint import TrainingState
-from wildcapture.training_run import TrainingRun, epoch_summary
+from wildcapture.training_run import TrainingRun, epoch_summary, run_outputs
 from wildcapture.vit import build_vit, load_weights, model_args_from_config
 
 STAGE = "train_classifier"
@@ -94,9 +94,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: dict[str, Any])
 
 def outputs(cfg: Config) -> list[Path]:
     """The files a run writes in its output folder, the completion marker last."""
-    out = classifier_dir(cfg)
-    return [out / name for name in ("best.pth", "last.pth", "config.yaml", "log.jsonl", "manifest.csv",
-                                    f"{STAGE}.complete.yaml")]
+    return run_outputs(classifier_dir(cfg), STAGE, "manifest.csv")
 
 
 def check(cfg: Config) -> list[Path]:
