@@ -17,7 +17,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence
 
 from wildcapture.errors import RunLockedError
 from wildcapture.storage import remove_stale_temporaries
@@ -130,9 +130,15 @@ def _remove_if_untouched(folder: Path, created: list[Path]) -> None:
     if folder not in created or not folder.is_dir() or any(p.name != LOCK_NAME for p in folder.iterdir()):
         return  # not ours, already removed (a training run cleans up its own), or holding the run's files
     remove_held(folder)
-    for parent in created[1:]:
-        with contextlib.suppress(OSError):  # not empty: another run's
-            parent.rmdir()
+    remove_empty(created[1:])
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove each folder of `folders`, in order (deepest first), that is empty; leave the others (another
+    run's files)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def clear_held(folder: Path) -> None:

@@ -19,7 +19,7 @@ import struct
 import warnings
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -219,16 +219,29 @@ def load_rgb_at_least(path: str | Path, box: Box | None, min_size: int | tuple[i
     Raises DatasetError naming ``path`` if the file is missing, empty, truncated or not an image, or if
     ``box`` is not finite.
     """
+    image, full_size, pixels = decode_reduced(path, box, margin,
+                                              lambda _full, crop: round(1 / decode_scale(crop, min_size)))
+    # scale by the size actually decoded: a JPEG draft gives ceil(size / k), other formats the full size
+    return image if box is None else image.crop(_scale_box(pixels, full_size, image.size))
+
+
+def decode_reduced(path: str | Path, box: Box | None, margin: float,
+                   reduction_for: Callable[[tuple[int, int], tuple[int, int]], int]
+                   ) -> tuple[Image.Image, tuple[int, int], PixelBox]:
+    """Decode the image file at ``path`` as displayed (EXIF orientation applied), in RGB, at the JPEG draft scale
+    1/k, k = ``reduction_for(full size, crop size)`` (1, 2, 4 or 8; other formats decode whole).
+
+    ``box``, ``margin``: as `load_rgb_at_least`'s (None: the whole image). Returns (the decoded image, the full
+    displayed size (width, height), the crop's pixel box (x0, y0, x1, y1) at that full size). Raises
+    DatasetError naming ``path`` if the file cannot be read, or if ``box`` is not finite.
+    """
     if box is not None and not all(math.isfinite(v) for v in box):
         raise DatasetError(f"box {box} of image {path} is not finite; fix the detection")
     with open_image(path) as image:
         full_size = displayed_size(image)
         pixels = (0, 0, *full_size) if box is None else pixel_box(box, full_size, margin)
-        x0, y0, x1, y1 = pixels
-        reduction = round(1 / decode_scale((x1 - x0, y1 - y0), min_size))
+        reduction = reduction_for(full_size, (pixels[2] - pixels[0], pixels[3] - pixels[1]))
         if reduction > 1:  # stored size // k makes draft pick 1/k exactly; a rounded-up size may get 1/(k/2)
             image.draft("RGB", (max(1, image.width // reduction), max(1, image.height // reduction)))
         image.load()
-        image = to_rgb(ImageOps.exif_transpose(image))
-    # scale by the size actually decoded: a JPEG draft gives ceil(size / k), other formats the full size
-    return image if box is None else image.crop(_scale_box(pixels, full_size, image.size))
+        return to_rgb(ImageOps.exif_transpose(image)), full_size, pixels

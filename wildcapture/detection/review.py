@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Generic, Sequence, TypeVar
 
 import numpy as np
 from matplotlib import colormaps
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from wildcapture.detection.review_page import Card, asset_file_name, write_review_page
-from wildcapture.data.images import decode_scale, displayed_size, open_image, to_rgb
+from wildcapture.data.images import Box, PixelBox, decode_reduced, decode_scale
 from wildcapture.data.transforms import centre_crop_box
 from wildcapture.detection.season import Item
 from wildcapture.errors import DatasetError
@@ -153,9 +153,6 @@ OVERLAY_CMAP = "jet"  # as heatmaps/gallery.py's overlay
 BOX_COLOUR, BOX_WIDTH = (255, 0, 0), 3
 OUTLINE_COLOUR = (255, 255, 255)
 
-Box = tuple[float, float, float, float]
-PixelBox = tuple[int, int, int, int]
-
 
 def fit_size(size: tuple[int, int], longest: int) -> tuple[int, int]:
     """Return ``size`` = (width, height) scaled, aspect kept, so that its long side is at most ``longest``
@@ -175,17 +172,8 @@ def write_review_assets(folder: Path, item: int, image_path: str, bbox: Box | No
     still gives both thumbnails their full size. Raises DatasetError naming ``image_path`` when it cannot be
     read or ``bbox`` is not finite.
     """
-    if bbox is not None and not all(math.isfinite(v) for v in bbox):
-        raise DatasetError(f"box {bbox} of image {image_path} is not finite; fix the detection")
-    with open_image(image_path) as image:
-        full_size = displayed_size(image)
-        crop_box = (0, 0, *full_size) if bbox is None else pixel_box(bbox, full_size, margin)
-        crop_size = (crop_box[2] - crop_box[0], crop_box[3] - crop_box[1])
-        reduction = _reduction(full_size, crop_size)
-        if reduction > 1:  # stored size // k makes draft pick 1/k exactly (as data.images.load_rgb_at_least does)
-            image.draft("RGB", (max(1, image.width // reduction), max(1, image.height // reduction)))
-        image.load()
-        decoded = to_rgb(ImageOps.exif_transpose(image))
+    decoded, full_size, crop_box = decode_reduced(image_path, bbox, margin, _reduction)
+    crop_size = (crop_box[2] - crop_box[0], crop_box[3] - crop_box[1])
     scale = (decoded.width / full_size[0], decoded.height / full_size[1])
     crop = decoded.resize(fit_size(crop_size, CROP_MAX), Image.Resampling.BILINEAR,
                           box=_scaled(crop_box, scale))

@@ -25,7 +25,7 @@ from wildcapture.detection.review_page import review_folder
 from wildcapture.detection.season import Scan, Season, scan
 from wildcapture.errors import ConfigError
 from wildcapture.paths import portable_path
-from wildcapture.run_lock import hold_lock, missing_folders, remove_held
+from wildcapture.run_lock import hold_lock, missing_folders, remove_empty, remove_held
 from wildcapture.runtime import (DistState, available_cpus, cleanup_distributed, describe_precision, heatmap_precision,
                                  init_distributed, pick_device)
 from wildcapture.storage import TMP_SUFFIX, write_text
@@ -110,13 +110,6 @@ def _missing(folders: Sequence[Path | None]) -> list[Path]:
     """The folders of `folders` (None: none) and their parents that do not exist yet, deepest first."""
     missing = {p for folder in folders if folder is not None for p in missing_folders(folder)}
     return sorted(missing, key=lambda p: len(p.parts), reverse=True)
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    """Remove each folder of `folders` (deepest first) that is empty; leave the others."""
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def _probe(folder: Path) -> None:
@@ -243,16 +236,22 @@ def _run_locked(season: Season, found: Scan, models: DetectionModels, out: Outpu
         return summary
 
 
+def _inputs(source: Path, out_csv: Path, options: DetectOptions) -> tuple[OutputPaths, Season, Scan]:
+    """The checks before the models: the options, the outputs against the input, the input read through;
+    returns the output paths, the season and its scan."""
+    options.check()
+    out = OutputPaths(out_csv)
+    check_outputs(source, out, options)
+    season = Season(source, options.md_threshold, options.image_root)
+    return out, season, scan(season)
+
+
 def check(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) -> list[Path]:
     """Every check of `detect` that needs no scoring, writing nothing: the options, the outputs (not over the
     input; another score's finished outputs only with `overwrite`), the input (a folder, or a MegaDetector file
     read through, its images found under the image root) and the models (the CAE checkpoint, its classifier by
     SHA-256, the score's threshold and calibration). Returns the files and folders a run would write."""
-    options.check()
-    out = OutputPaths(out_csv)
-    check_outputs(source, out, options)
-    season = Season(source, options.md_threshold, options.image_root)
-    found = scan(season)
+    out, season, found = _inputs(source, out_csv, options)
     device = pick_device(options.device)
     models = _load_models(cae_path, options, device)
     fingerprint = job_fingerprint(found, models, _job_settings(season, options, world_size=1))
@@ -272,11 +271,7 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
     options, input and models are checked before anything is written; a run that fails with no progress to
     continue leaves nothing new on disk, and a finished run leaves only its outputs.
     """
-    options.check()
-    out = OutputPaths(out_csv)
-    check_outputs(source, out, options)
-    season = Season(source, options.md_threshold, options.image_root)
-    found = scan(season)
+    out, season, found = _inputs(source, out_csv, options)
     state, device = init_distributed(options.device)
     try:
         models = _load_models(cae_path, options, device)
@@ -289,7 +284,7 @@ def detect(source: Path, cae_path: Path, out_csv: Path, options: DetectOptions) 
                     _probe(folder)
             return _run_locked(season, found, models, out, state, device, cae_path, options)
         except BaseException:
-            _remove_empty(made)
+            remove_empty(made)
             raise
     finally:
         cleanup_distributed()

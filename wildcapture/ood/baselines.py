@@ -343,7 +343,3 @@ def score_all(detectors: Mapping[str, Detector], split: Any) -> dict[str, np.nda
     scores (N,)}, higher = more OOD."""
     return {name: score_on(det, split) for name, det in detectors.items()}
 
-
-def storable_detectors() -> dict[str, type[Detector]]:
-    """The registered detectors that can be stored in a checkpoint (the fusion's possible partners)."""
-    return {name: cls for name, cls in DETECTORS.items() if cls.storable}

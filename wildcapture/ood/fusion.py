@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .baselines import storable_detectors
+from .baselines import DETECTORS
 from wildcapture.detector import Detector, fit_on, score_on
 from wildcapture.errors import ConfigError
 from .metrics import _as_scores
@@ -83,7 +83,7 @@ class ZScoreFusion:
 
 def fusion_partners() -> dict[str, type[Detector]]:
     """The detectors a fusion can pair the CAE with: the registered ones that can be stored in a checkpoint."""
-    return storable_detectors()
+    return {name: cls for name, cls in DETECTORS.items() if cls.storable}
 
 
 def fit_partner(name: str, train: Mapping[str, Any]) -> Detector:

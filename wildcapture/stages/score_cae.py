@@ -9,6 +9,7 @@ the baseline scores must come from the same stage-2 run as the heatmaps.
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ import numpy as np
 import torch
 
 from wildcapture.cae.engine import reconstruct
-from wildcapture.cae.architectures import check_fits, heatmap_prep
+from wildcapture.cae.architectures import check_fits
 from wildcapture.cae.checkpoint import fusion_of, load_cae
 from wildcapture.cae.engine import CAEDetector
+from wildcapture.cae.heatmap_data import RawHeatmaps
 from wildcapture.cae.fusion_inputs import fused_test_scores
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
 from wildcapture.cae.inputs import HeatmapSource, heatmap_source
@@ -173,17 +175,12 @@ def check(cfg: Config) -> list[Path]:
     the test heatmaps against the CAE (provenance and shape), stage 2's baseline scores, and the features the
     fusion detector scores. Returns `outputs(cfg)`."""
     check_config(cfg)
-    model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
-    source = heatmap_source(cfg, TEST_SPLITS)
-    _check_provenance(ckpt, source)
-    prep = ckpt.get("prep", cfg["cae"])
-    raw, _ = _test_splits(source)
+    inputs = _inputs(cfg, torch.device("cpu"))
     for split in TEST_SPLITS:
-        check_fits(model, heatmap_prep(model, prep["resize"], prep["norm"]), raw[split].shape, f"split {split}")
-    _baseline_scores(cfg, source)
-    if fusion_of(ckpt) is not None and source.from_stage2:
+        check_fits(inputs.detector.model, inputs.detector.prep, inputs.raw[split].shape, f"split {split}")
+    if fusion_of(inputs.ckpt) is not None and inputs.source.from_stage2:
         for split in TEST_SPLITS:
-            source.features_and_logits(split)
+            inputs.source.features_and_logits(split)
     return outputs(cfg)
 
 
@@ -196,14 +193,34 @@ def run(cfg: Config) -> dict[str, Any]:
         return _score(cfg, device, out)
 
 
-def _score(cfg: Config, device: torch.device, out: Path) -> dict[str, Any]:
+@dataclass
+class _Inputs:
+    """What stage 4 scores, loaded and checked against each other."""
+
+    ckpt: dict[str, Any]                 # the CAE checkpoint's entries (`load_cae`)
+    source: HeatmapSource
+    detector: CAEDetector
+    raw: dict[str, RawHeatmaps]          # the test splits' raw heatmaps
+    index: dict[str, SplitIndex]
+    baselines: dict[str, tuple[np.ndarray, np.ndarray]]  # stage 2's scores of test_id and test_ood
+
+
+def _inputs(cfg: Config, device: torch.device) -> _Inputs:
+    """Load the CAE checkpoint, the test heatmaps (checked against its provenance) and stage 2's baseline
+    scores; the detector scores on `device`."""
     model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
     source = heatmap_source(cfg, TEST_SPLITS)
     _check_provenance(ckpt, source)
     prep = ckpt.get("prep", cfg["cae"])
     detector = CAEDetector(model, prep["resize"], prep["norm"], cfg["test"]["batch_size"], device)
     raw, index = _test_splits(source)
-    baselines = _baseline_scores(cfg, source)
+    return _Inputs(ckpt, source, detector, raw, index, _baseline_scores(cfg, source))
+
+
+def _score(cfg: Config, device: torch.device, out: Path) -> dict[str, Any]:
+    inputs = _inputs(cfg, device)
+    ckpt, source, detector, raw, index, baselines = (inputs.ckpt, inputs.source, inputs.detector, inputs.raw,
+                                                     inputs.index, inputs.baselines)
     errors = {s: detector.score(raw[s], f"split {s}") for s in TEST_SPLITS}
     detector.model.cpu()
     fusion, fused = fused_test_scores(ckpt, source, errors)
