@@ -50,7 +50,8 @@ def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
 
     scores = _rows(tmp_path / "results" / "baseline_scores.csv")
     assert len(scores) == len(bench.splits["test_id"]) + len(bench.splits["test_ood"])
-    assert set(scores[0]) >= {"split", "row", "source", "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
+    assert set(scores[0]) >= {"split", "row", "source", "msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn",
+                              "vim"}
     first = scores[0]
     expected_msp = -torch.softmax(torch.from_numpy(test_logits[0]).double(), 0).max().item()
     assert float(first["msp"]) == pytest.approx(expected_msp, rel=1e-5)

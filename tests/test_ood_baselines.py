@@ -8,7 +8,7 @@ from wildcapture.heatmap_store import SplitArrays
 from sklearn.covariance import EmpiricalCovariance
 
 from wildcapture.ood.baselines import (
-    DETECTORS, KNN, MSP, Energy, Mahalanobis, MaxLogit, ViM, fit_detectors, score_all,
+    DETECTORS, KNN, MSP, RMDS, Energy, Mahalanobis, MaxLogit, ViM, fit_detectors, score_all,
 )
 
 LOGITS = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
@@ -100,6 +100,24 @@ def test_knn_blocks_match_single_block():
     np.testing.assert_allclose(one, expected, atol=1e-7)
 
 
+def test_knn_state_is_k_and_the_normalised_bank_and_restores_identical_scores(tmp_path):
+    import torch
+
+    rng = np.random.default_rng(4)
+    train, test = rng.normal(size=(30, 5)) * 2, rng.normal(size=(9, 5))
+    det = KNN(k=4).fit(train, np.zeros((30, 1)), np.zeros(30))
+    torch.save({"entry": det.state_dict()}, tmp_path / "knn.pth")
+    state = torch.load(tmp_path / "knn.pth", map_location="cpu", weights_only=True)["entry"]
+    assert state["k"] == 4 and state["bank"].dtype == torch.float64 and tuple(state["bank"].shape) == (30, 5)
+    np.testing.assert_allclose(state["bank"].numpy(), train / np.linalg.norm(train, axis=1, keepdims=True),
+                               rtol=1e-15)
+    again = KNN.from_state(state)
+    assert again.k_ == 4 and np.array_equal(again.score(test, np.zeros((9, 1))), det.score(test, np.zeros((9, 1))))
+    assert KNN.from_state({"k": 50, "bank": state["bank"]}).k_ == 30  # capped again by the bank's rows
+    with pytest.raises(ValueError, match="non-empty"):
+        KNN.from_state({"k": 4, "bank": state["bank"][0]})
+
+
 def reference_vim(w, b, dim, train_f, train_l, test_f, test_l):
     """Straightforward transcription of the official recipe (sklearn covariance, np.linalg.eig)."""
     u = -np.linalg.pinv(w) @ b
@@ -157,7 +175,8 @@ def test_registry_fit_and_score_all():
     labels = logits.argmax(1)
     train = {"features": feats, "logits": logits, "labels": labels, "head": (w, b)}
     dets = fit_detectors(train, {"knn": {"k": 5}, "vim": {"dim": 3}})
-    expected = {"msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "mahalanobis": Mahalanobis, "knn": KNN, "vim": ViM}
+    expected = {"msp": MSP, "maxlogit": MaxLogit, "energy": Energy, "mahalanobis": Mahalanobis, "rmds": RMDS,
+                "knn": KNN, "vim": ViM}
     assert list(dets) == list(DETECTORS) == list(expected)
     assert all(isinstance(dets[n], cls) for n, cls in expected.items()) and dets["knn"].k_ == 5 and dets["vim"].dim_ == 3
     scores = score_all(dets, SplitArrays(logits[:7], feats[:7], np.zeros((7, 2, 2))))

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from wildcapture.ood.baselines import KNN, Mahalanobis, fit_detectors
+from wildcapture.ood.baselines import DETECTORS, Mahalanobis, ViM, fit_detectors
 from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner, fusion_partners
 
 
-def _features(rank_deficient: bool = False):
+def _features(rank_deficient: bool = False, per_class: int = 12):
     rng = np.random.default_rng(7)
-    labels = np.repeat([2, 5, 9], 12)
-    feats = rng.normal(size=(36, 6)) + labels[:, None] * 0.5
+    labels = np.repeat([2, 5, 9], per_class)
+    feats = rng.normal(size=(3 * per_class, 6)) + labels[:, None] * 0.5
     if rank_deficient:  # a copied column: the covariance is singular and the pseudo-inverse drops a direction
         feats[:, 5] = feats[:, 0]
-    logits = rng.normal(size=(36, 3)) * 3
+    logits = rng.normal(size=(3 * per_class, 3)) * 3
     return feats, logits, labels
 
 
@@ -71,21 +71,24 @@ def test_mahalanobis_state_round_trip_gives_identical_scores(tmp_path, rank_defi
 
 
 def test_every_partner_is_fit_as_stage_2_fits_its_baseline_and_survives_a_checkpoint(tmp_path):
-    feats, logits, labels = _features()
+    feats, logits, labels = _features(per_class=24)  # 72 images: KNN's default k=50 is not capped
     train = {"features": feats, "logits": logits, "labels": labels}
-    baselines = fit_detectors(train, {"knn": {"k": 3}})
+    baselines = fit_detectors(train)  # stage 2's defaults: a partner is built with its defaults too
     queries, query_logits = feats[::3] + 0.1, logits[::3] - 0.2
-    assert list(fusion_partners()) == ["msp", "maxlogit", "energy", "mahalanobis"]
+    # every registered feature detector but ViM, which fits on the classifier's head (stage 3 has none)
+    assert list(fusion_partners()) == ["msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn"]
+    assert [n for n in DETECTORS if n not in fusion_partners()] == ["vim"] and not ViM.storable
     for name in fusion_partners():
         partner = fit_partner(name, train)
         expected = baselines[name].score(queries, query_logits)
         assert np.array_equal(partner.score(queries, query_logits), expected), name
         restored = fusion_partners()[name].from_state(_reload(partner.state_dict(), tmp_path))
         assert np.array_equal(restored.score(queries, query_logits), expected), name
-    with pytest.raises(ValueError, match="unknown fusion partner 'knn'"):
-        fit_partner("knn", train)
-    with pytest.raises(NotImplementedError, match="KNN cannot be stored"):
-        KNN(k=3).fit(feats, logits, labels).state_dict()
+    assert fit_partner("knn", train).k_ == 50
+    with pytest.raises(ValueError, match="unknown fusion partner 'vim'"):
+        fit_partner("vim", train)
+    with pytest.raises(NotImplementedError, match="ViM cannot be stored"):
+        ViM(dim=2).fit(feats, logits, labels, head=(np.ones((3, 6)), np.zeros(3))).state_dict()
 
 
 def test_fusion_detector_entry_round_trip(tmp_path):
@@ -106,3 +109,25 @@ def test_fusion_detector_entry_round_trip(tmp_path):
                                + (dist - s["feature_mean"]) / s["feature_std"], rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="partner 'vim'"):
         FusionDetector.from_state({**fusion.state_dict(), "partner": "vim"})
+
+
+def test_fusion_with_rmds_partner_survives_a_checkpoint_and_matches_by_hand(tmp_path):
+    feats, logits, labels = _features(rank_deficient=True)
+    partner = fit_partner("rmds", {"features": feats, "logits": logits, "labels": labels})
+    zscore = ZScoreFusion().fit(np.linspace(0.1, 0.5, 12), partner.score(feats[:12], logits[:12]))
+    fusion = FusionDetector("rmds", partner, zscore, 0.5)
+    again = FusionDetector.from_state(_reload(fusion.state_dict(), tmp_path))
+    assert again.name == "cae+rmds" and again.partner_name == "rmds" and again.threshold == 0.5
+    errors = np.linspace(0.0, 1.0, 36)
+    fused = fusion.score(errors, feats, logits)
+    assert np.array_equal(again.score(errors, feats, logits), fused)
+    # by hand: class means, the pooled within-class and the total covariance (1/N), np.linalg.pinv of each
+    means = {c: feats[labels == c].mean(0) for c in (2, 5, 9)}
+    within = sum(np.outer(f - means[y], f - means[y]) for f, y in zip(feats, labels)) / 36
+    mu0 = feats.mean(0)
+    prec, prec0 = np.linalg.pinv(within), np.linalg.pinv(np.cov(feats.T, bias=True))
+    rmds = np.array([min((x - m) @ prec @ (x - m) for m in means.values()) - (x - mu0) @ prec0 @ (x - mu0)
+                     for x in feats])
+    s = zscore.state_dict()
+    np.testing.assert_allclose(fused, (errors - s["attention_mean"]) / s["attention_std"]
+                               + (rmds - s["feature_mean"]) / s["feature_std"], rtol=1e-8, atol=1e-8)

@@ -84,7 +84,7 @@ def test_smoke_pipeline_hands_files_from_stage_to_stage(tmp_path, monkeypatch):
 
     table = json.loads((results / "ood_table.json").read_text())["rows"]
     assert [r["detector"] for r in table] == ["cae", "cae+mahalanobis", "msp", "maxlogit", "energy", "mahalanobis",
-                                                "knn", "vim"]
+                                                "rmds", "knn", "vim"]
     assert [r["detector"] for r in result["rows"]] == [r["detector"] for r in table]
     assert all(r["n_id"] == 48 and r["n_ood"] == 48 and 0 <= r["auroc"] <= 1 for r in table)
     assert len(_rows(results / "recon_errors.csv")) == 96

@@ -27,7 +27,7 @@ from wildcapture.vit import WeightsMismatchError
 from stage_helpers import cae_config
 
 SPLITS = ("test_id", "test_ood")
-BASELINES = ("msp", "maxlogit", "energy", "mahalanobis", "knn", "vim")
+BASELINES = ("msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn", "vim")
 
 
 def _rows(path):

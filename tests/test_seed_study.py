@@ -85,7 +85,7 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
     rows = {r["detector"]: r for r in summary["rows"]}
     assert summary["columns"] == list(COLUMNS) and all(list(r) == list(COLUMNS) for r in summary["rows"])
     assert set(rows) == {"cae[cls_last]", "cae[rollout]", "cae+mahalanobis[cls_last]", "cae+mahalanobis[rollout]",
-                         "msp", "maxlogit", "energy", "mahalanobis", "knn", "vim"}
+                         "msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn", "vim"}
     assert {d: r["family"] for d, r in rows.items() if r["family"] != "feature"} == {
         "cae[cls_last]": "attention", "cae[rollout]": "attention",
         "cae+mahalanobis[cls_last]": "fusion", "cae+mahalanobis[rollout]": "fusion"}

@@ -55,7 +55,7 @@ def test_resampled_auroc_refuses_counts_of_another_shape():
 def test_families():
     assert family("cae") == family("cae[cls_last/paper]") == "attention"
     assert family("cae+knn") == family("cae+vim[rollout]") == "fusion"
-    assert {family(d) for d in ("msp", "maxlogit", "energy", "mahalanobis", "knn", "vim")} == {"feature"}
+    assert {family(d) for d in ("msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn", "vim")} == {"feature"}
 
 
 def test_mean_and_sample_std_over_seeds_by_hand():

@@ -135,9 +135,9 @@ def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny
 
     run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1", "fusion.partner=null"))
     assert "fusion" not in _load(tmp_path / "cae" / "best.pth")
-    with pytest.raises(ConfigError, match="fusion.partner must be one of msp, maxlogit, energy, mahalanobis or "
-                                          "null; got 'knn'"):
-        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.partner=knn"))
+    with pytest.raises(ConfigError, match="fusion.partner must be one of msp, maxlogit, energy, mahalanobis, rmds, "
+                                          "knn or null; got 'vim'"):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.partner=vim"))
     assert not (tmp_path / "x").exists()
 
 

@@ -2,8 +2,9 @@
 
 Each is a `wildcapture.detector.Detector`: `fit(features, logits, labels)` on train_id (ViM also
 takes the classifier's `head`), then `score(features, logits)`: float64 (N,), higher = more OOD; arrays
-are converted to float64. Stage 2 fits and scores every detector of DETECTORS: a new one is a class
-and a line there.
+are converted to float64. All but ViM are `storable`, so each can be the fusion's partner (ViM fits on
+the classifier's head, which stage 3 does not have). Stage 2 fits and scores every detector of DETECTORS: a
+new one is a class and a line there.
 """
 from __future__ import annotations
 
@@ -194,16 +195,74 @@ class Mahalanobis(Detector):
         return self.distances(features).min(axis=1)
 
 
+class RMDS(Detector):
+    """Relative Mahalanobis distance score (Ren et al. 2021), as OpenOOD v1.5's `rmds`, on features.
+
+    fit: the class-conditional Gaussians of `Mahalanobis` (class means mu_c, pooled within-class covariance S
+    divided by N, precision pinv(S)), and a background Gaussian fit the same way with every train_id feature
+    in one class, labels ignored (mean mu_0, covariance S_0 of all features divided by N, precision pinv(S_0)).
+    score: min_c [MD_c(x) - MD_0(x)] with the squared distances MD_c(x) = (x - mu_c)^T pinv(S) (x - mu_c) and
+    MD_0(x) = (x - mu_0)^T pinv(S_0) (x - mu_0): OpenOOD's confidence max_c -(MD_c - MD_0), negated.
+    OpenOOD takes the same 1/N covariances (sklearn's EmpiricalCovariance) and pseudo-inverses (its pinvh
+    drops the eigenvalues below D * eps * the largest, as here), but in float32; here all is float64.
+    """
+
+    name = "rmds"
+    fit_inputs = ("features", "logits", "labels")
+    storable = True
+
+    def __init__(self) -> None:
+        self.classes: Mahalanobis | None = None  # the class-conditional Gaussians
+        self.background: Mahalanobis | None = None  # one Gaussian of all train_id features
+
+    def fit(self, features: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> "RMDS":
+        """Fit on train_id features (N, D) (streamed as `Mahalanobis.fit` streams them) and labels (N,);
+        returns self."""
+        if labels is None:
+            raise ValueError("RMDS needs the train_id class labels to fit class means")
+        self.classes = Mahalanobis().fit(features, logits, labels)
+        self.background = Mahalanobis().fit(features, logits, np.zeros(np.shape(features)[0], dtype=np.int64))
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"classes": the class-conditional `Mahalanobis.state_dict()`, "background": the background one's
+        (one class, 0)}."""
+        self._require_fitted("background")
+        return {"classes": self.classes.state_dict(), "background": self.background.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "RMDS":
+        det = cls()
+        det.classes = Mahalanobis.from_state(state["classes"])
+        det.background = Mahalanobis.from_state(state["background"])
+        dim, background = det.classes.means_.shape[1], det.background.means_.shape
+        if background != (1, dim):
+            raise ValueError(f"RMDS state: the background mean has shape {background}, the class means dim {dim} "
+                             f"(expected (1, {dim}))")
+        return det
+
+    def relative_distances(self, features: np.ndarray) -> np.ndarray:
+        """MD_c(x) - MD_0(x) of each row to each class, shape (N, n_classes)."""
+        self._require_fitted("background")
+        return self.classes.distances(features) - self.background.distances(features)  # (N, C) - (N, 1)
+
+    def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        _check_pair(features, logits)
+        return self.relative_distances(features).min(axis=1)
+
+
 class KNN(Detector):
     """Deep nearest neighbours (Sun et al. 2022) on L2-normalised features.
 
     score: Euclidean distance from the normalised feature to its k-th nearest normalised
     train feature, in [0, 2]. k is capped at the number of train features. The search runs
-    in float64 torch, in blocks of queries, on `device` ("cpu" or e.g. "cuda").
+    in float64 torch, in blocks of queries, on `device` ("cpu" or e.g. "cuda"). Storable: its state is
+    k and the normalised train features.
     """
 
     name = "knn"
     fit_inputs = ("features", "logits", "labels")
+    storable = True
 
     def __init__(self, k: int = 50, device: str | torch.device = "cpu",
                  block_entries: int = _BLOCK_ENTRIES) -> None:
@@ -223,6 +282,22 @@ class KNN(Detector):
         self.bank_ = self._normalised(_as_2d("features", features))
         self.k_ = min(self.k, self.bank_.shape[0])
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"k": the k asked for (int), "bank": the normalised train features, a (N, D) float64 CPU tensor}.
+        The bank is the whole of train_id: N * D * 8 bytes. `from_state` searches on the CPU: its scores are
+        the fitted detector's bit for bit when that one searched on the CPU too, else up to float64 rounding."""
+        self._require_fitted("bank_")
+        return {"k": self.k, "bank": self.bank_.detach().to("cpu", copy=True)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "KNN":
+        det = cls(k=int(state["k"]))
+        bank = torch.as_tensor(state["bank"], dtype=torch.float64)
+        if bank.ndim != 2 or bank.shape[0] == 0:
+            raise ValueError(f"KNN state: the bank must be a non-empty (N, D) array, got {tuple(bank.shape)}")
+        det.bank_, det.k_ = bank, min(det.k, bank.shape[0])
+        return det
 
     @torch.no_grad()
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
@@ -318,7 +393,7 @@ class ViM(Detector):
 
 # The detectors stage 2 fits on train_id and scores on the test splits, in the OOD table's order.
 DETECTORS: dict[str, type[Detector]] = {"msp": MSP, "maxlogit": MaxLogit, "energy": Energy,
-                                        "mahalanobis": Mahalanobis, "knn": KNN, "vim": ViM}
+                                        "mahalanobis": Mahalanobis, "rmds": RMDS, "knn": KNN, "vim": ViM}
 
 
 def fit_detectors(train: Mapping[str, Any], options: Mapping[str, dict[str, Any]] | None = None
