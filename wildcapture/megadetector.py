@@ -14,6 +14,12 @@ checks one entry at a time for a file read as a stream (detect), returning malfo
 of raising. The animal category is the one ``detection_categories`` names "animal", else "1". A file
 without ``format_version`` is read as 1.x; another major version is an error.
 
+File paths: MegaDetector runs on Windows too and writes ``file`` with ``\\`` separators there, so a
+MegaDetector file's ``\\`` are read as ``/`` (`MDImage.file`). Folder input is not such a file: its
+``file``s are the real names on disk (``/``-separated, relative to the folder), in which a ``\\`` is part of
+a name (legal on Linux and macOS), so `whole_image_batch` and ``entry_checker(..., windows_paths=False)``
+keep them as they are.
+
 Boxes: MegaDetector's rounding can put a coordinate a hair outside [0, 1] (e.g. -0.0001). Coordinates
 up to `BBOX_TOLERANCE` outside are clipped to the image; further out (e.g. pixel boxes) is an error,
 as is a box with zero width or height. `pixel_box` turns a box into the integer pixel box that
@@ -66,7 +72,8 @@ class MDDetection:
 
 @dataclass(frozen=True)
 class MDImage:
-    """One ``images`` entry: ``file`` as in the JSON with ``/`` separators, MegaDetector's failure
+    """One ``images`` entry: ``file`` as in the JSON, a MegaDetector file's Windows ``\\`` separators read
+    as ``/`` (a folder's real names kept as they are, see the module docstring), MegaDetector's failure
     reason (None when it processed the image) and the qualifying detections (none for a failure)."""
 
     file: str
@@ -155,10 +162,12 @@ class _BadDetection(ValueError):
 
 
 class _Checker:
-    """Checks the parts of one document; its errors name the file."""
+    """Checks the parts of one document; its errors name the file. `windows_paths`: the entries' ``file``
+    may use Windows' ``\\`` separators (a MegaDetector file), read as ``/``; False: they are real file names
+    (folder input), a ``\\`` in them part of a name."""
 
-    def __init__(self, source: Path):
-        self.source = source
+    def __init__(self, source: Path, windows_paths: bool = True):
+        self.source, self.windows_paths = source, windows_paths
 
     def error(self, where: str, problem: str) -> DatasetError:
         return DatasetError(f"MegaDetector file {self.source}: {where}: {problem}")
@@ -207,7 +216,7 @@ class _Checker:
         where = f"images[{i}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not entry["file"].strip():
             raise self.error(where, f"needs a 'file' path string, got {_short(entry)}")
-        file = entry["file"].replace("\\", "/")
+        file = entry["file"].replace("\\", "/") if self.windows_paths else entry["file"]
         where = f"{where} ({file})"
         failure = entry.get("failure")
         if failure is not None:
@@ -229,12 +238,14 @@ class _Checker:
         return MDImage(file, None, tuple(kept)), bad
 
 
-def entry_checker(header: Any, source: Path, threshold: float
+def entry_checker(header: Any, source: Path, threshold: float, *, windows_paths: bool = True
                   ) -> Callable[[Any, int], tuple[MDImage, list[tuple[int, str]]]]:
     """Check the top level of a file read as a stream (`header`: every top-level key but ``images``) and
     return the check of one entry: ``check(entry, i)`` gives the entry's `MDImage` (animal detections with
-    ``conf`` >= ``threshold``) and its malformed detections as (index, problem). DatasetError names the file."""
-    check = _Checker(source)
+    ``conf`` >= ``threshold``) and its malformed detections as (index, problem). DatasetError names the file.
+    ``windows_paths``: read ``\\`` in ``file`` as ``/`` (a MegaDetector file); False for the entries of
+    `whole_image_batch` (real file names)."""
+    check = _Checker(source, windows_paths)
     if not isinstance(header, dict):
         raise check.error("top level", "needs an 'images' list (is this a MegaDetector batch-output file?)")
     check.version(header.get("info"))
@@ -242,12 +253,14 @@ def entry_checker(header: Any, source: Path, threshold: float
     return lambda entry, i: check.image_keeping_going(entry, i, animal, threshold)
 
 
-def parse_md(document: Any, source: Path, threshold: float = TYPICAL_THRESHOLD) -> MDBatch:
+def parse_md(document: Any, source: Path, threshold: float = TYPICAL_THRESHOLD, *, windows_paths: bool = True
+             ) -> MDBatch:
     """Check a parsed MegaDetector ``document`` (errors name ``source``) and return its `MDBatch`,
-    with the animal detections of ``conf`` >= ``threshold`` (a probability in [0, 1])."""
+    with the animal detections of ``conf`` >= ``threshold`` (a probability in [0, 1]). ``windows_paths``:
+    read ``\\`` in ``file`` as ``/`` (False: the files are real names, see the module docstring)."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    check = _Checker(source)
+    check = _Checker(source, windows_paths)
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise check.error("top level", "needs an 'images' list (is this a MegaDetector batch-output file?)")
     check.version(document.get("info"))
@@ -277,12 +290,13 @@ def read_md_json(path: Path, threshold: float = TYPICAL_THRESHOLD) -> MDBatch:
 
 def whole_image_batch(folder: Path, files: Sequence[str]) -> MDBatch:
     """Return a batch of the images ``files`` (paths relative to ``folder``, ``/`` separators), each with
-    one qualifying detection covering the whole image (see the module docstring)."""
+    one qualifying detection covering the whole image (see the module docstring). The files are real names:
+    a ``\\`` in one is part of the name, kept in ``file`` (not read as a separator)."""
     whole = {"category": DEFAULT_ANIMAL_CATEGORY, "conf": 1.0, "bbox": [0.0, 0.0, 1.0, 1.0]}
     document = {"info": {"format_version": DEFAULT_FORMAT_VERSION, "detector": WHOLE_IMAGE_DETECTOR},
                 "detection_categories": dict(DEFAULT_DETECTION_CATEGORIES),
                 "images": [{"file": file, "detections": [dict(whole)]} for file in files]}
-    return parse_md(document, Path(folder), threshold=0.0)
+    return parse_md(document, Path(folder), threshold=0.0, windows_paths=False)
 
 
 def _pixel_span(start: float, length: float, margin: float, extent: int) -> tuple[int, int]:

@@ -4,11 +4,14 @@ back into training (every scored crop with `--export-all`).
 A crop is cut from the full-resolution image (box widened by `--crop-margin`, as training crops a
 MegaDetector box, `megadetector.pixel_box`) and written as `DIR/<label>/<name>.jpg`: the unknown label
 for a flagged detection, else the predicted class. `DIR/manifest.csv` (MANIFEST_COLUMNS) lists every
-crop written, and is written last.
+crop written, and is written last. The name is readable (`crop_name`); where that of an earlier crop of the
+run already took it (images whose names differ only in characters it replaces, e.g. ``a\\b.jpg`` and
+``a_b.jpg``), a digest of the image's path is added, so no crop overwrites another.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from pathlib import Path
 from typing import Sequence
@@ -27,9 +30,13 @@ MANIFEST_COLUMNS = ("crop_file", "label", "source_image", "detection", "bbox", "
 JPEG_QUALITY = 95
 
 
-def crop_name(item: Item) -> str:
-    """A file name unique within the run: the image's path with separators as "__", and the detection index."""
+def crop_name(item: Item, distinct: bool = False) -> str:
+    """A file name for the crop of `item`: the image's path without its extension, separators as "__" and
+    other characters than letters, digits, "." and "-" as "_", then the detection index. `distinct` adds
+    a digest of the image's path, for a name an earlier crop of the run took (see the module docstring)."""
     stem = re.sub(r"[^\w.-]+", "_", item.image.rsplit(".", 1)[0].replace("/", "__"))
+    if distinct:
+        stem += "-" + hashlib.blake2b(item.image.encode(), digest_size=4).hexdigest()
     return f"{stem}__d{item.detection}.jpg"
 
 
@@ -46,6 +53,7 @@ def export_crops(parts: Sequence[Path], items: Sequence[Item], folder: Path, unk
     under `folder`, then `folder/manifest.csv`; returns the number written. A file that can no longer be read
     is left out with a note."""
     written = 0
+    taken: set[bytes] = set()  # 8-byte digests of the names given (lower case: as a case-blind disk sees them)
 
     def write(tmp: Path) -> None:
         nonlocal written
@@ -59,6 +67,9 @@ def export_crops(parts: Sequence[Path], items: Sequence[Item], folder: Path, unk
                 item = items[int(row["item"])]
                 label = unknown_label if flagged else row["predicted_class"].replace("/", "_")
                 relative = f"{label}/{crop_name(item)}"
+                if _digest(relative) in taken:
+                    relative = f"{label}/{crop_name(item, distinct=True)}"
+                taken.add(_digest(relative))
                 try:
                     _save_crop(item, margin, folder / relative)
                 except DatasetError as err:
@@ -70,3 +81,7 @@ def export_crops(parts: Sequence[Path], items: Sequence[Item], folder: Path, unk
 
     atomic_write(folder / "manifest.csv", write)
     return written
+
+
+def _digest(relative: str) -> bytes:
+    return hashlib.blake2b(relative.lower().encode(), digest_size=8).digest()

@@ -4,8 +4,9 @@ A MegaDetector file is parsed incrementally (`ijson`): the top-level keys but ``
 image entry at a time, so a file of millions of images is never held. Each entry is checked on its own:
 a malformed detection becomes a failure row and the rest of the file is scored. A file that is not a
 MegaDetector file at all is refused with one error. A folder becomes whole-image entries (see
-`megadetector.whole_image_batch`). Only the qualifying detections (`Item`s) stay in memory; the output
-pass reads the entries again (`Season.images`).
+`megadetector.whole_image_batch`) named by their real relative paths: a backslash in a name stays one,
+while a MegaDetector file's Windows backslashes are read as ``/``. Only the qualifying detections
+(`Item`s) stay in memory; the output pass reads the entries again (`Season.images`).
 """
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ class Season:
         else:
             self.header = _read_header(self.source)
             self.image_root = image_root or self.source.parent
-        self._check = entry_checker(self.header, self.source, threshold)
+        # a MegaDetector file's `file` may use Windows' separators; a folder's are real names, where a
+        # backslash is part of the name (`megadetector` module docstring)
+        self._check = entry_checker(self.header, self.source, threshold, windows_paths=not self.whole_images)
 
     def _entries(self) -> Iterator[Any]:
         if self.whole_images:
