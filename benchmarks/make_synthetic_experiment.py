@@ -1,5 +1,8 @@
 """A complete stage-2 experiment at real shapes, without the hours: attention-like synthetic heatmaps.
 
+What it writes says what it is: the meta's data is {"synthetic": true, ...} (no benchmark rebuilds it, so stage
+4's gallery shows heatmaps only) and its protocol is one OOD set, `synthetic` (source `synthetic`).
+
     python benchmarks/make_synthetic_experiment.py exp=NAME --model vit_base_patch16_224 --kind cls_all \\
         --n-train 5000 --n-val 500 --n-test 500 --n-ood 500 [--dtype float16] [--classes 10]
     python AutoEncoder/train.py exp=NAME && python AutoEncoder/test_autoencoder.py exp=NAME
@@ -14,7 +17,6 @@ logits the model's own head on them. `heatmaps_dir=`, `results_dir=`, `output_di
 from __future__ import annotations
 
 import argparse
-import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,9 +25,9 @@ import torch
 
 from wildcapture.classifier.data_setup import input_spec
 from wildcapture.config import load_config
-from wildcapture.data.config import data_identity
-from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
-                                       results_staging, write_baseline_scores, write_index)
+from wildcapture.data.protocol import ID_SPLITS, TRAIN_ID, Protocol
+from wildcapture.heatmap_store import (HEATMAP_DTYPES, SplitArrays, SplitIndex, SplitWriter, commit_outputs,
+                                       heatmaps_staging, results_staging, write_baseline_scores, write_index)
 from wildcapture.attention import heatmap_channels, HEATMAP_KINDS
 from wildcapture.ood.baselines import fit_detectors, score_all
 from wildcapture.paths import REPO_ROOT, classifier_dir, heatmaps_dir, results_dir
@@ -35,6 +37,8 @@ from wildcapture.training_run import TrainingRun
 from wildcapture.vit import ARCH_KEYS, build_vit, model_args_from_config
 
 CHUNK = 512  # images generated and written at a time
+PROTOCOL = Protocol.from_record([{"name": "synthetic", "group": "near", "source": "synthetic"}])
+DATA = {"synthetic": True, "made_by": "benchmarks/make_synthetic_experiment.py"}  # the meta's data: no benchmark
 
 
 def _config(stage: str, items: Sequence[str]) -> dict[str, Any]:
@@ -90,7 +94,8 @@ def write_split(staging, name: str, n: int, n_classes: int, ood: bool, dtype: st
 
 def make_experiment(overrides: Sequence[str], model: str, kind: str, sizes: dict[str, int], n_classes: int,
                     dtype: str) -> dict[str, Path]:
-    """Write the stage-1 and stage-2 outputs of a synthetic experiment; returns their folders."""
+    """Write the stage-1 and stage-2 outputs of a synthetic experiment (`sizes`: images per split of `PROTOCOL`);
+    returns their folders."""
     arch = [f"model.name={model}", *(f"model.{key}=null" for key in ARCH_KEYS)]  # the model's own shapes
     cfg = _config("Train_Vit_Classifier", [*arch, *overrides])
     stage2 = _config("Test_Classifier", [f"heatmap.kind={kind}", *overrides])
@@ -104,21 +109,20 @@ def make_experiment(overrides: Sequence[str], model: str, kind: str, sizes: dict
     rng = np.random.default_rng(cfg["seed"])
     out_heat, out_results = heatmaps_dir(stage2), results_dir(stage2)
     with heatmaps_staging(out_heat) as heat, results_staging(out_results) as results:
-        arrays = {s: write_split(heat, s, n, n_classes, s == "test_ood", dtype, rng, shapes) for s, n in sizes.items()}
-        index = {s: SplitIndex([f"synthetic/{s}/{i:07d}" for i in range(n)], [], []) for s, n in sizes.items()}
-        labels = np.arange(sizes["train_id"]) % n_classes
-        detectors = fit_detectors({"features": arrays["train_id"].features, "logits": arrays["train_id"].logits,
+        arrays = {s: write_split(heat, s, sizes[s], n_classes, PROTOCOL.is_ood(s), dtype, rng, shapes)
+                  for s in PROTOCOL.splits}
+        index = {s: SplitIndex([f"synthetic/{s}/{i:07d}" for i in range(sizes[s])], [], []) for s in PROTOCOL.splits}
+        labels = np.arange(sizes[TRAIN_ID]) % n_classes
+        detectors = fit_detectors({"features": arrays[TRAIN_ID].features, "logits": arrays[TRAIN_ID].logits,
                                    "labels": labels, "head": head}, {"knn": {"k": 50}})
-        scores = {s: score_all(detectors, arrays[s]) for s in ("test_id", "test_ood")}
+        scores = {s: score_all(detectors, arrays[s]) for s in PROTOCOL.test_splits}
         for s in scores:
-            index[s].labels = (np.full(sizes[s], -1) if s == "test_ood" else np.arange(sizes[s]) % n_classes).tolist()
-        write_baseline_scores(results.path("baseline_scores.csv"), index, scores)
-        run_id = uuid.uuid4().hex
-        results.commit({"run_id": run_id, "exp": cfg["exp"], "synthetic": True})
-        heat.commit({"run_id": run_id, "classifier": classifier_identity(path, digest, model_args, names),
-                     "input_spec": input_spec(vit, cfg["data"]), "data": data_identity(cfg["data"]),
-                     "heatmap": {"kind": kind, "block": -1, "precision": "fp32", "dtype": dtype, "synthetic": True},
-                     "splits": {s: {"n": n, "grid": [shapes[0], *grid]} for s, n in sizes.items()}})
+            index[s].labels = (np.full(sizes[s], -1) if PROTOCOL.is_ood(s) else np.arange(sizes[s]) % n_classes).tolist()
+        write_baseline_scores(results.path("baseline_scores.csv"), index, scores, PROTOCOL)
+        provenance = {"classifier": classifier_identity(path, digest, model_args, names),
+                      "input_spec": input_spec(vit, cfg["data"]), "data": DATA,
+                      "heatmap": {"kind": kind, "block": -1, "precision": "fp32", "dtype": dtype, "synthetic": True}}
+        commit_outputs(heat, results, provenance, PROTOCOL, arrays, {"exp": cfg["exp"], "synthetic": True})
     return {"vit": classifier_dir(cfg), "heatmaps": out_heat, "results": out_results}
 
 
@@ -133,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         parser.add_argument(f"--n-{split}", type=int, default=default)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="exp=NAME, heatmaps_dir=..., seed=...")
     args = parser.parse_intermixed_args(argv)
-    sizes = {"train_id": args.n_train, "val_id": args.n_val, "test_id": args.n_test, "test_ood": args.n_ood}
+    sizes = {**dict(zip(ID_SPLITS, (args.n_train, args.n_val, args.n_test))), PROTOCOL.ood_splits[0]: args.n_ood}
     folders = make_experiment(args.overrides, args.model, args.kind, sizes, args.classes, args.dtype)
     print("wrote " + ", ".join(f"{k} {v}" for k, v in folders.items()))
     return folders

@@ -74,10 +74,18 @@ def mixed_runs(study: StudyLayout, bf16: StudyLayout, seed: int, variants: Seque
         cae = CAEDetector(model, ckpt["prep"]["resize"], ckpt["prep"]["norm"], 256, "cpu")
         recon = read_recon_errors(study.scores(seed, v) / "recon_errors.pkl")
         split, rows = np.asarray(recon["split"]), np.asarray(recon["rows"])
-        scores = {s: cae.score(np.load(bf16.heatmaps(seed, v) / s / "heatmaps.npy"))[rows[split == s]]
-                  for s in ("test_id", "test_ood")}
-        runs[f"cae[{v.name}] mixed"] = detector_run(scores["test_id"], scores["test_ood"])
+        id_split, ood_split = dict.fromkeys(recon["split"])  # test_id, then the one OOD set (`_one_set`)
+        scores = [cae.score(np.load(bf16.heatmaps(seed, v) / s / "heatmaps.npy"))[rows[split == s]]
+                  for s in (id_split, ood_split)]
+        runs[f"cae[{v.name}] mixed"] = detector_run(*scores)
     return runs
+
+
+def _one_set(per_set: dict[str, dict[str, DetectorRun]], where: Path) -> dict[str, DetectorRun]:
+    """The detector runs of a study with one OOD set (this comparison's case: digits); ValueError otherwise."""
+    if len(per_set) != 1:
+        raise ValueError(f"{where}: this comparison takes a study with one OOD set, not {sorted(per_set)}")
+    return next(iter(per_set.values()))
 
 
 def auroc_interval(runs: dict[int, DetectorRun], resamples: int, seed: int = 0) -> tuple[float, float]:
@@ -113,8 +121,8 @@ def main() -> None:
     _wait_for(root / "summary.json", args.wait)  # the study has scored every seed
     fp32_runs, bf16_runs = {}, {}
     for seed in seeds:
-        fp32_runs[seed], _ = collect_seed(study, seed, variants)
-        bf16_runs[seed], _ = collect_seed(bf16, seed, variants)
+        fp32_runs[seed] = _one_set(collect_seed(study, seed, variants)[0], study.root)
+        bf16_runs[seed] = _one_set(collect_seed(bf16, seed, variants)[0], bf16.root)
         mixed = mixed_runs(study, bf16, seed, variants)
         bf16_runs[seed].update(mixed)
         fp32_runs[seed].update({name: fp32_runs[seed][name.removesuffix(" mixed")] for name in mixed})
@@ -130,7 +138,7 @@ def main() -> None:
                      "zero_inside": bool(low <= 0 <= high), "bf16_inside_fp32_ci": bool(auroc_low <= mean_bf16 <= auroc_high)})
     caption = (f"Seeds {', '.join(map(str, seeds))}; AUROC means over seeds; delta = mean over seeds of AUROC(bf16) - "
                f"AUROC(fp32) with its 95% paired bootstrap interval ({args.bootstrap} resamples of the test_id and "
-               "test_ood images, the same for both precisions); fp32 interval: the 95% bootstrap interval of the mean "
+               "OOD images, the same for both precisions); fp32 interval: the 95% bootstrap interval of the mean "
                "fp32 AUROC over the same resamples (test-set sampling noise). 'mixed': the CAE trained on fp32 heatmaps scores "
                "the bf16 heatmaps (fp32 column: that CAE on the fp32 heatmaps).")
     lines = [caption, "", "| detector | AUROC fp32 [95% interval] | AUROC bf16 | inside | delta | paired 95% interval "

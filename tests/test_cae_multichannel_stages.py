@@ -18,7 +18,7 @@ from wildcapture.storage import sha256_file, write_yaml
 
 from stage_helpers import cae_config
 
-SPLITS = ("train_id", "val_id", "test_id", "test_ood")
+SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")
 CHANNELS = 3
 
 
@@ -93,7 +93,7 @@ def test_stage_4_errors_and_table(trained, heatmaps4d):
     model = build_cae(**best["model_args"])
     model.load_state_dict(best["model"])
     expected = np.concatenate([_errors(model.eval(), _prepare(np.load(heatmaps4d / s / "heatmaps.npy"), ARCHS[arch][1]))
-                               for s in ("test_id", "test_ood")])
+                               for s in ("test_id", "ood_heldout")])
     with open(out / "results" / "recon_errors.pkl", "rb") as handle:
         result = pickle.load(handle)
     np.testing.assert_allclose(result["errors"], expected, rtol=1e-5)
@@ -105,7 +105,9 @@ def test_stage_4_errors_and_table(trained, heatmaps4d):
 
 def test_heatmaps_that_do_not_fit_the_cae_are_named(trained, heatmaps4d, tiny_heatmaps, tmp_path):
     arch, out = trained
-    singles = {s: str(tiny_heatmaps / "heatmaps" / s / "heatmaps.npy") for s in ("test_id", "test_ood")}
+    # inputs.<key> -> the split folder stage 2 wrote it from (inputs.test_ood: the held-out set)
+    singles = {k: str(tiny_heatmaps / "heatmaps" / s / "heatmaps.npy")
+               for k, s in (("test_id", "test_id"), ("test_ood", "ood_heldout"))}
     expected = r"\(1, 4, 4\).*\(3, 4, 4\)" if arch == "small" else r"\(1, 16, 16\).*\(3, 16, 16\)"
     with pytest.raises(DatasetError, match=rf"split test_id: heatmaps of shape \(40, 4, 4\) .*{expected}"):
         score_cae.run(cae_config(heatmaps4d, out, *ARCHS[arch][0], f"results_dir={tmp_path / 'results'}",

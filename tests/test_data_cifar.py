@@ -62,11 +62,13 @@ def test_cifar10_vs_cifar100(cifar_root):
     root, tests = cifar_root
     bench = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.1})
     s = bench.splits
-    assert bench.id_class_names == C10_NAMES and bench.ood_class_names == C100_NAMES
-    assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["test_ood"])) == (90, 10, 30, 100)
+    assert bench.id_class_names == C10_NAMES and bench.ood_class_names == []  # no CIFAR-10 class held out
+    assert [(o.name, o.group, o.source) for o in bench.protocol.ood_sets] == [("cifar100", "near", "cifar100")]
+    assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["ood_cifar100"])) == (90, 10, 30, 100)
     assert not set(s["train_id"].sources) & set(s["val_id"].sources)
-    assert all(src.startswith("cifar100/test/") for src in s["test_ood"].sources)
-    assert set(s["test_ood"].class_names) == set(C100_NAMES) and (s["test_ood"].labels == -1).all()
+    assert s["ood_cifar100"].sources == [f"cifar100/{i}" for i in range(100)]
+    assert s["ood_cifar100"].class_names == [C100_NAMES[t] for t in tests["cifar100"][0]["fine_labels"]]
+    assert (s["ood_cifar100"].labels == -1).all()
     batch, hwc = tests["cifar10"]
     for i in (0, 7, 29):  # right pixels, labels and names, channels not scrambled
         assert s["test_id"].sources[i] == f"cifar10/test/{i}"
@@ -74,7 +76,7 @@ def test_cifar10_vs_cifar100(cifar_root):
         assert image.mode == "RGB" and (np.asarray(image) == hwc[i]).all()
         assert s["test_id"].labels[i] == batch["labels"][i]
         assert s["test_id"].class_names[i] == C10_NAMES[batch["labels"][i]]
-    ood_image = s["test_ood"].load_image(5)
+    ood_image = s["ood_cifar100"].load_image(5)
     assert (np.asarray(ood_image) == tests["cifar100"][1][5]).all()
 
 
@@ -82,17 +84,23 @@ def test_cifar100_vs_cifar10_and_class_subset(cifar_root):
     root, tests = cifar_root
     bench = build_benchmark({"name": "cifar100", "root": str(root), "val_fraction": 0.2})
     s = bench.splits
-    assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["test_ood"])) == (400, 100, 100, 30)
-    assert all(src.startswith("cifar10/test/") for src in s["test_ood"].sources)
-    assert set(s["test_ood"].class_names) == set(C10_NAMES)
+    assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["ood_cifar10"])) == (400, 100, 100, 30)
+    assert set(s["ood_cifar10"].class_names) == set(C10_NAMES)
 
+    # open-set recognition: the classes left out of id_classes (or ood_classes of them) are one more near set
     sub = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.25,
-                           "id_classes": ["truck", "Cat"], "ood_classes": ["class_03"]})
+                           "id_classes": ["truck", "Cat"], "ood_classes": ["bird", "deer"]})
     assert sub.id_class_names == ["truck", "cat"]
+    assert sub.protocol.splits == ("train_id", "val_id", "test_id", "ood_cifar100", "ood_heldout")
     assert set(sub.splits["test_id"].class_names) == {"truck", "cat"}
     for name, label in zip(sub.splits["test_id"].class_names, sub.splits["test_id"].labels):
         assert label == ["truck", "cat"].index(name)
-    assert len(sub.splits["test_ood"]) == 1
+    test_labels = np.array(tests["cifar10"][0]["labels"])
+    held = np.flatnonzero(np.isin(test_labels, [C10_NAMES.index("bird"), C10_NAMES.index("deer")]))
+    assert sub.splits["ood_heldout"].sources == [f"cifar10/test/{i}" for i in held]
+    assert set(sub.splits["ood_heldout"].class_names) == {"bird", "deer"}
+    with pytest.raises(DatasetError, match="class 'truck' from data.ood_classes not found"):
+        build_benchmark({"name": "cifar10", "root": str(root), "id_classes": ["truck"], "ood_classes": ["truck"]})
 
 
 def test_missing_cifar_names_folder_and_fix(tmp_path):

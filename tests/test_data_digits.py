@@ -4,8 +4,9 @@ import pytest
 from sklearn.datasets import load_digits
 
 from wildcapture.data.benchmarks import build_benchmark
-from wildcapture.data.splits import SPLITS
 from wildcapture.errors import DatasetError
+
+SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
 
 
 def _bench(**cfg):
@@ -17,13 +18,13 @@ def test_split_sizes_add_up_and_are_disjoint():
     target = load_digits().target
     sizes = {k: len(v) for k, v in bench.splits.items()}
     assert sizes["train_id"] + sizes["val_id"] + sizes["test_id"] == int(np.isin(target, range(5)).sum())
-    assert sizes["test_ood"] == int(np.isin(target, range(5, 10)).sum())
+    assert sizes["ood_heldout"] == int(np.isin(target, range(5, 10)).sum())
     assert sizes["test_id"] == pytest.approx(0.2 * 901, abs=1)
     assert sizes["val_id"] == pytest.approx(0.1 * (901 - sizes["test_id"]), abs=1)
     all_sources = [s for k in SPLITS for s in bench.splits[k].sources]
     assert len(all_sources) == len(set(all_sources)) == len(target)
-    assert set(bench.splits["test_ood"].class_names) == {"5", "6", "7", "8", "9"}
-    assert (bench.splits["test_ood"].labels == -1).all()
+    assert set(bench.splits["ood_heldout"].class_names) == {"5", "6", "7", "8", "9"}
+    assert (bench.splits["ood_heldout"].labels == -1).all()
     for k in ("train_id", "val_id", "test_id"):  # stratified: every ID class everywhere
         assert set(bench.splits[k].labels.tolist()) == set(range(5))
 
@@ -81,5 +82,7 @@ def test_manifest_lists_every_item(tmp_path):
     bench = _bench(limit_per_split=5)
     bench.write_manifest(tmp_path / "sub" / "manifest.csv")
     lines = (tmp_path / "sub" / "manifest.csv").read_text().splitlines()
-    assert lines[0] == "split,source,label,class_name" and len(lines) == 1 + 20
-    assert lines[-1].startswith("test_ood,digits/") and ",-1," in lines[-1]
+    assert lines[0] == "split,ood_set,source,label,class_name" and len(lines) == 1 + 20
+    assert [line.split(",")[:2] for line in lines[1:]] == [
+        *([s, ""] for s in ("train_id", "val_id", "test_id") for _ in range(5)), *[["ood_heldout", "heldout"]] * 5]
+    assert lines[-1].startswith("ood_heldout,heldout,digits/") and ",-1," in lines[-1]

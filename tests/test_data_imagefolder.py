@@ -4,8 +4,9 @@ import pytest
 from PIL import Image
 
 from wildcapture.data.benchmarks import build_benchmark
-from wildcapture.data.splits import SPLITS
 from wildcapture.errors import DatasetError
+
+SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def test_ood_defaults_to_other_folders(root):
     bench = build_benchmark(cfg)
     assert bench.id_class_names == ["dogs", "Cats"] and bench.ood_class_names == ["birds", "fish"]
     assert [len(bench.splits[k]) for k in SPLITS] == [6, 2, 4, 5]
-    ood = bench.splits["test_ood"]
+    ood = bench.splits["ood_heldout"]
     assert sorted(ood.class_names) == ["birds"] * 3 + ["fish"] * 2 and (ood.labels == -1).all()
     for k in ("train_id", "val_id", "test_id"):
         split = bench.splits[k]
@@ -39,7 +40,7 @@ def test_ood_defaults_to_other_folders(root):
 def test_explicit_ood_and_errors(root):
     bench = build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"],
                              "ood_classes": ["fish"], "test_fraction": 0.3, "val_fraction": 0.25})
-    assert set(bench.splits["test_ood"].class_names) == {"fish"}
+    assert set(bench.splits["ood_heldout"].class_names) == {"fish"}
     with pytest.raises(DatasetError, match="id_classes is required"):
         build_benchmark({"name": "imagefolder", "root": str(root)})
     with pytest.raises(DatasetError, match="imagefolder root not found"):

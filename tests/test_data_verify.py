@@ -50,12 +50,12 @@ def files(tmp_path):
                      p["good.jpg"] + "#box=64,0,80,10"],  # wholly outside the 64x48 image
         "val_id": [p["empty.jpg"], p["rotated.jpg"] + "#box=0,40,10,60", p["rotated.jpg"] + "#box=40,0,50,10"],
         "test_id": [p["text.jpg"], p["missing.jpg"]] + extra,
-        "test_ood": [p["truncated.jpg"] + "#box=0,0,5,5", p["good.png"] + "#box=5,5,15,10"],
+        "ood_heldout": [p["truncated.jpg"] + "#box=0,0,5,5", p["good.png"] + "#box=5,5,15,10"],
     }
     bad = {("train_id", p["truncated.jpg"]), ("train_id", p["good.jpg"] + "#box=64,0,80,10"),
            ("val_id", p["empty.jpg"]), ("val_id", p["rotated.jpg"] + "#box=40,0,50,10"),
            ("test_id", p["text.jpg"]), ("test_id", p["missing.jpg"]),
-           ("test_ood", p["truncated.jpg"] + "#box=0,0,5,5")}
+           ("ood_heldout", p["truncated.jpg"] + "#box=0,0,5,5")}
     return _benchmark(splits), bad
 
 
@@ -156,7 +156,7 @@ def test_imagefolder_benchmark(tmp_path):
     verify_benchmark_images(build_benchmark(cfg), progress=False)
     (tmp_path / "birds" / "1.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG header and nothing else
     assert find_unreadable(build_benchmark(cfg), progress=False) == [
-        BadImage("test_ood", str(tmp_path / "birds" / "1.jpg"), "not an image file PIL can identify")]
+        BadImage("ood_heldout", str(tmp_path / "birds" / "1.jpg"), "not an image file PIL can identify")]
 
 
 def test_a_damaged_exif_block_is_a_reported_failure_like_in_the_loader():

@@ -8,13 +8,14 @@ from PIL import Image
 
 from wildcapture.data.benchmarks import build_benchmark
 from wildcapture.data.images import load_rgb
-from wildcapture.data.splits import SPLITS
 from wildcapture.errors import DatasetError
 from wildcapture.data.wildcapture_folders import PAPER_ID_SPECIES, PAPER_OOD_SPECIES
 
 # (subpath, mode, extension, PIL format): night IR is mode "L"; folders recurse; extensions any case
 VARIANTS = [("", "RGB", ".jpg", "JPEG"), ("night/", "L", ".JPG", "JPEG"), ("", "CMYK", ".jpeg", "JPEG"),
             ("", "P", ".png", "PNG"), ("day/x/", "RGBA", ".PNG", "PNG"), ("", "RGB", ".png", "PNG")]
+
+SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
 
 
 def _write_image(path, mode, fmt, size, seed):
@@ -56,7 +57,7 @@ def test_whole_images_load_rgb_with_right_size(tree):
     root, folder, sizes = tree
     bench = build_benchmark({**CFG, "root": str(root / "data")})
     counts = {k: len(v) for k, v in bench.splits.items()}
-    assert counts == {"train_id": 14, "val_id": 2, "test_id": 4, "test_ood": 4}
+    assert counts == {"train_id": 14, "val_id": 2, "test_id": 4, "ood_heldout": 4}
     assert bench.id_class_names == ["Red Deer", "Grey Wolf"] and bench.ood_class_names == ["wild_cat"]
     seen, raw_modes = set(), set()
     for k in SPLITS:
@@ -66,13 +67,13 @@ def test_whole_images_load_rgb_with_right_size(tree):
             assert image.mode == "RGB" and image.size == sizes[Path(source)]
             raw_modes.add(Image.open(source).mode)
             seen.add(source)
-        assert (split.labels == -1).all() == (k == "test_ood")
+        assert (split.labels == -1).all() == (k == "ood_heldout")
     assert len(seen) == 24 and not any("Other" in s for s in seen)
     assert raw_modes == {"RGB", "L", "CMYK", "P", "RGBA"}
     train = bench.splits["train_id"]
     for name, label in zip(train.class_names, train.labels):
         assert label == ["Red Deer", "Grey Wolf"].index(name)
-    x, y = bench.splits["test_ood"][0]
+    x, y = bench.splits["ood_heldout"][0]
     assert x.shape[0] == 3 and y == -1
 
 
@@ -110,7 +111,7 @@ def test_crops_from_annotations_and_manifest(tree):
         manifest = list(csv.DictReader(f))
     assert len(manifest) == len(items)
     assert {(r["split"], r["source"]) for r in manifest} == {(k, s) for s, (k, _, _) in items.items()}
-    assert {r["class_name"] for r in manifest if r["split"] == "test_ood"} == {"wild_cat"}
+    assert {r["class_name"] for r in manifest if r["split"] == "ood_heldout"} == {"wild_cat"}
 
 
 def test_paper_default_species_with_folder_name_variants(tmp_path):
@@ -155,7 +156,7 @@ def test_corrupt_image_names_its_path(tree):
     bad = folder / "Wild Cat" / "broken.jpg"
     bad.write_bytes(b"this is not a jpeg at all")
     bench = build_benchmark({**CFG, "root": str(root / "data")})
-    ood = bench.splits["test_ood"]
+    ood = bench.splits["ood_heldout"]
     i = ood.sources.index(str(bad))
     with pytest.raises(DatasetError, match="broken.jpg"):
         ood.load_image(i)

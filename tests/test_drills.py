@@ -61,7 +61,7 @@ def test_failed_runs_leave_the_complete_experiment_byte_identical(experiment, mo
     real = evaluate_classifier.infer_split_sharded
 
     def fail_on_test_ood(*args, **kwargs):
-        if kwargs.get("desc") == "test_ood":
+        if kwargs.get("desc") == "ood_heldout":
             raise RuntimeError("disk pulled out")
         return real(*args, **kwargs)
 

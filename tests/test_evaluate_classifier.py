@@ -8,11 +8,13 @@ import torch
 from wildcapture.storage import load_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms
 from wildcapture.data.benchmarks import build_benchmark
-from wildcapture.data.splits import SPLITS
+from wildcapture.heatmap_store import read_meta, read_protocol
 from wildcapture.stages.evaluate_classifier import run
 from wildcapture.vit import WeightsMismatchError, build_vit
 
 from stage_helpers import stage2_config
+
+SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
 
 
 def _rows(path):
@@ -48,8 +50,12 @@ def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
     assert report["accuracy"] == pytest.approx((test_logits.argmax(1) == labels).mean())
     assert np.asarray(report["confusion_matrix"]).sum() == len(labels)
 
+    meta = read_meta(tmp_path / "heatmaps")  # the default protocol: the held-out digits as one near set
+    assert meta["protocol"] == [{"name": "heldout", "group": "near", "source": "classes"}]
+    assert read_protocol(meta).splits == SPLITS and list(meta["splits"]) == list(SPLITS)
     scores = _rows(tmp_path / "results" / "baseline_scores.csv")
-    assert len(scores) == len(bench.splits["test_id"]) + len(bench.splits["test_ood"])
+    assert [r["split"] for r in scores] == (["test_id"] * len(bench.splits["test_id"])
+                                            + ["ood_heldout"] * len(bench.splits["ood_heldout"]))
     assert set(scores[0]) >= {"split", "row", "source", "msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn",
                               "vim"}
     first = scores[0]

@@ -94,3 +94,29 @@ def test_well_behaved_scores_keep_their_whole_range():
     assert lo == np.percentile(both, 0.5) and hi == np.percentile(both, 99.5) and below == above == 6
     texts = draw_score_histograms({"vim": (both[:-1], both[-1:])}).axes[0].texts
     assert [t.get_text() for t in texts] == [f"in the edge bins: 6 below {lo:.4g}, 6 above {hi:.4g}"]
+
+
+def test_several_ood_sets_get_a_roc_subplot_each_and_a_histogram_each_per_detector():
+    rng = np.random.default_rng(1)
+    id_scores = {"cae": rng.normal(0, 1, 30), "msp": rng.normal(0, 1, 30)}
+    sets = {d: {"near": rng.normal(0.5, 1, 20), "far": rng.normal(2.0, 1, 10)} for d in id_scores}
+    scores = {d: (id_scores[d], sets[d]) for d in id_scores}
+    fig = draw_roc_curves(scores, title="t")
+    assert [ax.get_title() for ax in fig.axes] == ["t: near", "t: far"]
+    for ax, name in zip(fig.axes, ("near", "far")):
+        for line, d in zip(ax.lines, id_scores):  # each detector against the same ID scores, on this set
+            fpr, tpr, _ = roc_points(id_scores[d], sets[d][name])
+            np.testing.assert_array_equal(line.get_xdata(), fpr)
+            np.testing.assert_array_equal(line.get_ydata(), tpr)
+            assert line.get_label() == f"{d} (AUROC {auroc(id_scores[d], sets[d][name]):.4f})"
+    hist = draw_score_histograms(scores, bins=10)
+    assert [ax.get_title() for ax in hist.axes] == ["cae", "msp"]
+    for ax, d in zip(hist.axes, id_scores):
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["ID (n=30)", "near (n=20)", "far (n=10)"]
+        lo, hi = histogram_range(np.concatenate([id_scores[d], *sets[d].values()]))  # one range for all of them
+        density, _ = np.histogram(np.clip(id_scores[d], lo, hi), bins=np.linspace(lo, hi, 11), density=True)
+        np.testing.assert_allclose([bar.get_height() for bar in ax.containers[0]], density)
+    # a single set given as a mapping draws as before: one ROC subplot titled as given
+    assert [ax.get_title() for ax in draw_roc_curves({d: (i, {"heldout": sets[d]["far"]})
+                                                      for d, i in id_scores.items()}, title="t").axes] == ["t"]

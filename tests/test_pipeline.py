@@ -80,7 +80,7 @@ def test_smoke_pipeline_hands_files_from_stage_to_stage(tmp_path, monkeypatch):
     assert best["heatmaps"]["classifier"]["sha256"] == hashlib.sha256((vit / "best.pth").read_bytes()).hexdigest()
     # the digits defaults: cls_all heatmaps (4 blocks x 4 heads) into the small CAE at the 4x4 grid
     assert best["model_args"] == {"arch": "small", "in_channels": 16, "grid": [4, 4], "width": 32, "zdim": 8}
-    assert np.load(heatmaps / "test_ood" / "heatmaps.npy").shape == (48, 16, 4, 4)
+    assert np.load(heatmaps / "ood_heldout" / "heatmaps.npy").shape == (48, 16, 4, 4)
 
     table = json.loads((results / "ood_table.json").read_text())["rows"]
     assert [r["detector"] for r in table] == ["cae", "cae+mahalanobis", "msp", "maxlogit", "energy", "mahalanobis",

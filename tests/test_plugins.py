@@ -26,7 +26,7 @@ from wildcapture.vit import build_vit
 
 from stage_helpers import cae_config, stage2_config
 
-TESTS = ("test_id", "test_ood")
+TESTS = ("test_id", "ood_heldout")
 
 # --- the plug-ins --------------------------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ def test_a_detector_registered_in_one_line_is_scored_by_stage_2_and_tabled_by_st
 
     table = {row["detector"]: row for row in read_table(tmp_path / "results" / "ood_table.csv")}
     assert {"cae", "msp", "toy_norm"} <= set(table)
-    assert table["toy_norm"]["auroc"] == pytest.approx(auroc(norms["test_id"], norms["test_ood"]), abs=1e-12)
+    assert table["toy_norm"]["auroc"] == pytest.approx(auroc(norms["test_id"], norms["ood_heldout"]), abs=1e-12)
     assert table["toy_norm"]["n_id"] == table["toy_norm"]["n_ood"] == 40
 
 
@@ -173,7 +173,7 @@ def test_a_cae_architecture_registered_in_one_line_trains_in_stage_3_and_scores_
             ((model(x) - x).double() ** 2).mean(dim=(1, 2, 3)).numpy()
             for x in (_max_normalised(np.load(heatmaps / s / "heatmaps.npy")) for s in TESTS)])
     result = read_recon_errors(tmp_path / "results" / "recon_errors.pkl")
-    assert result["split"] == ["test_id"] * 40 + ["test_ood"] * 40
+    assert result["split"] == ["test_id"] * 40 + ["ood_heldout"] * 40
     np.testing.assert_allclose(result["errors"], expected, rtol=1e-6, atol=0)
     table = {row["detector"]: row for row in read_table(tmp_path / "results" / "ood_table.csv")}
     assert table["cae"]["auroc"] == pytest.approx(auroc(expected[:40], expected[40:]), abs=1e-9)

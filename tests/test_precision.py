@@ -9,7 +9,6 @@ import torch
 import yaml
 
 import wildcapture.runtime as runtime
-from wildcapture.data.splits import SPLITS
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.errors import ConfigError, ProvenanceError
 from wildcapture.provenance import check_same_precision
@@ -18,6 +17,8 @@ from wildcapture.runtime import cpu_has_native_bf16, describe_precision, precisi
 from wildcapture.stages import evaluate_classifier, score_cae
 
 from stage_helpers import cae_config, stage2_config
+
+SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
 
 CPU, CUDA, MPS = torch.device("cpu"), torch.device("cuda:0"), torch.device("mps")
 # bf16 keeps 8 significant bits: one rounding is a relative error of up to 2**-8; a tiny ViT rounds its inputs,

@@ -16,17 +16,18 @@ from wildcapture.cae.architectures import build_cae
 from wildcapture.cae.architectures import ConvAutoencoder
 from wildcapture.errors import DatasetError
 from wildcapture.ood.metrics import auroc, ood_metrics
+from wildcapture.ood.table import read_table
 from wildcapture.paths import REPO_ROOT
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.errors import IncompleteOutputError
-from wildcapture.stages import train_cae
+from wildcapture.stages import score_cae, train_cae
 from wildcapture.stages.score_cae import read_recon_errors, run
 from wildcapture.storage import sha256_file
 from wildcapture.vit import WeightsMismatchError
 
 from stage_helpers import cae_config
 
-SPLITS = ("test_id", "test_ood")
+SPLITS = ("test_id", "ood_heldout")
 BASELINES = ("msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn", "vim")
 
 
@@ -63,13 +64,14 @@ def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmap
         result = pickle.load(handle)
     index = {s: _rows(tiny_heatmaps / "heatmaps" / s / "index.csv") for s in SPLITS}
     n = {s: len(index[s]) for s in SPLITS}
-    assert n == {"test_id": 40, "test_ood": 40}
-    keys = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood", "fusion_scores",
-            "fusion_flagged_ood")
+    assert n == {"test_id": 40, "ood_heldout": 40}
+    keys = ("ids", "rows", "split", "ood_set", "labels", "class_names", "is_ood", "errors", "flagged_ood",
+            "fusion_scores", "fusion_flagged_ood")
     assert {len(result[k]) for k in keys} == {80}
     assert result["ids"] == [r["source"] for s in SPLITS for r in index[s]]
     assert result["rows"] == [*range(40), *range(40)]
-    assert result["split"] == ["test_id"] * 40 + ["test_ood"] * 40
+    assert result["split"] == ["test_id"] * 40 + ["ood_heldout"] * 40
+    assert result["ood_set"] == [""] * 40 + ["heldout"] * 40
     assert result["labels"] == [int(r["label"]) for s in SPLITS for r in index[s]]
     assert min(result["labels"][:40]) >= 0 and set(result["labels"][40:]) == {-1}
     assert result["class_names"] == [r["class_name"] for s in SPLITS for r in index[s]]
@@ -95,6 +97,7 @@ def test_recon_errors_pickle_holds_one_entry_per_test_image(stage4, tiny_heatmap
     # the CSV twin has the same rows, errors to full precision
     twin = _rows(stage4 / "recon_errors.csv")
     assert [r["ids"] for r in twin] == result["ids"] and [r["split"] for r in twin] == result["split"]
+    assert [r["ood_set"] for r in twin] == result["ood_set"]
     assert [int(r["rows"]) for r in twin] == result["rows"]
     assert [float(r["errors"]) for r in twin] == list(result["errors"])
     assert [r["flagged_ood"] == "True" for r in twin] == list(result["flagged_ood"])
@@ -126,6 +129,8 @@ def test_ood_table_has_cae_and_the_stage_2_baselines(stage4, tiny_heatmaps):
     table = json.loads((stage4 / "ood_table.json").read_text())
     rows = {r["detector"]: r for r in table["rows"]}
     assert [r["detector"] for r in table["rows"]] == ["cae", "cae+mahalanobis", *BASELINES]
+    # the default protocol: one set (the held-out digits), so one row per detector and no mean row
+    assert {(r["ood_set"], r["group"]) for r in table["rows"]} == {("heldout", "near")}
     is_ood = np.asarray(result["is_ood"]) == 1
     errors = np.asarray(result["errors"])
     assert rows["cae"]["auroc"] == pytest.approx(auroc(errors[~is_ood], errors[is_ood]), abs=1e-12)
@@ -191,7 +196,7 @@ def test_the_fusion_detector_is_fit_on_val_id_only(stage4, tiny_heatmaps, tiny_c
     heatmaps = tmp_path / "heatmaps"
     shutil.copytree(tiny_heatmaps / "heatmaps", heatmaps)
     _change_rows(heatmaps, "test_id", "features", [0, 3])
-    _change_rows(heatmaps, "test_ood", "heatmaps", [1])
+    _change_rows(heatmaps, "ood_heldout", "heatmaps", [1])
     # tiny_cae's stage-3 config, and stage4's batch size (CAE errors may differ in the last bits between sizes)
     cfg = cae_config(heatmaps, tmp_path, "train.epochs=3", "test.baselines=false", "test.batch_size=7")
     train_cae.run(cfg)
@@ -217,7 +222,7 @@ def test_errors_do_not_depend_on_the_batch_size(stage4, tiny_heatmaps, tiny_cae,
 
 def test_empty_ood_split_is_named(tiny_heatmaps, tiny_cae, tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 4, 4), dtype=np.float32))
-    with pytest.raises(DatasetError, match="test_ood"):
+    with pytest.raises(DatasetError, match="ood_heldout"):
         run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", f"inputs.test_ood={tmp_path / 'empty.npy'}",
                     f"inputs.test_id={tiny_heatmaps / 'heatmaps' / 'test_id' / 'heatmaps.npy'}"))
     assert _files(tmp_path / "results") == []
@@ -252,18 +257,18 @@ def test_heatmap_csv_inputs_give_ood_labels_and_no_foreign_baselines(tiny_heatma
     from wildcapture.heatmaps.export import export_heatmap_pngs
 
     inputs = []
-    for split in SPLITS:
+    for key, split in zip(("test_id", "test_ood"), SPLITS):  # inputs.test_ood: the held-out set's files
         raw = np.load(tiny_heatmaps / "heatmaps" / split / "heatmaps.npy")
         labels = [r["label"] for r in _rows(tiny_heatmaps / "heatmaps" / split / "index.csv")]
         csv_path = export_heatmap_pngs(raw, tmp_path / "png" / split, [f"{i:03d}" for i in range(len(raw))], labels)
-        inputs.append(f"inputs.{split}={csv_path}")
+        inputs.append(f"inputs.{key}={csv_path}")
     results = tmp_path / "results"
     out = run(_config(tiny_heatmaps, tiny_cae, results, *inputs))  # stage 2's baseline scores are for other images
 
     assert [row["detector"] for row in out["rows"]] == ["cae"]
     with open(results / "recon_errors.pkl", "rb") as handle:
         saved = pickle.load(handle)
-    ood = [s == "test_ood" for s in saved["split"]]
+    ood = [s == "ood_heldout" for s in saved["split"]]
     assert all(label == -1 for label, o in zip(saved["labels"], ood) if o)
     assert all(isinstance(label, int) and label >= 0 for label, o in zip(saved["labels"], ood) if not o)
     assert saved["ids"][0] == str((tmp_path / "png" / "test_id" / "000.png").resolve())
@@ -271,3 +276,24 @@ def test_heatmap_csv_inputs_give_ood_labels_and_no_foreign_baselines(tiny_heatma
     assert saved["fusion"] is None and np.isnan(saved["fusion_threshold"]) and np.isnan(saved["fusion_scores"]).all()
     assert not saved["fusion_flagged_ood"].any()
     assert (results / "reconstruction_gallery.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("change", [{"limit_per_split": 1}, {"seed": 1}], ids=["fewer-rows", "other-images"])
+def test_a_data_config_that_rebuilds_to_other_images_leaves_the_gallery_heatmaps_only(
+        stage4, tiny_heatmaps, tiny_cae, tmp_path, monkeypatch, capsys, change):
+    # stage 2's data config, rebuilt today, gives splits of 1 row each (stage 2 wrote 40: the gallery's rows index
+    # past them), or as many rows of other images (a gallery of the wrong pictures): the gallery shows the heatmaps
+    real, asked = score_cae.build_benchmark, []
+
+    def rebuilt(data, **kw):
+        asked.append(kw)
+        return real({**data, **change}, **kw)
+
+    monkeypatch.setattr(score_cae, "build_benchmark", rebuilt)
+    capsys.readouterr()
+    run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "test.batch_size=7"))
+    assert asked == [{"download": False}]  # a gallery never downloads
+    assert ("note: the gallery shows heatmaps only: split test_id of stage 2's data config no longer holds the 40 "
+            "images stage 2 wrote") in capsys.readouterr().out
+    assert (tmp_path / "results" / "reconstruction_gallery.png").stat().st_size > 0
+    assert read_table(tmp_path / "results" / "ood_table.csv") == read_table(stage4 / "ood_table.csv")

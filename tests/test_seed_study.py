@@ -31,7 +31,9 @@ def test_run_configs_place_each_run_in_its_folders(tmp_path):
     assert [c["seed"] for c in (vit_cfg, test_cfg, cae_cfg, score_cfg)] == [3, 3, 3, 3]
     assert vit_cfg["output_dir"] == str(seed_dir / "vit") and vit_cfg["data"]["id_classes"] == [1, 2]
     assert test_cfg["checkpoint"] == str(seed_dir / "vit" / "best.pth") and test_cfg["overwrite"] is True
-    assert test_cfg["heatmap"]["kind"] == "rollout" and test_cfg["data"]["id_classes"] == [1, 2]
+    # stage 2 tests on the data config its classifier's checkpoint carries (data_from_checkpoint): data.* is stage 1's
+    assert test_cfg["heatmap"]["kind"] == "rollout" and test_cfg["data_from_checkpoint"] is True
+    assert test_cfg["data"]["id_classes"] is None
     assert test_cfg["heatmaps_dir"] == cae_cfg["heatmaps_dir"] == str(seed_dir / "heatmaps" / "rollout")
     assert test_cfg["results_dir"] == str(seed_dir / "stage2" / "rollout")
     assert cae_cfg == score_cfg and cae_cfg["output_dir"] == str(seed_dir / "cae" / "rollout")
@@ -79,7 +81,7 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     markdown = (tmp_path / "summary.md").read_text()
-    assert "| Detector | Family | AUROC mean |" in printed and markdown.strip() in printed
+    assert "| OOD set | Group | Detector | Family | AUROC mean |" in printed and markdown.strip() in printed
     assert "seed 1, stage 4 scores rollout:" in printed
 
     rows = {r["detector"]: r for r in summary["rows"]}
@@ -93,7 +95,10 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
     assert {r["n_seeds"] for r in rows.values()} == {2}
     assert [r["auroc_mean"] for r in summary["rows"]] == sorted((r["auroc_mean"] for r in rows.values()), reverse=True)
     study = summary["study"]
-    assert study["seeds"] == [0, 1] and (study["n_id"], study["n_ood"]) == (40, 40)
+    assert study["seeds"] == [0, 1]
+    assert study["ood_sets"] == {"heldout": {"group": "near", "reference": study["ood_sets"]["heldout"]["reference"],
+                                             "n_id": 40, "n_ood": 40}}
+    assert {(r["ood_set"], r["group"]) for r in summary["rows"]} == {("heldout", "near")}
     assert [v["name"] for v in study["variants"]] == ["cls_last", "rollout"]
     # stage 1 once per seed, stage 2 once per heatmap kind, stages 3-4 once per variant
     assert [t["step"] for t in study["timings"] if t["seed"] == 0] == [
@@ -118,7 +123,7 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
             assert row[f"{metric}_mean"] == pytest.approx(np.mean(values), abs=1e-12), (name, metric)
             assert row[f"{metric}_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12), (name, metric)
     assert tables[0, "cls_last"]["cae"]["auroc"] != tables[1, "cls_last"]["cae"]["auroc"]  # the seeds differ
-    reference = study["reference"]
+    reference = study["ood_sets"]["heldout"]["reference"]
     assert rows[reference]["auroc_mean"] == max(r["auroc_mean"] for r in rows.values() if r["family"] == "feature")
     assert (rows[reference]["delta_auroc"], rows[reference]["delta_auroc_ci_low"]) == (0.0, 0.0)
     for row in rows.values():

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from wildcapture.ood.metrics import auroc, fpr_at_tpr
 from wildcapture.ood.bootstrap import resample_counts, resampled_auroc
 from wildcapture.ood.seeds_summary import (COLUMNS, DetectorRun, caption, detector_run, family, paired_delta,
-                                           summarise, to_markdown, write_summary)
+                                           summarise, summarise_sets, to_markdown, write_summary)
 
 
 def _sklearn_auroc(id_scores, ood_scores):
@@ -130,18 +130,45 @@ def test_perfect_against_random_detector_gives_a_clearly_positive_interval():
 def test_summary_files(tmp_path):
     runs = {s: {"vim": detector_run(np.arange(5.0), np.arange(5.0) + s), "cae+vim[a]": DetectorRun(0.5, 0.5)}
             for s in range(2)}
-    summary = summarise(runs, resamples=50)
-    text = caption(summary, [0, 1], ["a"], 50)
-    paths = write_summary(tmp_path, {"seeds": [0, 1]}, summary.rows, text)
+    summaries = summarise_sets({"heldout": runs}, {"heldout": "near"}, resamples=50)
+    rows = summaries["heldout"].rows
+    text = caption(summaries, [0, 1], ["a"], 50)
+    paths = write_summary(tmp_path, {"seeds": [0, 1]}, rows, text)
     saved = json.loads(paths["json"].read_text())
     assert saved["study"] == {"seeds": [0, 1]} and saved["caption"] == text and saved["columns"] == list(COLUMNS)
     fusion = next(r for r in saved["rows"] if r["detector"] == "cae+vim[a]")
     assert fusion["delta_auroc"] is None and fusion["auroc_std"] == 0.0  # NaN is null in JSON
     assert [r["detector"] for r in saved["rows"]] == ["vim", "cae+vim[a]"]
+    assert {(r["ood_set"], r["group"]) for r in saved["rows"]} == {("heldout", "near")}
     md = paths["md"].read_text()
-    assert md == to_markdown(summary.rows, text)
-    assert "test_id 5 ID, test_ood 5 OOD" in text and "50 resamples" in text and "AUROC(vim)" in text
-    assert "| cae+vim[a] | fusion | 0.5000 | 0.0000 | 0.5000 | 0.0000 | 2 | n/a | n/a |" in md
+    assert md == to_markdown(rows, text)
+    assert "test_id 5 ID; OOD sets: heldout 5 OOD (reference vim)" in text and "50 resamples" in text
+    assert "| heldout | near | cae+vim[a] | fusion | 0.5000 | 0.0000 | 0.5000 | 0.0000 | 2 | n/a | n/a |" in md
+
+
+def test_summarise_sets_gives_each_set_its_own_reference_and_each_group_its_mean():
+    rng = np.random.default_rng(3)
+    ids = [rng.normal(0, 1, 30) for _ in range(2)]
+
+    def run(shift: float, s: int) -> DetectorRun:
+        return detector_run(ids[s], rng.normal(shift, 1, 20))
+
+    # set a: msp separates better than energy; set b: the reverse; c is far
+    runs = {"a": {s: {"msp": run(2.0, s), "energy": run(0.5, s)} for s in range(2)},
+            "b": {s: {"msp": run(0.2, s), "energy": run(1.5, s)} for s in range(2)},
+            "c": {s: {"msp": run(3.0, s), "energy": run(3.0, s)} for s in range(2)}}
+    summaries = summarise_sets(runs, {"a": "near", "b": "near", "c": "far"}, resamples=100)
+    assert summaries["a"].reference == "msp" and summaries["b"].reference == "energy"
+    assert set(summaries) == {"a", "b", "c", "mean:near", "mean:far"}
+    near = {r["detector"]: r for r in summaries["mean:near"].rows}
+    for d in ("msp", "energy"):
+        per_seed = [np.mean([runs[n][s][d].auroc for n in ("a", "b")]) for s in range(2)]
+        assert near[d]["auroc_mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert near[d]["auroc_std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-12)
+        deltas = [r["delta_auroc"] for n in ("a", "b") for r in summaries[n].rows if r["detector"] == d]
+        assert near[d]["delta_auroc"] == pytest.approx(np.mean(deltas), abs=1e-12)
+        assert (near[d]["ood_set"], near[d]["group"]) == ("mean", "near") and math.isnan(near[d]["delta_auroc_ci_low"])
+    assert summarise_sets({"a": runs["a"]}, {"a": "near"}, resamples=10).keys() == {"a"}  # one set: no mean rows
 
 
 def test_paired_delta_is_summarises_delta_for_one_detector_run_two_ways():

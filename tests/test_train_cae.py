@@ -54,7 +54,7 @@ def test_best_checkpoint_threshold_and_log(tiny_cae, tiny_heatmaps, tiny_vit_che
     for key in ("run_id", "classifier", "input_spec", "heatmap", "data"):
         assert best["heatmaps"][key] == meta[key], key
     assert best["heatmaps"]["heatmap_files"] == {f"{s}/heatmaps.npy": meta["files"][f"{s}/heatmaps.npy"]
-                                                 for s in ("train_id", "val_id", "test_id", "test_ood")}
+                                                 for s in ("train_id", "val_id", "test_id", "ood_heldout")}
     assert best["heatmaps"]["classifier"]["sha256"] == hashlib.sha256(tiny_vit_checkpoint.read_bytes()).hexdigest()
 
     # one line per epoch; best = min of the logged val losses, running best logged each epoch
@@ -101,7 +101,7 @@ def test_best_checkpoint_holds_the_fusion_detector_fit_on_train_id_and_val_id(ti
     partner = Mahalanobis.from_state(entry["partner_state"])
     with open(tiny_heatmaps / "results" / "baseline_scores.csv", newline="") as handle:
         stage2_rows = list(csv.DictReader(handle))
-    for split in ("test_id", "test_ood"):
+    for split in ("test_id", "ood_heldout"):
         ours = partner.score(_stage2(tiny_heatmaps, split, "features"), _stage2(tiny_heatmaps, split, "logits"))
         assert ours.tolist() == [float(r["mahalanobis"]) for r in stage2_rows if r["split"] == split]
 

@@ -4,19 +4,21 @@ readers (which check the markers' keys, one run_id in both, every file's SHA-256
     <heatmaps_dir>/<split>/heatmaps.npy  (N, [C,] grid_h, grid_w), row-major patch grid, stored as meta heatmap.dtype
     <heatmaps_dir>/<split>/              logits.npy (N, K), features.npy (N, D) float32, index.csv (INDEX_COLUMNS)
     <results_dir>/baseline_scores.csv    BASELINE_KEY_COLUMNS + per detector (higher = more OOD); marker RESULTS_MARKER
-Not only here: stage 2 and benchmarks/make_synthetic_experiment.py compose and commit both markers; cae/inputs.py
-reads heatmaps.npy as a HeatmapFile after `read_array` checked it; provenance.py takes its digests from the meta;
-benchmarks/precision_agreement.py and bench_scale.py open heatmaps.npy directly.
+`commit_outputs` composes and commits both markers (stage 2 and benchmarks/make_synthetic_experiment.py call it);
+cae/inputs.py reads heatmaps.npy as a HeatmapFile after `read_array` checked it; provenance.py takes its digests
+from the meta; benchmarks/precision_agreement.py and bench_scale.py open heatmaps.npy directly.
 """
 from __future__ import annotations
 
 import csv
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from wildcapture.data.protocol import Protocol
 from wildcapture.errors import DatasetError, IncompleteOutputError, ProvenanceError
 from wildcapture.storage import Staging, read_marker, verify_file
 from wildcapture.paths import HEATMAPS_META
@@ -26,7 +28,7 @@ INDEX_COLUMNS = ("row", "source", "label", "class_name", "pred", "pred_name")
 BASELINE_KEY_COLUMNS = ("split", "row", "source", "label")
 ARRAYS = ("heatmaps", "logits", "features")
 HEATMAP_DTYPES = ("float32", "float16")  # heatmap.dtype: how heatmaps.npy is stored (meta["heatmap"]["dtype"])
-META_KEYS = ("run_id", "classifier", "input_spec", "data", "heatmap", "splits")
+META_KEYS = ("run_id", "classifier", "input_spec", "data", "heatmap", "protocol", "splits")
 RESULTS_STAGE = "evaluate_classifier"
 RESULTS_MARKER = f"{RESULTS_STAGE}.complete.yaml"
 RERUN = "stage 2 (Test_Classifier/test_classifier.py)"
@@ -48,7 +50,8 @@ class SplitArrays:
 
 @dataclass
 class SplitIndex:
-    """The items of a split, in row order: source (file path or array key), true label (-1 = OOD), true class."""
+    """The items of a split, in row order: source (file path or array key), true label (-1 in an OOD set), true
+    class."""
 
     sources: list[str]
     labels: list[int]
@@ -119,21 +122,51 @@ def write_index(staging: Staging, split: str, index: SplitIndex, predictions: np
                for i, pred in enumerate(predictions)))
 
 
-def write_baseline_scores(path: Path, index: dict[str, SplitIndex], scores: dict[str, dict[str, np.ndarray]]) -> None:
-    """Write one CSV row per test image: BASELINE_KEY_COLUMNS, then one column per detector."""
-    detectors = list(scores["test_id"])
+def write_baseline_scores(path: Path, index: dict[str, SplitIndex], scores: dict[str, dict[str, np.ndarray]],
+                          protocol: Protocol) -> None:
+    """Write one CSV row per test image of each of the protocol's test splits, in order: BASELINE_KEY_COLUMNS,
+    then one column per detector ({split: {detector: scores (N,)}})."""
+    detectors = list(scores[protocol.test_splits[0]])
     write_csv(path, [*BASELINE_KEY_COLUMNS, *detectors],
               ([name, i, index[name].sources[i], int(index[name].labels[i]),
                 *(repr(float(scores[name][d][i])) for d in detectors)]
-               for name in ("test_id", "test_ood") for i in range(len(index[name].sources))))
+               for name in protocol.test_splits for i in range(len(index[name].sources))))
+
+
+def commit_outputs(heat_stage: Staging, result_stage: Staging, provenance: dict[str, Any], protocol: Protocol,
+                   outputs: dict[str, SplitArrays], results: dict[str, Any]) -> str:
+    """Commit a stage-2 output whose files are staged: the results' marker (`results`, e.g. {"exp"}, plus the
+    run id), then the heatmaps' meta, the hand-off marker, last: `provenance` (META_KEYS' "classifier",
+    "input_spec", "data", "heatmap"), the protocol and each split's row count and heatmap shape. Returns the run
+    id. ValueError when `outputs` lacks one of the protocol's splits or holds another."""
+    if set(outputs) != set(protocol.splits):
+        raise ValueError(f"stage-2 outputs hold splits {sorted(outputs)}, the protocol {list(protocol.splits)}")
+    run_id = uuid.uuid4().hex
+    result_stage.commit({"run_id": run_id, **results})
+    splits = {name: {"n": int(outputs[name].heatmaps.shape[0]), "grid": list(outputs[name].heatmaps.shape[1:])}
+              for name in protocol.splits}
+    heat_stage.commit({"run_id": run_id, **provenance, "protocol": protocol.to_record(), "splits": splits})
+    return run_id
 
 
 def read_meta(heatmaps_dir: Path) -> dict[str, Any]:
     """Return stage 2's `heatmaps_meta.yaml` of `heatmaps_dir`, checked for every key it must hold.
 
-    Raises IncompleteOutputError when stage 2 did not complete there.
+    Raises IncompleteOutputError when stage 2 did not complete there (or wrote it before metas recorded the
+    protocol).
     """
     return read_marker(Path(heatmaps_dir) / HEATMAPS_META, META_KEYS, RERUN)
+
+
+def read_protocol(meta: dict[str, Any]) -> Protocol:
+    """The protocol (ID splits and OOD sets) stage 2 recorded in `meta`; IncompleteOutputError when a split it
+    names is missing from the meta's splits."""
+    protocol = Protocol.from_record(meta["protocol"], f"{HEATMAPS_META} protocol")
+    missing = [s for s in protocol.splits if s not in meta["splits"]]
+    if missing:
+        raise IncompleteOutputError(f"{HEATMAPS_META} names split(s) {missing} in its protocol but lists no such "
+                                    f"split; rerun {RERUN}")
+    return protocol
 
 
 def _split_size(meta: dict[str, Any], split: str, heatmaps_dir: Path) -> int:
@@ -166,8 +199,9 @@ def read_index(heatmaps_dir: Path, meta: dict[str, Any], split: str) -> SplitInd
     return SplitIndex([r["source"] for r in rows], [int(r["label"]) for r in rows], [r["class_name"] for r in rows])
 
 
-def read_baseline_scores(path: Path, meta: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Return {detector: (test_id scores, test_ood scores)} from stage 2's `baseline_scores.csv`.
+def read_baseline_scores(path: Path, meta: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """Return {detector: {test split: scores (N,) float64}} from stage 2's `baseline_scores.csv` (every test split
+    of the meta's protocol, with as many rows as the meta says; IncompleteOutputError otherwise).
 
     The results folder's marker must name the same stage-2 run (`run_id`) as the heatmaps' `meta`,
     and the file must be the one it lists; otherwise ProvenanceError / IncompleteOutputError.
@@ -184,4 +218,9 @@ def read_baseline_scores(path: Path, meta: dict[str, Any]) -> dict[str, tuple[np
     detectors = [c for c in (rows[0] if rows else {}) if c not in BASELINE_KEY_COLUMNS]
     split_of = np.array([r["split"] for r in rows])
     values = np.array([[float(r[d]) for d in detectors] for r in rows], dtype=np.float64).reshape(len(rows), -1)
-    return {d: (values[split_of == "test_id", j], values[split_of == "test_ood", j]) for j, d in enumerate(detectors)}
+    for split in read_protocol(meta).test_splits:
+        if (split_of == split).sum() != _split_size(meta, split, path.parent):
+            raise IncompleteOutputError(f"{path} has {(split_of == split).sum()} rows of split {split} but "
+                                        f"{HEATMAPS_META} says {_split_size(meta, split, path.parent)}; rerun {RERUN}")
+    return {d: {split: values[split_of == split, j] for split in read_protocol(meta).test_splits}
+            for j, d in enumerate(detectors)}

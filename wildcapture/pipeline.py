@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from wildcapture.config import Config, ConfigError, _flat_keys, _unknown_key_error, load_config, parse_override
 from wildcapture.paths import REPO_ROOT
 
-BENCHMARKS = ("digits", "cifar10", "cifar100", "wildcapture")
+BENCHMARKS = ("digits", "cifar10", "cifar10_scratch", "cifar100", "wildcapture")
 # (name, config folder, module whose run(cfg) is the stage, overrides that make the stage a smoke run of a few batches)
 STAGES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("1 train classifier", "Train_Vit_Classifier", "wildcapture.stages.train_classifier",
@@ -29,7 +29,8 @@ def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()
     """Return the four stage configs: the benchmark's preset (the defaults for digits), the smoke
     overrides and experiment name `<benchmark>-smoke` when `smoke`, then `extra` key=value items
     that apply to every stage that has the key (ConfigError for a key that no stage has), then
-    `per_stage[i]`: items for stage i alone (ConfigError for a key that stage lacks)."""
+    `per_stage[i]`: items for stage i alone (ConfigError for a key that stage lacks). A `data.*` item goes to
+    stage 1 only where a stage takes its data from the classifier's checkpoint (`data_from_checkpoint`)."""
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{benchmark}'; choose one of {', '.join(BENCHMARKS)}")
     preset = None if benchmark == "digits" else f"{benchmark}.yaml"
@@ -41,7 +42,8 @@ def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = ()
         config_dir = REPO_ROOT / folder / "config"
         defaults = load_config(config_dir, preset)
         valid.update(dict.fromkeys(_flat_keys(defaults)))
-        mine = [(item, key) for item, key in zip(extra, keys) if _has_key(defaults, key)]
+        mine = [(item, key) for item, key in zip(extra, keys) if _has_key(defaults, key)
+                and not (key.startswith("data.") and defaults.get("data_from_checkpoint"))]  # stage 1's data
         used.update(key for _, key in mine)
         overrides = [*(smoke_overrides + (f"exp={defaults['exp']}-smoke",) if smoke else ()),
                      *(item for item, _ in mine), *own]
@@ -84,10 +86,14 @@ def check_pipeline(configs: Sequence[Config]) -> list[Path]:
     """What `reproduce.py --check` checks, writing nothing: every stage's config (`check_stage_configs`), then stage
     1's inputs (`train_classifier.check`: its data, never downloaded, and a resume); the later stages' inputs are
     made by the earlier ones. Returns the files the four stages would write, in order."""
+    from wildcapture.data.config import resolve_data_cfg
+    from wildcapture.data.protocol import resolve_protocol
+
     check_stage_configs(configs)
     modules = [importlib.import_module(module) for _, _, module, _ in STAGES]
-    return [*modules[0].check(configs[0]), *(path for module, cfg in zip(modules[1:], configs[1:])
-                                              for path in module.outputs(cfg))]
+    protocol = resolve_protocol(resolve_data_cfg(configs[0]["data"]))  # stage 2 tests on stage 1's data
+    return [*modules[0].check(configs[0]), *modules[1].outputs(configs[1], protocol),
+            *(path for module, cfg in zip(modules[2:], configs[2:]) for path in module.outputs(cfg))]
 
 
 def run_stage(index: int, cfg: Config, label: str = "") -> tuple[Any, float]:

@@ -17,6 +17,7 @@ from wildcapture.cae.engine import ood_threshold
 from wildcapture.cae.inputs import HeatmapSource
 from wildcapture.detector import Detector, score_on
 from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner
+from wildcapture.data.protocol import TRAIN_ID, VAL_ID
 
 
 def _external_note(what: str) -> None:
@@ -40,9 +41,9 @@ class FusionCalibration:
         if not source.from_stage2:
             _external_note(f"no fusion detector is fit (fusion.partner={name} is ignored)")
             return None
-        train = {**source.features_and_logits("train_id"), "labels": np.asarray(source.index("train_id").labels)}
+        train = {**source.features_and_logits(TRAIN_ID), "labels": np.asarray(source.index(TRAIN_ID).labels)}
         partner = fit_partner(name, train)
-        return cls(name, partner, score_on(partner, source.features_and_logits("val_id")))
+        return cls(name, partner, score_on(partner, source.features_and_logits(VAL_ID)))
 
     def entry(self, val_errors: np.ndarray, accept_fraction: float) -> dict[str, Any]:
         """best.pth's `fusion` entry for the CAE whose val_id errors are `val_errors` (N,): the z-scores fit

@@ -1,4 +1,4 @@
-"""Where stages 3 and 4 read their heatmaps: `heatmap_source(cfg, splits)` returns one of two sources.
+"""Where stages 3 and 4 read their heatmaps: `heatmap_source(cfg, keys)` returns one of two sources.
 
 - `Stage2Heatmaps`: stage 2's run of the experiment (`wildcapture.heatmap_store`: marker and SHA-256
   checked); its provenance travels into the CAE checkpoint, and its features and logits feed the fusion.
@@ -14,11 +14,23 @@ from typing import Any
 import numpy as np
 
 from wildcapture.cae.heatmap_data import HeatmapFile, load_heatmaps
+from wildcapture.data.protocol import ID_SPLITS, Protocol, held_out_set
 from wildcapture.errors import DatasetError
-from wildcapture.heatmap_store import SplitIndex, read_array, read_index, read_meta
+from wildcapture.heatmap_store import SplitIndex, read_array, read_index, read_meta, read_protocol
 from wildcapture.paths import heatmaps_dir, portable_path, resolve_path
 from wildcapture.provenance import heatmap_provenance
 from wildcapture.storage import sha256_file
+
+
+# Heatmap files (`inputs.<key>`) hold the ID splits and one OOD set, the benchmark's held-out classes.
+EXTERNAL_PROTOCOL = Protocol.from_record([held_out_set()])
+FIT_INPUTS = ("train_id", "val_id")   # the `inputs.*` keys stage 3 reads
+TEST_INPUTS = ("test_id", "test_ood")  # the `inputs.*` keys stage 4 reads
+
+
+def _split_of_key(key: str) -> str:
+    """The split an `inputs.<key>` file holds (`test_ood`: the external protocol's one OOD set)."""
+    return key if key in ID_SPLITS else EXTERNAL_PROTOCOL.ood_splits[0]
 
 
 def _checked(heatmaps: np.ndarray | HeatmapFile, split: str, source: Path) -> np.ndarray | HeatmapFile:
@@ -38,6 +50,7 @@ class Stage2Heatmaps:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.meta = read_meta(self.folder)
+        self.protocol = read_protocol(self.meta)
 
     @property
     def run_id(self) -> str:
@@ -66,9 +79,10 @@ class Stage2Heatmaps:
 
 
 class ExternalHeatmaps:
-    """Heatmap files named in `inputs.<split>` for each split a stage reads."""
+    """Heatmap files named in `inputs.<key>` for each split a stage reads (`files`: {split: path})."""
 
     from_stage2 = False
+    protocol = EXTERNAL_PROTOCOL
 
     def __init__(self, files: dict[str, Path]) -> None:
         self.files = files
@@ -99,31 +113,33 @@ class ExternalHeatmaps:
             except ValueError as err:
                 raise DatasetError(f"cannot use the heatmaps of split {split}: {source}: not a readable .npy "
                                    f"array ({err})") from err
-            return SplitIndex([f"{source}#{i}" for i in range(n)], [-1 if split == "test_ood" else 0] * n, [""] * n)
+            return SplitIndex([f"{source}#{i}" for i in range(n)], [-1 if self.protocol.is_ood(split) else 0] * n,
+                              [""] * n)
         with open(source, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         return SplitIndex([str((source.parent / r["img"]).resolve()) for r in rows],
-                          [-1 if split == "test_ood" else _as_label(r["label"]) for r in rows],
+                          [-1 if self.protocol.is_ood(split) else _as_label(r["label"]) for r in rows],
                           [r["label"] for r in rows])
 
 HeatmapSource = Stage2Heatmaps | ExternalHeatmaps
 
 
-def heatmap_source(cfg: dict[str, Any], splits: tuple[str, ...]) -> HeatmapSource:
-    """The source of the heatmaps of `splits`: the files of `inputs.<split>` when they are set (all or none:
-    DatasetError otherwise; FileNotFoundError naming a missing one), else stage 2's run in `heatmaps_dir`."""
-    given = [split for split in splits if cfg["inputs"][split]]
+def heatmap_source(cfg: dict[str, Any], keys: tuple[str, ...]) -> HeatmapSource:
+    """The source of the heatmaps a stage reads (`keys`: FIT_INPUTS or TEST_INPUTS): the files of `inputs.<key>`
+    when they are set (all or none: DatasetError otherwise; FileNotFoundError naming a missing one), else stage
+    2's run in `heatmaps_dir` (every split of its protocol)."""
+    given = [key for key in keys if cfg["inputs"][key]]
     if not given:
         return Stage2Heatmaps(heatmaps_dir(cfg))
-    if len(given) != len(splits):
-        missing = [f"inputs.{s}" for s in splits if s not in given]
-        raise DatasetError(f"{', '.join(f'inputs.{s}' for s in given)} set but {', '.join(missing)} not: "
+    if len(given) != len(keys):
+        missing = [f"inputs.{k}" for k in keys if k not in given]
+        raise DatasetError(f"{', '.join(f'inputs.{k}' for k in given)} set but {', '.join(missing)} not: "
                            "give every split this stage reads as a file, or none")
-    files = {split: resolve_path(cfg["inputs"][split]) for split in splits}
-    for split, path in files.items():
+    files = {key: resolve_path(cfg["inputs"][key]) for key in keys}
+    for key, path in files.items():
         if not path.is_file():
-            raise FileNotFoundError(f"heatmaps of split {split} not found: {path} (inputs.{split})")
-    return ExternalHeatmaps(files)
+            raise FileNotFoundError(f"heatmaps of split {key} not found: {path} (inputs.{key})")
+    return ExternalHeatmaps({_split_of_key(key): path for key, path in files.items()})
 
 
 def _as_label(text: str) -> int | str:

@@ -1,8 +1,9 @@
-"""CIFAR-10 vs CIFAR-100 benchmarks: one dataset is ID, the other's test set is OOD.
+"""The CIFAR-10 and CIFAR-100 benchmarks (ID: the data set's classes, or `data.id_classes` of them).
 
 Data comes from torchvision's loaders in their python-pickle format under ``<root>/cifar-10-batches-py``
-and ``<root>/cifar-100-python``. Images stay in the datasets' uint8 N x 32 x 32 x 3 arrays; sources
-are ``"cifar10/train/<i>"``, ``"cifar100/test/<i>"`` etc. (``i`` = row in that array).
+and ``<root>/cifar-100-python``, or from class folders ``<root>/cifar10/{train,test}/<class>/``. Pickled images
+stay in the datasets' uint8 N x 32 x 32 x 3 arrays; their sources are ``"cifar10/train/<i>"`` etc. (``i`` = row
+in that array); folder images are file sources.
 """
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from ..errors import DatasetError
 from ..paths import resolve_path
 from .classes import match_classes
 from .images import ArrayImages
+from .split_folders import build_split_folders, split_layout
 from .splits import Benchmark, ImageSplit, stratified_split
+from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 _DATASETS = {"cifar10": (CIFAR10, "CIFAR-10", "cifar-10-python.tar.gz"),
              "cifar100": (CIFAR100, "CIFAR-100", "cifar-100-python.tar.gz")}
-_OTHER = {"cifar10": "cifar100", "cifar100": "cifar10"}
 
 
 def load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -36,7 +38,8 @@ def load_cifar(name: str, root: Path, train: bool, download: bool) -> tuple[np.n
                    else f"not found or corrupted in {folder}: set data.download=true to download it, or")
         raise DatasetError(
             f"{title} {problem} put the python-version batches there by hand (extract {archive} from "
-            f"https://www.cs.toronto.edu/~kriz/cifar.html into {root}); data.root sets the folder") from exc
+            f"https://www.cs.toronto.edu/~kriz/cifar.html into {root}), or class folders in {root / name}/train/ and "
+            f"{root / name}/test/; data.root sets the folder") from exc
     return np.asarray(dataset.data, dtype=np.uint8), np.asarray(dataset.targets, dtype=np.int64), list(dataset.classes)
 
 
@@ -50,39 +53,45 @@ def _select(labels: np.ndarray, all_names: list[str], chosen: list[str]) -> tupl
 
 
 def build_cifar(cfg: dict) -> Benchmark:
-    """Build cifar10 (ID) vs CIFAR-100 test (OOD), or cifar100 vs CIFAR-10 test, from a resolved config.
+    """Build cifar10 or cifar100 from a resolved config: torchvision's pickles under ``data.root`` when they are
+    there, else the class-folder layout ``<root>/<name>/{train,test}/<class>/`` (`split_folders`).
 
-    train_id/val_id: seeded stratified split of the ID training set by ``val_fraction``; test_id: the ID
-    test set; test_ood: the other dataset's test set. ``id_classes``/``ood_classes`` may pick subsets
-    (by name); null keeps every class.
+    train_id/val_id: seeded stratified split of the ID classes' training images by ``val_fraction``; test_id: the
+    ID classes' test images. ``id_classes`` picks a subset (by name; null keeps every class); the other classes'
+    test images (or ``ood_classes`` of them) are held out: the `classes` OOD set (open-set recognition). The
+    other CIFAR's test set is an OOD set of its own (`ood_sources`), the benchmark's default.
     """
-    name, other = cfg["name"], _OTHER[cfg["name"]]
+    name = cfg["name"]
     root = resolve_path(cfg["root"])
+    cls, title, _ = _DATASETS[name]
+    if not (root / cls.base_folder).exists() and split_layout(root / name) is not None:
+        return build_split_folders(name, *split_layout(root / name), cfg["id_classes"], cfg["ood_classes"], cfg)
     train = load_cifar(name, root, True, cfg["download"])
     test = load_cifar(name, root, False, cfg["download"])
-    ood = load_cifar(other, root, False, cfg["download"])
-    all_id, all_ood = train[2], ood[2]
-    id_names = all_id if cfg["id_classes"] is None else match_classes(
-        cfg["id_classes"], all_id, f"{_DATASETS[name][1]} classes", "id_classes")
-    ood_names = all_ood if cfg["ood_classes"] is None else match_classes(
-        cfg["ood_classes"], all_ood, f"{_DATASETS[other][1]} classes", "ood_classes")
-    if not id_names or not ood_names:
-        raise DatasetError("data.id_classes and data.ood_classes must each name at least one class (or be null)")
+    all_names = train[2]
+    id_names = all_names if cfg["id_classes"] is None else match_classes(
+        cfg["id_classes"], all_names, f"{title} classes", "id_classes")
+    rest = [c for c in all_names if c not in id_names]
+    ood_names = rest if cfg["ood_classes"] is None else match_classes(
+        cfg["ood_classes"], rest, f"{title} classes that are not ID", "ood_classes")
+    if not id_names:
+        raise DatasetError("data.id_classes must name at least one class (or be null)")
 
-    loader = ArrayImages({f"{name}/train": train[0], f"{name}/test": test[0], f"{other}/test": ood[0]})
+    loader = ArrayImages({f"{name}/train": train[0], f"{name}/test": test[0]})
 
-    def make(key: str, rows: np.ndarray, labels: np.ndarray, names: list[str], true: np.ndarray) -> ImageSplit:
-        return ImageSplit([f"{key}/{r}" for r in rows], labels, [names[t] for t in true[rows]], loader)
+    def make(key: str, rows: np.ndarray, labels: np.ndarray, true: np.ndarray) -> ImageSplit:
+        return ImageSplit([f"{key}/{r}" for r in rows], labels, [all_names[t] for t in true[rows]], loader)
 
-    train_rows, train_labels = _select(train[1], all_id, id_names)
+    train_rows, train_labels = _select(train[1], all_names, id_names)
     keep, held = stratified_split(train_labels, cfg["val_fraction"], cfg["seed"], id_names,
-                                  f"{_DATASETS[name][1]} training images", "val_fraction")
-    test_rows, test_labels = _select(test[1], all_id, id_names)
-    ood_rows, _ = _select(ood[1], all_ood, ood_names)
+                                  f"{title} training images", "val_fraction")
+    test_rows, test_labels = _select(test[1], all_names, id_names)
+    ood_rows, _ = _select(test[1], all_names, ood_names)
     splits = {
-        "train_id": make(f"{name}/train", train_rows[keep], train_labels[keep], all_id, train[1]),
-        "val_id": make(f"{name}/train", train_rows[held], train_labels[held], all_id, train[1]),
-        "test_id": make(f"{name}/test", test_rows, test_labels, all_id, test[1]),
-        "test_ood": make(f"{other}/test", ood_rows, np.full(len(ood_rows), -1, dtype=np.int64), all_ood, ood[1]),
+        TRAIN_ID: make(f"{name}/train", train_rows[keep], train_labels[keep], train[1]),
+        VAL_ID: make(f"{name}/train", train_rows[held], train_labels[held], train[1]),
+        TEST_ID: make(f"{name}/test", test_rows, test_labels, test[1]),
     }
-    return Benchmark(name, list(id_names), list(ood_names), splits)
+    held_out = (make(f"{name}/test", ood_rows, np.full(len(ood_rows), -1, dtype=np.int64), test[1])
+                if len(ood_rows) else None)
+    return Benchmark(name, list(id_names), list(ood_names), splits, held_out)

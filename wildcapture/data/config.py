@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from wildcapture.data.ood_sources import source_of
+from wildcapture.data.protocol import resolve_protocol
 from wildcapture.errors import DatasetError
 from wildcapture.paths import DATA_DEFAULTS_FILE
 
@@ -75,6 +77,11 @@ def resolve_data_cfg(data_cfg: dict | None) -> dict[str, Any]:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DatasetError(f"data.limit_per_split must be null or an integer >= 1, got {limit!r}")
     cfg["augment"] = resolve_augment(cfg["augment"])
+    if not isinstance(cfg["ood_sets"], (list, tuple)):
+        raise DatasetError(f"data.ood_sets must be a list of sets {{name, group, source, ...}}, got {cfg['ood_sets']!r}")
+    cfg["ood_sets"] = [dict(s) if isinstance(s, dict) else s for s in cfg["ood_sets"]]
+    for spec in resolve_protocol(cfg).ood_sets:
+        source_of(spec)
     return cfg
 
 

@@ -9,6 +9,7 @@ from wildcapture.errors import DatasetError
 from .classes import check_disjoint, match_classes
 from .images import ArrayImages
 from .splits import Benchmark, ImageSplit, split_id_pool
+from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 DEFAULT_ID = [0, 1, 2, 3, 4]
@@ -27,7 +28,7 @@ def build_digits(cfg: dict) -> Benchmark:
 
     Images are 8x8 uint8 grayscale (value * 255 / 16) returned as RGB; sources are ``"digits/<i>"``
     with ``i`` the row of `sklearn.datasets.load_digits`. ID items are split stratified into
-    train/val/test; every OOD-digit item is in test_ood.
+    train/val/test; every OOD-digit item is held out (the `classes` OOD set).
     """
     id_names = _digit_names(cfg["id_classes"] if cfg["id_classes"] is not None else DEFAULT_ID, "id_classes")
     ood_names = _digit_names(cfg["ood_classes"] if cfg["ood_classes"] is not None else DEFAULT_OOD,
@@ -51,9 +52,8 @@ def build_digits(cfg: dict) -> Benchmark:
         return ImageSplit([f"digits/{r}" for r in rows], labels, [target_names[r] for r in rows], loader)
 
     splits = {
-        "train_id": make(id_rows[train], id_labels[train]),
-        "val_id": make(id_rows[val], id_labels[val]),
-        "test_id": make(id_rows[test], id_labels[test]),
-        "test_ood": make(ood_rows, np.full(len(ood_rows), -1, dtype=np.int64)),
+        TRAIN_ID: make(id_rows[train], id_labels[train]),
+        VAL_ID: make(id_rows[val], id_labels[val]),
+        TEST_ID: make(id_rows[test], id_labels[test]),
     }
-    return Benchmark("digits", id_names, ood_names, splits)
+    return Benchmark("digits", id_names, ood_names, splits, make(ood_rows, np.full(len(ood_rows), -1, dtype=np.int64)))

@@ -159,6 +159,11 @@ class ArrayImages:
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 
 
+def list_class_folders(folder: Path) -> list[str]:
+    """Names of the non-hidden sub-folders of ``folder``, sorted."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def list_images(class_dir: Path) -> list[Path]:
     """Image files anywhere under ``class_dir`` (by extension, case-insensitive), sorted, hidden ones skipped."""
     return sorted(p for p in class_dir.rglob("*")

@@ -12,15 +12,13 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from torchvision.transforms import functional as TF
 
+from wildcapture.data.protocol import Protocol
 from wildcapture.errors import DatasetError
 from wildcapture.storage import write_csv
 
 
-SPLITS = ("train_id", "val_id", "test_id", "test_ood")
-
-
 class ImageSplit(torch.utils.data.Dataset):
-    """One split: per item a source string, an int64 label (-1 = OOD) and its true class name.
+    """One split: per item a source string, an int64 label (-1 in an OOD set) and its true class name.
 
     ``loader`` maps a source to an RGB PIL image (see `images.FileImages`, `images.ArrayImages`);
     ``transform`` maps that image to a tensor (None: plain ToTensor, 3 x H x W in [0, 1]).
@@ -57,20 +55,28 @@ class ImageSplit(torch.utils.data.Dataset):
 
 @dataclass
 class Benchmark:
-    """A benchmark: ID and OOD class names and the four splits of `SPLITS`."""
+    """A benchmark: its ID class names, the classes it holds out, its protocol and a split per protocol split.
+
+    A builder (`benchmarks._BUILDERS`) fills the ID splits and `held_out` (the held-out classes' images, or
+    None); `build_benchmark` then adds one split per OOD set of `protocol`.
+    """
 
     name: str
     id_class_names: list[str]
     ood_class_names: list[str]
     splits: dict[str, ImageSplit]
+    held_out: ImageSplit | None = None
+    protocol: Protocol | None = None
 
     def write_manifest(self, path: str | Path) -> None:
-        """Write a CSV ``split,source,label,class_name`` with one row per item of every split.
+        """Write a CSV ``split,ood_set,source,label,class_name`` with one row per item of every split
+        (`ood_set` empty for ID splits).
 
         Written to a temporary file and renamed, so a crash never leaves a half-written manifest.
         """
-        write_csv(Path(path), ["split", "source", "label", "class_name"],
-                  ([name, source, int(label), class_name] for name in SPLITS
+        protocol = self.protocol
+        write_csv(Path(path), ["split", "ood_set", "source", "label", "class_name"],
+                  ([name, protocol.set_name(name), source, int(label), class_name] for name in protocol.splits
                    for source, label, class_name in zip(self.splits[name].sources, self.splits[name].labels,
                                                         self.splits[name].class_names)))
 
@@ -116,7 +122,7 @@ def split_id_pool(labels: Sequence[int], test_fraction: float, val_fraction: flo
 def limit_split(split: ImageSplit, limit: int | None, seed: int, salt: int) -> ImageSplit:
     """Return a seeded random subset of at most ``limit`` items of ``split`` (original order kept).
 
-    ``salt`` (e.g. the split's position in `SPLITS`) gives each split its own random stream.
+    ``salt`` (e.g. the split's position in its protocol's splits) gives each split its own random stream.
     """
     if limit is None or len(split) <= limit:
         return split

@@ -7,7 +7,7 @@ and "-". Files are never moved or copied; sources are their paths (``#box=`` app
 
 ID images are split stratified and seeded: ``test_fraction`` of them to test_id, then
 ``val_fraction`` of the rest to val_id. The split is by image, so the crops of one image always
-share a split. Every image of an OOD class goes to test_ood. With ``annotations`` set, each
+share a split. Every image of an OOD class is held out (the `classes` OOD set). With ``annotations`` set, each
 annotated box is one item, images a MegaDetector file marks empty or failed are left out, and the
 other images are used whole (formats: `annotations` module).
 """
@@ -23,8 +23,10 @@ from ..errors import DatasetError
 from ..paths import resolve_path
 from .annotations import Annotations, normalize_relpath, read_annotation_file
 from .classes import check_disjoint, match_classes, normalize_class_name
-from .images import FileImages, box_source, list_images
+from .images import FileImages, box_source, list_class_folders, list_images
+from .split_folders import build_split_folders, split_layout
 from .splits import Benchmark, ImageSplit, split_id_pool
+from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 MAX_LISTED = 50  # unreadable annotated images named in the error
 
@@ -34,11 +36,6 @@ PAPER_OOD_SPECIES = ["Beech Marten", "Crested Porcupine", "Domestic Dog", "Domes
                      "Persian Fallow Deer", "Western Polecat", "Wild Cat"]
 WILDCAPTURE_DOWNLOAD = ("https://drive.google.com/drive/folders/1823UnVK94NYRTokxkzBbgeYRVL8YSPG4 (linked from the "
                         "paper's repository github.com/lcultrera/WildCapture)")
-
-
-def list_class_folders(folder: Path) -> list[str]:
-    """Names of the non-hidden sub-folders of ``folder``, sorted."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _class_items(folder: Path, class_folder: str, annotations: Annotations, used: set[str], unreadable: list[str]
@@ -138,12 +135,12 @@ def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[s
     ood_sources = [s for groups in ood_groups for g in groups for s in g]
     ood_item_names = [ood_names[c] for c, groups in enumerate(ood_groups) for g in groups for _ in g]
     splits = {
-        "train_id": make_id(train),
-        "val_id": make_id(val),
-        "test_id": make_id(test),
-        "test_ood": ImageSplit(ood_sources, np.full(len(ood_sources), -1, dtype=np.int64), ood_item_names, loader),
+        TRAIN_ID: make_id(train),
+        VAL_ID: make_id(val),
+        TEST_ID: make_id(test),
     }
-    return Benchmark(name, id_names, ood_names, splits)
+    held_out = ImageSplit(ood_sources, np.full(len(ood_sources), -1, dtype=np.int64), ood_item_names, loader)
+    return Benchmark(name, id_names, ood_names, splits, held_out)
 
 
 def find_wildcapture_folder(root: Path) -> Path:
@@ -180,10 +177,16 @@ def build_wildcapture(cfg: dict) -> Benchmark:
 
 
 def build_imagefolder(cfg: dict) -> Benchmark:
-    """A generic class-folder benchmark at ``root``; id_classes is required, OOD defaults to the other folders."""
+    """A generic class-folder benchmark at ``root``; id_classes is required, OOD defaults to the other folders.
+
+    A root holding ``train/`` and ``test/`` (or ``val/``) class folders is used as split (`split_folders`); there
+    id_classes defaults to every training class."""
     folder = resolve_path(cfg["root"])
     if not folder.is_dir():
         raise DatasetError(f"imagefolder root not found: {folder}; set data.root to a folder of class folders")
+    layout = split_layout(folder)
+    if layout is not None:
+        return build_split_folders("imagefolder", *layout, cfg["id_classes"], cfg["ood_classes"], cfg)
     if cfg["id_classes"] is None:
         raise DatasetError(f"data.id_classes is required for imagefolder; class folders in {folder}: "
                            f"{list_class_folders(folder)}")

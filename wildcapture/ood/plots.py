@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 
 from .metrics import auroc, roc_points
 
-Scores = Mapping[str, "tuple[np.ndarray, np.ndarray]"]
+# detector -> (ID scores, OOD scores), or (ID scores, {OOD set name: its scores}) for several sets
+Scores = Mapping[str, "tuple[np.ndarray, np.ndarray | Mapping[str, np.ndarray]]"]
 TAIL_PERCENT = 0.5  # histogram_range: the central range is the 0.5..99.5 percentiles
 REACH = 0.25        # ...and an end is clipped when it lies beyond a quarter of that range outside it
 
@@ -24,22 +25,32 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def draw_roc_curves(scores: Scores, title: str = "ROC (OOD = positive)") -> Figure:
-    """Return a figure with every detector's ROC curve (x: FPR on ID, y: TPR on OOD, the points of
-    `roc_points`), AUROC in its legend label, plus the chance diagonal and a dashed TPR = 0.95 line.
+def _by_set(scores: Scores) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """{OOD set: {detector: (ID scores, that set's scores)}}; a bare OOD array is the one set "OOD"."""
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for name, (id_s, ood) in scores.items():
+        for set_name, ood_s in (ood.items() if isinstance(ood, Mapping) else (("OOD", ood),)):
+            out.setdefault(set_name, {})[name] = (id_s, ood_s)
+    return out
 
-    `scores` maps detector name -> (id_scores, ood_scores), higher = more OOD.
+
+def draw_roc_curves(scores: Scores, title: str = "ROC (OOD = positive)") -> Figure:
+    """Return a figure with one subplot per OOD set, each with every detector's ROC curve against ID (x: FPR on
+    ID, y: TPR on OOD, the points of `roc_points`), AUROC in its legend label, plus the chance diagonal and a
+    dashed TPR = 0.95 line. Higher score = more OOD.
     """
-    fig = Figure(figsize=(5.5, 5))
-    ax = fig.add_subplot()
-    for name, (id_s, ood_s) in scores.items():
-        fpr, tpr, _ = roc_points(id_s, ood_s)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(id_s, ood_s):.4f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (fraction of ID flagged)",
-           ylabel="TPR (fraction of OOD flagged)", title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    sets = _by_set(scores)
+    fig = Figure(figsize=(5.5 * len(sets), 5))
+    for k, (set_name, pairs) in enumerate(sets.items()):
+        ax = fig.add_subplot(1, len(sets), k + 1)
+        for name, (id_s, ood_s) in pairs.items():
+            fpr, tpr, _ = roc_points(id_s, ood_s)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(id_s, ood_s):.4f})")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="FPR (fraction of ID flagged)",
+               ylabel="TPR (fraction of OOD flagged)", title=title if len(sets) == 1 else f"{title}: {set_name}")
+        ax.legend(loc="lower right", fontsize=8)
     return fig
 
 
@@ -65,11 +76,9 @@ def histogram_range(values: np.ndarray, tail: float = TAIL_PERCENT, reach: float
 
 
 def draw_score_histograms(scores: Scores, bins: int = 50) -> Figure:
-    """Return a figure with one subplot per detector: density histograms of its ID and OOD scores on shared
-    bins over that detector's own `histogram_range` of ID and OOD together. Scores outside the range are
-    counted in the edge bins, and the subplot says how many were (and the range's ends).
-
-    `scores` maps detector name -> (id_scores, ood_scores), higher = more OOD.
+    """Return a figure with one subplot per detector: density histograms of its ID scores and of each OOD set's
+    on shared bins over that detector's own `histogram_range` of all its scores. Scores outside the range are
+    counted in the edge bins, and the subplot says how many were (and the range's ends). Higher = more OOD.
     """
     if not scores:
         raise ValueError("draw_score_histograms: no detectors to plot")
@@ -77,15 +86,18 @@ def draw_score_histograms(scores: Scores, bins: int = 50) -> Figure:
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(4 * ncols, 3 * nrows))
-    for i, (name, (id_s, ood_s)) in enumerate(scores.items()):
+    for i, (name, (id_s, ood)) in enumerate(scores.items()):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         id_s = np.asarray(id_s, dtype=np.float64)
-        ood_s = np.asarray(ood_s, dtype=np.float64)
-        both = np.concatenate([id_s, ood_s])
+        sets = {k: np.asarray(v, dtype=np.float64)
+                for k, v in (ood.items() if isinstance(ood, Mapping) else (("OOD", ood),))}
+        both = np.concatenate([id_s, *sets.values()])
         lo, hi = histogram_range(both)
         edges = np.linspace(lo, hi, bins + 1)
         ax.hist(np.clip(id_s, lo, hi), bins=edges, density=True, alpha=0.55, label=f"ID (n={id_s.size})")
-        ax.hist(np.clip(ood_s, lo, hi), bins=edges, density=True, alpha=0.55, label=f"OOD (n={ood_s.size})")
+        for set_name, ood_s in sets.items():
+            ax.hist(np.clip(ood_s, lo, hi), bins=edges, density=True, alpha=0.55 if len(sets) == 1 else 0.9,
+                    histtype="bar" if len(sets) == 1 else "step", label=f"{set_name} (n={ood_s.size})")
         clipped = [f"{k} {side} {edge:.4g}" for k, side, edge in
                    ((int((both < lo).sum()), "below", lo), (int((both > hi).sum()), "above", hi)) if k]
         if clipped:

@@ -1,9 +1,9 @@
-"""Results over several stage-1 seeds: mean and spread of each detector's metrics, and a paired bootstrap
-interval of its AUROC difference to the best feature-based detector.
+"""Results over several stage-1 seeds, per OOD set: mean and spread of each detector's metrics, and a paired
+bootstrap interval of its AUROC difference to the set's best feature-based detector; then each group's mean.
 
 Every seed scores the same test images (the data split has its own seed, `data.seed`), so the
-differences are paired across detectors and across seeds: one set of resamples of the test_id and
-test_ood images (`bootstrap.resample_counts`) serves every detector and every seed.
+differences are paired across detectors and across seeds: per OOD set, one set of resamples of the test_id
+and that set's images (`bootstrap.resample_counts`) serves every detector and every seed.
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from .bootstrap import resample_counts, resampled_auroc
 from .metrics import auroc, fpr_at_tpr
 from .table import CONVENTION, markdown_table
 
-COLUMNS = ("detector", "family", "auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std", "n_seeds",
+COLUMNS = ("ood_set", "group", "detector", "family", "auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std", "n_seeds",
            "delta_auroc", "delta_auroc_ci_low", "delta_auroc_ci_high")
 CI_PERCENTILES = (2.5, 97.5)
-_HEADERS = ("Detector", "Family", "AUROC mean", "AUROC std", "FPR@95TPR mean", "FPR@95TPR std", "Seeds", "dAUROC",
-            "95% CI")
+_HEADERS = ("OOD set", "Group", "Detector", "Family", "AUROC mean", "AUROC std", "FPR@95TPR mean", "FPR@95TPR std",
+            "Seeds", "dAUROC", "95% CI")
+MEAN = "mean"  # the ood_set of a group's mean rows
 
 
 def family(detector: str) -> str:
@@ -90,7 +91,7 @@ def summarise(runs: Mapping[int, Mapping[str, DetectorRun]], resamples: int = 10
     features = [d for d in with_scores if family(d) == "feature"]
     reference = max(features, key=lambda d: metric[d, "auroc"].mean()) if features else None
     deltas = _paired_deltas(runs, seeds, with_scores, reference, resamples, seed) if reference else {}
-    rows = [{"detector": d, "family": family(d),
+    rows = [{"ood_set": "", "group": "", "detector": d, "family": family(d),
              "auroc_mean": float(metric[d, "auroc"].mean()), "auroc_std": _spread(metric[d, "auroc"]),
              "fpr95_mean": float(metric[d, "fpr95"].mean()), "fpr95_std": _spread(metric[d, "fpr95"]),
              "n_seeds": len(seeds), **dict(zip(COLUMNS[-3:], deltas.get(d, (float("nan"),) * 3)))}
@@ -132,17 +133,55 @@ def paired_delta(before: Mapping[int, DetectorRun], after: Mapping[int, Detector
                           "before", resamples, seed)["after"]
 
 
-def caption(summary: Summary, seeds: Sequence[int], variants: Sequence[str], resamples: int) -> str:
-    """Return the caption of the summary table: what was run and what each column means."""
-    reference = summary.reference or "none (no feature detector)"
+def summarise_sets(runs: Mapping[str, Mapping[int, Mapping[str, DetectorRun]]], groups: Mapping[str, str],
+                   resamples: int = 1000, seed: int = 0, mean_groups: Sequence[str] = ("near", "far")
+                   ) -> dict[str, Summary]:
+    """Return {OOD set: its Summary} for `runs` ({set: {seed: {detector: DetectorRun}}}; `groups`: {set: group}),
+    each row naming its set and group, plus, with more than one set, {"mean:<group>": Summary} per group of
+    `mean_groups` that has a set: per detector the mean over seeds of its mean AUROC (and FPR@95TPR) over the
+    group's sets, the std over seeds of that mean, and dAUROC the mean of its per-set dAUROCs (no interval:
+    the sets share test_id, so their resamples are not independent)."""
+    out: dict[str, Summary] = {}
+    for name, per_seed in runs.items():
+        summary = summarise(per_seed, resamples, seed)
+        for row in summary.rows:
+            row.update(ood_set=name, group=groups[name])
+        out[name] = summary
+    if len(runs) < 2:
+        return out
+    for group in mean_groups:
+        members = [n for n in runs if groups[n] == group]
+        if not members:
+            continue
+        seeds = sorted(runs[members[0]])
+        rows = []
+        for d in runs[members[0]][seeds[0]]:
+            aurocs = np.array([np.mean([runs[n][s][d].auroc for n in members]) for s in seeds])
+            fprs = np.array([np.mean([runs[n][s][d].fpr95 for n in members]) for s in seeds])
+            deltas = [r["delta_auroc"] for n in members for r in out[n].rows if r["detector"] == d]
+            rows.append({"ood_set": MEAN, "group": group, "detector": d, "family": family(d),
+                         "auroc_mean": float(aurocs.mean()), "auroc_std": _spread(aurocs),
+                         "fpr95_mean": float(fprs.mean()), "fpr95_std": _spread(fprs), "n_seeds": len(seeds),
+                         "delta_auroc": float(np.mean(deltas)), "delta_auroc_ci_low": float("nan"),
+                         "delta_auroc_ci_high": float("nan")})
+        rows.sort(key=lambda r: -r["auroc_mean"])
+        out[f"{MEAN}:{group}"] = Summary(rows, None, out[members[0]].n_id, sum(out[n].n_ood for n in members))
+    return out
+
+
+def caption(summaries: Mapping[str, Summary], seeds: Sequence[int], variants: Sequence[str], resamples: int) -> str:
+    """Return the caption of the summary table (`summarise_sets`' result): what was run and what each column means."""
+    sets = {k: v for k, v in summaries.items() if not k.startswith(f"{MEAN}:")}
+    n_id = next(iter(sets.values())).n_id if sets else 0
+    per_set = ", ".join(f"{k} {v.n_ood} OOD (reference {v.reference or 'none'})" for k, v in sets.items())
     return (f"Stage-1 seeds {', '.join(map(str, seeds))} ({len(seeds)} runs of the whole pipeline, the same test "
-            f"images each: test_id {summary.n_id} ID, test_ood {summary.n_ood} OOD); heatmap/CAE variants "
+            f"images each: test_id {n_id} ID; OOD sets: {per_set}); heatmap/CAE variants "
             f"{', '.join(variants)}. Mean and sample standard deviation (ddof=1) over seeds; feature detectors "
-            f"depend on the seed only. dAUROC = mean over seeds of AUROC(detector) - AUROC({reference}), the "
-            f"feature detector with the highest mean AUROC; [low, high] = 95% paired bootstrap interval "
-            f"({resamples} resamples of the test_id and test_ood images, the same for every detector and seed); "
+            f"depend on the seed only. dAUROC = mean over seeds of AUROC(detector) - AUROC(reference), the "
+            f"set's feature detector with the highest mean AUROC; [low, high] = 95% paired bootstrap interval "
+            f"({resamples} resamples of the test_id images and of the set's, the same for every detector and seed); "
             "an interval above 0 means better than the reference beyond test-set sampling noise; n/a = no "
-            "per-image scores.")
+            "per-image scores. A `mean` row averages a group's sets per seed; its dAUROC is the mean of the sets'.")
 
 
 def _cell(value: float, digits: int = 4) -> str:
@@ -156,9 +195,10 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], text: str) -> str:
         interval = ("n/a" if r["delta_auroc_ci_low"] != r["delta_auroc_ci_low"]
                     else f"[{r['delta_auroc_ci_low']:+.4f}, {r['delta_auroc_ci_high']:+.4f}]")
         delta = "n/a" if r["delta_auroc"] != r["delta_auroc"] else f"{r['delta_auroc']:+.4f}"
-        cells.append([str(r["detector"]), str(r["family"]), _cell(r["auroc_mean"]), _cell(r["auroc_std"]),
-                      _cell(r["fpr95_mean"]), _cell(r["fpr95_std"]), str(r["n_seeds"]), delta, interval])
-    return "\n".join([text, "", CONVENTION, "", *markdown_table(_HEADERS, cells, "llrrrrrrl")]) + "\n"
+        cells.append([str(r["ood_set"]), str(r["group"]), str(r["detector"]), str(r["family"]),
+                      _cell(r["auroc_mean"]), _cell(r["auroc_std"]), _cell(r["fpr95_mean"]), _cell(r["fpr95_std"]),
+                      str(r["n_seeds"]), delta, interval])
+    return "\n".join([text, "", CONVENTION, "", *markdown_table(_HEADERS, cells, "llllrrrrrrl")]) + "\n"
 
 
 def _json_ready(value: Any) -> Any:

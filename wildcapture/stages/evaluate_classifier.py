@@ -12,7 +12,6 @@ unless `overwrite=true`.
 from __future__ import annotations
 
 import contextlib
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,12 @@ from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
 from wildcapture.data.benchmarks import build_benchmark
 from wildcapture.data.config import DATA_DEFAULTS, data_identity, resolve_data_cfg
-from wildcapture.data.splits import Benchmark, SPLITS
+from wildcapture.data.protocol import Protocol, TEST_ID, TRAIN_ID, resolve_protocol
+from wildcapture.data.splits import Benchmark
 from wildcapture.errors import DatasetError
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
-from wildcapture.heatmap_store import (ARRAYS, HEATMAP_DTYPES, RESULTS_MARKER, SplitArrays, SplitIndex, SplitWriter, heatmaps_staging,
+from wildcapture.heatmap_store import (ARRAYS, HEATMAP_DTYPES, RESULTS_MARKER, SplitArrays, SplitIndex, SplitWriter,
+                                       commit_outputs, heatmaps_staging,
                                        read_meta, results_staging, write_baseline_scores, write_index)
 from wildcapture.attention import heatmap_channels, HEATMAP_KINDS
 from wildcapture.heatmaps.export import export_heatmap_pngs
@@ -101,7 +102,7 @@ def load_classifier(cfg: Config, download: bool = True) -> tuple[torch.nn.Module
         raise ConfigError(f"data.* is set, but {path} carries the data config of its stage-1 run and "
                           "data_from_checkpoint=true uses that: set data_from_checkpoint=false to test on other data")
     data_cfg = resolve_data_cfg(obj["config"]["data"] if from_checkpoint else cfg["data"])
-    bench = build_benchmark(data_cfg if download else {**data_cfg, "download": False})
+    bench = build_benchmark(data_cfg, download=download)
     if ours and obj["class_names"] != bench.id_class_names:
         raise DatasetError(f"checkpoint {path} was trained on classes {obj['class_names']} but the data "
                            f"config gives {bench.id_class_names}; set data_from_checkpoint=true or fix data.id_classes")
@@ -147,15 +148,21 @@ def check_gallery_channel(cfg: Config, model: torch.nn.Module) -> None:
 
 
 def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], cfg: Config, input_size: list[int], path) -> None:
-    """Plot `gallery_size` random test_id and test_ood images (seeded by `seed`) with their heatmaps."""
+    """Plot `gallery_size` random test_id images and as many OOD images, drawn from every OOD set in turn
+    (seeded by `seed`), with their heatmaps."""
     rng = np.random.default_rng(cfg["seed"])
-    picks = {s: rng.choice(len(bench.splits[s]), size=min(cfg["gallery_size"], len(bench.splits[s])), replace=False)
-             for s in ("test_id", "test_ood")}
+    ood_splits = bench.protocol.ood_splits
+    n_ood = [len(range(k, cfg["gallery_size"], len(ood_splits))) for k in range(len(ood_splits))]
+    counts = {TEST_ID: cfg["gallery_size"], **dict(zip(ood_splits, n_ood))}
+    picks = {s: rng.choice(len(bench.splits[s]), size=min(n, len(bench.splits[s])), replace=False)
+             for s, n in counts.items()}
     images = {s: [bench.splits[s].load_image(int(i)) for i in idx] for s, idx in picks.items()}
-    titles = [bench.splits[s].class_names[int(i)] for s in ("test_id", "test_ood") for i in picks[s]]
-    maps = {s: np.asarray(outputs[s].heatmaps[idx], np.float32)
-            for s, idx in picks.items()}
-    plot_heatmap_gallery(images["test_id"], maps["test_id"], images["test_ood"], maps["test_ood"], path, titles, input_size=input_size,
+    titles = [(f"{bench.protocol.set_name(s)}: " if bench.protocol.is_ood(s) else "") + bench.splits[s].class_names[int(i)]
+              for s in picks for i in picks[s]]
+    maps = {s: np.asarray(outputs[s].heatmaps[idx], np.float32) for s, idx in picks.items()}
+    ood_images = [im for s in ood_splits for im in images[s]]
+    ood_maps = np.concatenate([maps[s] for s in ood_splits])
+    plot_heatmap_gallery(images[TEST_ID], maps[TEST_ID], ood_images, ood_maps, path, titles, input_size=input_size,
                          channel=cfg["gallery_channel"])
 
 
@@ -173,11 +180,13 @@ def run(cfg: Config) -> dict[str, Any] | None:
         cleanup_distributed()
 
 
-def outputs(cfg: Config) -> list[Path]:
-    """The files a run writes: the heatmaps' folder (its meta last), then the results folder (its marker last)."""
+def outputs(cfg: Config, protocol: Protocol | None = None) -> list[Path]:
+    """The files a run writes: the heatmaps' folder (its meta last), then the results folder (its marker last).
+    `protocol` names the splits (None: the protocol of the config's `data` section)."""
     heat, results = heatmaps_dir(cfg), results_dir(cfg)
-    arrays = [heat / split / name for split in SPLITS for name in (*(f"{a}.npy" for a in ARRAYS), "index.csv")]
-    pngs = [heat / split / "png" for split in SPLITS] if cfg["heatmap"]["export_png"] else []
+    splits = (protocol or resolve_protocol(resolve_data_cfg(cfg["data"]))).splits
+    arrays = [heat / split / name for split in splits for name in (*(f"{a}.npy" for a in ARRAYS), "index.csv")]
+    pngs = [heat / split / "png" for split in splits] if cfg["heatmap"]["export_png"] else []
     report = ["classifier_report.json", "confusion_matrix.png", "baseline_scores.csv",
               *(["heatmap_gallery.png"] if cfg["gallery_size"] else []), "config_test_classifier.yaml",
               RESULTS_MARKER]
@@ -187,10 +196,10 @@ def outputs(cfg: Config) -> list[Path]:
 def check(cfg: Config) -> list[Path]:
     """Every check of `run` that needs no inference, writing nothing: the config, the classifier file and its
     provenance, the data (never downloaded), the heatmap settings against the model and against a complete
-    output already there. Returns `outputs(cfg)`."""
+    output already there. Returns `outputs(cfg)` for the benchmark's protocol."""
     check_config(cfg)
-    _setup(cfg, pick_device(cfg["device"]), is_main=True, download=False)
-    return outputs(cfg)
+    _, bench, _, _ = _setup(cfg, pick_device(cfg["device"]), is_main=True, download=False)
+    return outputs(cfg, bench.protocol)
 
 
 def _setup(cfg: Config, device: torch.device, is_main: bool, download: bool = True
@@ -210,7 +219,7 @@ def _setup(cfg: Config, device: torch.device, is_main: bool, download: bool = Tr
                                          "dtype": heat_cfg["dtype"]}}
     if is_main:
         check_variant(heatmaps_dir(cfg), provenance, cfg["overwrite"])
-    empty = [name for name in SPLITS if len(bench.splits[name]) == 0]
+    empty = [name for name in bench.protocol.splits if len(bench.splits[name]) == 0]
     if empty:
         raise DatasetError(f"split(s) {', '.join(empty)} of {bench.name} are empty; raise data.val_fraction/"
                            "test_fraction or data.limit_per_split")
@@ -223,7 +232,7 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
     heat_cfg = cfg["heatmap"]
     model.to(device)
     if state.is_main:
-        print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in SPLITS)}; "
+        print(f"stage 2: {bench.name}, splits {', '.join(f'{s} {len(bench.splits[s])}' for s in bench.protocol.splits)}; "
               f"heatmap {heat_cfg['kind']}; device {device}, {describe_precision(heat_cfg['precision'], precision, device)}"
               f", {state.world_size} process(es); writing to {out_heat} "
               f"and {out_results}", flush=True)
@@ -234,12 +243,12 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
                                    heat_cfg["kind"], heat_cfg["block"], device, state, precision, desc=name, sink=sink)
 
     if not state.is_main:
-        for name in SPLITS:
+        for name in bench.protocol.splits:
             infer(name, None)
         return None
     with heatmaps_staging(out_heat) as heat_stage, results_staging(out_results) as result_stage:
         outputs = {}
-        for name in SPLITS:  # each split straight into its .npy files in the staging folder
+        for name in bench.protocol.splits:  # each split straight into its .npy files in the staging folder
             writer = SplitWriter(heat_stage, name, len(bench.splits[name]), heat_cfg["dtype"])
             infer(name, writer.write)
             outputs[name] = writer.close()
@@ -254,7 +263,7 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
     heat_cfg = cfg["heatmap"]
     write_yaml(result_stage.path("config_test_classifier.yaml"), cfg)
     index: dict[str, SplitIndex] = {}
-    for name in SPLITS:
+    for name in bench.protocol.splits:
         split = bench.splits[name]
         index[name] = SplitIndex(split.sources, split.labels.tolist(), split.class_names)
         write_index(heat_stage, name, index[name], outputs[name].predictions, bench.id_class_names)
@@ -262,24 +271,21 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
             export_heatmap_pngs(outputs[name].heatmaps, heat_stage.dir / name / "png",
                                 [f"{i:07d}" for i in range(len(split))], split.labels.tolist())
 
-    test_id = bench.splits["test_id"]
-    report = classifier_report(test_id.labels, outputs["test_id"].predictions, bench.id_class_names)
+    test_id = bench.splits[TEST_ID]
+    report = classifier_report(test_id.labels, outputs[TEST_ID].predictions, bench.id_class_names)
     write_report(report, result_stage.dir)
     print(f"test_id accuracy {report['accuracy']:.4f} over {report['n']} images", flush=True)
 
-    train, head = outputs["train_id"], model.head
+    train, head = outputs[TRAIN_ID], model.head
     detectors = fit_detectors({"features": train.features, "logits": train.logits,
-                               "labels": bench.splits["train_id"].labels,
+                               "labels": bench.splits[TRAIN_ID].labels,
                                "head": (head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())},
                               {"knn": {"k": cfg["baselines"]["knn_k"], "device": str(device)},
                                "vim": {"dim": cfg["baselines"]["vim_dim"]}})
-    scores = {s: score_all(detectors, outputs[s]) for s in ("test_id", "test_ood")}
-    write_baseline_scores(result_stage.path("baseline_scores.csv"), index, scores)
+    scores = {s: score_all(detectors, outputs[s]) for s in bench.protocol.test_splits}
+    write_baseline_scores(result_stage.path("baseline_scores.csv"), index, scores, bench.protocol)
     if cfg["gallery_size"]:
         _gallery(bench, outputs, cfg, provenance["input_spec"]["input_size"], result_stage.path("heatmap_gallery.png"))
 
-    run_id = uuid.uuid4().hex
-    result_stage.commit({"run_id": run_id, "exp": cfg["exp"]})
-    splits = {name: {"n": len(bench.splits[name]), "grid": list(outputs[name].heatmaps.shape[1:])} for name in SPLITS}
-    heat_stage.commit({"run_id": run_id, **provenance, "splits": splits})  # the hand-off marker, last
+    commit_outputs(heat_stage, result_stage, provenance, bench.protocol, outputs, {"exp": cfg["exp"]})
     return report

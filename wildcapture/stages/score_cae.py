@@ -23,16 +23,17 @@ from wildcapture.cae.engine import CAEDetector
 from wildcapture.cae.heatmap_data import RawHeatmaps
 from wildcapture.cae.fusion_inputs import fused_test_scores
 from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
-from wildcapture.cae.inputs import HeatmapSource, heatmap_source
+from wildcapture.cae.inputs import TEST_INPUTS, HeatmapSource, heatmap_source
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.protocol import TEST_ID, Protocol
 from wildcapture.errors import DatasetError
 from wildcapture.heatmap_store import SplitIndex, read_baseline_scores
 from wildcapture.errors import IncompleteOutputError
 from wildcapture.ood.fusion import FusionDetector
 from wildcapture.ood.plots import plot_roc_curves, plot_score_histograms
-from wildcapture.ood.table import ood_rows, to_markdown, write_table
+from wildcapture.ood.table import ood_set_rows, to_markdown, write_table
 from wildcapture.storage import Staging, read_marker, verify_file
 from wildcapture.paths import baseline_scores_path, cae_checkpoint, portable_path, results_dir
 from wildcapture.provenance import check_same_heatmaps
@@ -41,8 +42,7 @@ from wildcapture.runtime import pick_device
 from wildcapture.storage import atomic_write, write_csv, write_yaml
 
 STAGE = "score_cae"
-TEST_SPLITS = ("test_id", "test_ood")
-RECON_COLUMNS = ("ids", "rows", "split", "labels", "class_names", "is_ood", "errors", "flagged_ood",
+RECON_COLUMNS = ("ids", "rows", "split", "ood_set", "labels", "class_names", "is_ood", "errors", "flagged_ood",
                  "fusion_scores", "fusion_flagged_ood")
 FLOAT_COLUMNS = ("errors", "fusion_scores")
 MARKER = f"{STAGE}.complete.yaml"
@@ -89,17 +89,19 @@ def _check_provenance(ckpt: dict[str, Any], source: HeatmapSource) -> None:
 
 
 def _test_splits(source: HeatmapSource) -> tuple[dict[str, Any], dict[str, SplitIndex]]:
-    """The raw heatmaps and the index of each test split; DatasetError when their lengths differ."""
-    raw = {s: source.heatmaps(s) for s in TEST_SPLITS}
-    index = {s: source.index(s) for s in TEST_SPLITS}
-    for s in TEST_SPLITS:
+    """The raw heatmaps and the index of each test split of the source's protocol; DatasetError when their lengths
+    differ."""
+    splits = source.protocol.test_splits
+    raw = {s: source.heatmaps(s) for s in splits}
+    index = {s: source.index(s) for s in splits}
+    for s in splits:
         if len(index[s].sources) != len(raw[s]):
             raise DatasetError(f"split {s}: {len(raw[s])} heatmaps but {len(index[s].sources)} index rows")
     return raw, index
 
 
-def _baseline_scores(cfg: Config, source: HeatmapSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Stage 2's {detector: (test_id scores, test_ood scores)}, or {} when off or the heatmaps are files."""
+def _baseline_scores(cfg: Config, source: HeatmapSource) -> dict[str, dict[str, np.ndarray]]:
+    """Stage 2's {detector: {test split: scores}}, or {} when off or the heatmaps are files."""
     if not cfg["test"]["baselines"]:
         return {}
     if not source.from_stage2:
@@ -109,18 +111,33 @@ def _baseline_scores(cfg: Config, source: HeatmapSource) -> dict[str, tuple[np.n
     return read_baseline_scores(baseline_scores_path(cfg), source.meta)
 
 
+def _gallery_images(source: HeatmapSource, index: dict[str, SplitIndex]):
+    """The benchmark stage 2 tested, rebuilt from its data config, when its test splits hold exactly the images
+    stage 2 wrote (`index`); else None (a note says why), and the gallery shows heatmaps only."""
+    if not source.from_stage2:
+        return None
+    try:
+        bench = build_benchmark(source.meta["data"], download=False)  # a gallery never downloads
+    except DatasetError as err:
+        print(f"note: the gallery shows heatmaps only: stage 2's data cannot be rebuilt ({err})", flush=True)
+        return None
+    for split, rows in index.items():
+        if split not in bench.splits or bench.splits[split].sources != rows.sources:
+            print(f"note: the gallery shows heatmaps only: split {split} of stage 2's data config no longer holds "
+                  f"the {len(rows.sources)} images stage 2 wrote", flush=True)
+            return None
+    return bench
+
+
 def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, Any], source: HeatmapSource,
-             result: dict[str, Any], path: Path) -> None:
+             index: dict[str, SplitIndex], result: dict[str, Any], path: Path) -> None:
     """Plot the `test.gallery_size` most and least OOD test images."""
     n, errors = cfg["test"]["gallery_size"], result["errors"]
     if n == 0:
         return
     order = np.argsort(errors, kind="stable")
     picks = [*order[::-1][:n], *order[:n]]
-    try:
-        bench = build_benchmark(source.meta["data"]) if source.from_stage2 else None
-    except DatasetError:
-        bench = None  # images moved since stage 2: the gallery shows heatmaps only
+    bench = _gallery_images(source, index)
     maps = np.stack([raw[result["split"][i]][result["rows"][i]] for i in picks])
     x = detector.prepare(maps)
     recons = reconstruct(detector.model, torch.from_numpy(maps), detector.prep, len(picks), "cpu").numpy()
@@ -134,23 +151,26 @@ def _gallery(cfg: Config, detector: CAEDetector, raw: dict[str, Any], source: He
     plot_reconstruction_gallery(rows, path, f"{cfg['exp']}: most and least OOD test images by CAE error")
 
 
-def _recon_result(ckpt: dict[str, Any], index: dict[str, SplitIndex], errors: dict[str, np.ndarray],
+def _recon_result(ckpt: dict[str, Any], protocol: Protocol, index: dict[str, SplitIndex], errors: dict[str, np.ndarray],
                   fusion: FusionDetector | None, fused: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The dict `write_recon_errors` writes: one entry per test image (test_id first), then the run's values."""
+    """The dict `write_recon_errors` writes: one entry per test image (test_id first, then each OOD set in the
+    protocol's order), then the run's values."""
+    splits = protocol.test_splits
     threshold = ckpt.get("threshold", float("nan"))
     if np.isnan(threshold):
         print(f"note: {ckpt['path']} stores no OOD threshold (not a stage-3 checkpoint): flagged_ood is all False",
               flush=True)
-    all_errors = np.concatenate([errors[s] for s in TEST_SPLITS])
-    all_fused = np.concatenate([fused[s] for s in TEST_SPLITS]) if fusion else np.full(len(all_errors), np.nan)
+    all_errors = np.concatenate([errors[s] for s in splits])
+    all_fused = np.concatenate([fused[s] for s in splits]) if fusion else np.full(len(all_errors), np.nan)
     fusion_threshold = fusion.threshold if fusion else float("nan")
     return {
-        "ids": [i for s in TEST_SPLITS for i in index[s].sources],
-        "rows": [r for s in TEST_SPLITS for r in range(len(errors[s]))],
-        "split": [s for s in TEST_SPLITS for _ in range(len(errors[s]))],
-        "labels": [lab for s in TEST_SPLITS for lab in index[s].labels],
-        "class_names": [c for s in TEST_SPLITS for c in index[s].class_names],
-        "is_ood": np.concatenate([np.full(len(errors[s]), s == "test_ood", dtype=np.int64) for s in TEST_SPLITS]),
+        "ids": [i for s in splits for i in index[s].sources],
+        "rows": [r for s in splits for r in range(len(errors[s]))],
+        "split": [s for s in splits for _ in range(len(errors[s]))],
+        "ood_set": [protocol.set_name(s) for s in splits for _ in range(len(errors[s]))],
+        "labels": [lab for s in splits for lab in index[s].labels],
+        "class_names": [c for s in splits for c in index[s].class_names],
+        "is_ood": np.concatenate([np.full(len(errors[s]), protocol.is_ood(s), dtype=np.int64) for s in splits]),
         "errors": all_errors,
         "flagged_ood": all_errors > threshold,
         "fusion_scores": all_fused,
@@ -176,10 +196,10 @@ def check(cfg: Config) -> list[Path]:
     fusion detector scores. Returns `outputs(cfg)`."""
     check_config(cfg)
     inputs = _inputs(cfg, torch.device("cpu"))
-    for split in TEST_SPLITS:
+    for split in inputs.raw:
         check_fits(inputs.detector.model, inputs.detector.prep, inputs.raw[split].shape, f"split {split}")
     if fusion_of(inputs.ckpt) is not None and inputs.source.from_stage2:
-        for split in TEST_SPLITS:
+        for split in inputs.raw:
             inputs.source.features_and_logits(split)
     return outputs(cfg)
 
@@ -202,14 +222,14 @@ class _Inputs:
     detector: CAEDetector
     raw: dict[str, RawHeatmaps]          # the test splits' raw heatmaps
     index: dict[str, SplitIndex]
-    baselines: dict[str, tuple[np.ndarray, np.ndarray]]  # stage 2's scores of test_id and test_ood
+    baselines: dict[str, dict[str, np.ndarray]]  # stage 2's scores of each test split
 
 
 def _inputs(cfg: Config, device: torch.device) -> _Inputs:
     """Load the CAE checkpoint, the test heatmaps (checked against its provenance) and stage 2's baseline
     scores; the detector scores on `device`."""
     model, ckpt = load_cae(cae_checkpoint(cfg), cfg["cae"], require_complete=not cfg["test"]["checkpoint"])
-    source = heatmap_source(cfg, TEST_SPLITS)
+    source = heatmap_source(cfg, TEST_INPUTS)
     _check_provenance(ckpt, source)
     prep = ckpt.get("prep", cfg["cae"])
     detector = CAEDetector(model, prep["resize"], prep["norm"], cfg["test"]["batch_size"], device)
@@ -221,22 +241,26 @@ def _score(cfg: Config, device: torch.device, out: Path) -> dict[str, Any]:
     inputs = _inputs(cfg, device)
     ckpt, source, detector, raw, index, baselines = (inputs.ckpt, inputs.source, inputs.detector, inputs.raw,
                                                      inputs.index, inputs.baselines)
-    errors = {s: detector.score(raw[s], f"split {s}") for s in TEST_SPLITS}
+    protocol = source.protocol
+    errors = {s: detector.score(raw[s], f"split {s}") for s in protocol.test_splits}
     detector.model.cpu()
     fusion, fused = fused_test_scores(ckpt, source, errors)
-    result = _recon_result(ckpt, index, errors, fusion, fused)
-    scores = {detector.name: (errors["test_id"], errors["test_ood"]),
-              **({fusion.name: (fused["test_id"], fused["test_ood"])} if fusion else {}), **baselines}
-    rows = ood_rows(scores)
-    caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors['test_id'])} ID images) vs test_ood "
-               f"({len(errors['test_ood'])} OOD images); cae = CAE reconstruction error of the attention heatmaps"
+    result = _recon_result(ckpt, protocol, index, errors, fusion, fused)
+    by_split = {detector.name: errors, **({fusion.name: fused} if fusion else {}), **baselines}
+    scores = {name: (values[TEST_ID], {s.name: values[s.split] for s in protocol.ood_sets})
+              for name, values in by_split.items()}
+    rows = ood_set_rows(scores, {s.name: s.group for s in protocol.ood_sets})
+    sets = ", ".join(f"{s.name} ({s.group}, {len(errors[s.split])} images)" for s in protocol.ood_sets)
+    caption = (f"{cfg['exp']}: OOD detection on test_id ({len(errors[TEST_ID])} ID images) vs each OOD set: {sets}"
+               + ("; a mean row averages a group's sets" if len(protocol.ood_sets) > 1 else "")
+               + "; cae = CAE reconstruction error of the attention heatmaps"
                + (f"; {fusion.name} = the CAE error plus the {fusion.partner_name} score, each z-scored on val_id"
                   if fusion else ""))
     with Staging(out, STAGE, MARKER) as staging:
         write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
         plot_roc_curves(scores, staging.path("roc_curves.png"))
         plot_score_histograms(scores, staging.path("score_histograms.png"))
-        _gallery(cfg, detector, raw, source, result, staging.path("reconstruction_gallery.png"))
+        _gallery(cfg, detector, raw, source, index, result, staging.path("reconstruction_gallery.png"))
         write_recon_errors(result, staging.dir)
         write_table(rows, staging.dir, caption=caption)
         staging.commit({"exp": cfg["exp"], "checkpoint": result["checkpoint"], "checkpoint_sha256": ckpt["sha256"],

@@ -26,7 +26,8 @@ from wildcapture.cae.checkpoint import CAE_FORMAT, sorted_scores
 from wildcapture.cae.engine import ood_threshold, reconstruction_errors, train_one_epoch
 from wildcapture.cae.fusion_inputs import FusionCalibration
 from wildcapture.cae.heatmap_data import HeatmapPrep, RawHeatmaps, channel_shape, training_source
-from wildcapture.cae.inputs import heatmap_source
+from wildcapture.cae.inputs import FIT_INPUTS, heatmap_source
+from wildcapture.data.protocol import FIT_SPLITS
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
 from wildcapture.errors import ConfigError
@@ -37,7 +38,6 @@ from wildcapture.training_checkpoint import TrainingState
 from wildcapture.training_run import TrainingRun, epoch_summary, run_outputs
 
 STAGE = "train_cae"
-TRAIN_SPLITS = ("train_id", "val_id")
 # Keys a resumed run may change: they do not change the model, its data or its optimisation
 # (the heatmaps themselves are compared by provenance).
 FREE_ON_RESUME = {"exp", "output_dir", "results_dir", "heatmaps_dir", "inputs", "device", "test", "train.resume",
@@ -54,12 +54,12 @@ def check(cfg: Config) -> list[Path]:
     the features and logits the fusion partner is fit on), the CAE against their shape, and a resume's
     compatibility. Returns `outputs(cfg)`."""
     check_config(cfg)
-    source = heatmap_source(cfg, TRAIN_SPLITS)
+    source = heatmap_source(cfg, FIT_INPUTS)
     provenance = source.provenance()
-    train_maps, val_maps = (source.heatmaps(split) for split in TRAIN_SPLITS)
+    train_maps, val_maps = (source.heatmaps(split) for split in FIT_SPLITS)
     _cae_for(cfg["cae"], train_maps.shape, val_maps.shape)
     if cfg["fusion"]["partner"] is not None and source.from_stage2:
-        for split in TRAIN_SPLITS:
+        for split in FIT_SPLITS:
             source.features_and_logits(split)
     _check_same_heatmaps(TrainingRun(cae_dir(cfg), STAGE).start(cfg, FREE_ON_RESUME, prepare=False), provenance)
     return outputs(cfg)
@@ -110,10 +110,10 @@ def _train(cfg: Config, device: torch.device, training: TrainingRun) -> dict[str
     `best_val_loss`."""
     seed_everything(cfg["seed"])
     train_cfg, cae_cfg = cfg["train"], cfg["cae"]
-    source = heatmap_source(cfg, TRAIN_SPLITS)
+    source = heatmap_source(cfg, FIT_INPUTS)
     provenance = source.provenance()
     # raw (N, [C,] h, w) heatmaps memory-mapped (or on a GPU that holds them), prepared a chunk at a time
-    train_maps, val_maps = (training_source(source.heatmaps(split), device) for split in TRAIN_SPLITS)
+    train_maps, val_maps = (training_source(source.heatmaps(split), device) for split in FIT_SPLITS)
     fusion = FusionCalibration.fit(cfg["fusion"]["partner"], source)
     model, prep = _cae_for(cae_cfg, train_maps.shape, val_maps.shape)
     model.to(device)

@@ -23,10 +23,11 @@ import numpy as np
 
 from wildcapture.config import Config, parse_override
 from wildcapture.errors import ConfigError, DatasetError
-from wildcapture.heatmap_store import read_baseline_scores, read_meta
+from wildcapture.data.protocol import TEST_ID
+from wildcapture.heatmap_store import read_baseline_scores, read_meta, read_protocol
 from wildcapture.storage import read_marker
-from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, Summary, caption, detector_run,
-                                           summarise, to_markdown, write_summary)
+from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, caption, detector_run, summarise_sets,
+                                           to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
 from wildcapture.pipeline import STAGES, check_pipeline, check_stage_configs, run_stage, stage_configs
 from wildcapture.stages.score_cae import read_recon_errors
@@ -121,9 +122,10 @@ def run_seed(configs: dict[str, list[Config]], variants: Sequence[Variant], seed
     return timings
 
 
-def collect_seed(layout: StudyLayout, seed: int,
-                 variants: Sequence[Variant]) -> tuple[dict[str, DetectorRun], list[str]]:
-    """Return ({detector: DetectorRun} of one seed, the test images' ids in score order).
+def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
+                 ) -> tuple[dict[str, dict[str, DetectorRun]], list[str], dict[str, str]]:
+    """Return ({OOD set: {detector: DetectorRun}} of one seed, the test images' ids in score order, {OOD set:
+    group}).
 
     Feature detectors come from the baseline scores of the first variant's stage-2 run, `cae[<variant>]`
     and `cae+<partner>[<variant>]` (fusion, when the CAE has one) from each variant's recon_errors.pkl.
@@ -131,8 +133,10 @@ def collect_seed(layout: StudyLayout, seed: int,
     """
     first = variants[0]
     meta = read_meta(layout.heatmaps(seed, first))
+    protocol = read_protocol(meta)
     features = read_baseline_scores(layout.stage2_results(seed, first) / "baseline_scores.csv", meta)
-    runs = {name: detector_run(*scores) for name, scores in features.items()}
+    runs = {o.name: {name: detector_run(scores[TEST_ID], scores[o.split]) for name, scores in features.items()}
+            for o in protocol.ood_sets}
     ids = None
     for v in variants:
         folder = layout.scores(seed, v)
@@ -146,8 +150,9 @@ def collect_seed(layout: StudyLayout, seed: int,
         scores = {"cae": recon["errors"], **({recon["fusion"]: recon["fusion_scores"]} if recon["fusion"] else {})}
         for name, values in scores.items():
             values = np.asarray(values, dtype=np.float64)
-            runs[f"{name}[{v.name}]"] = detector_run(values[split == "test_id"], values[split == "test_ood"])
-    return runs, ids
+            for o in protocol.ood_sets:
+                runs[o.name][f"{name}[{v.name}]"] = detector_run(values[split == TEST_ID], values[split == o.split])
+    return runs, ids, {o.name: o.group for o in protocol.ood_sets}
 
 
 def _checked_configs(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str],
@@ -188,25 +193,31 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
     """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}. With `classifiers` (another
     study's folder), stage 1 is not run: each seed reuses that study's complete classifier.
 
-    Every config is built and range-checked before the first stage runs. Returns {"summary": Summary,
-    "markdown": the table with its caption, "timings": [{"seed", "step", "seconds"}], "paths": the files}.
+    Every config is built and range-checked before the first stage runs. Returns {"summaries": {OOD set (and
+    "mean:<group>"): Summary}, "rows": every row, "markdown": the table with its caption, "timings": [{"seed", "step",
+    "seconds"}], "paths": the files}.
     """
     layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
-    timings, runs, test_ids = [], {}, None
+    timings, runs, test_ids, groups = [], {}, None, {}
     for s in seeds:
         timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
-        runs[s], ids = collect_seed(layout, s, variants)
+        per_set, ids, groups = collect_seed(layout, s, variants)
+        for name, seed_runs in per_set.items():
+            runs.setdefault(name, {})[s] = seed_runs
         if test_ids is not None and ids != test_ids:
             raise DatasetError(f"seed {s} scores other test images than seed {seeds[0]}: the pairing over seeds "
                                "needs one data split (data.seed) for every seed")
         test_ids = ids
-    summary: Summary = summarise(runs, resamples, bootstrap_seed)
-    text = caption(summary, seeds, [v.name for v in variants], resamples)
+    summaries = summarise_sets(runs, groups, resamples, bootstrap_seed)
+    rows = [row for summary in summaries.values() for row in summary.rows]
+    text = caption(summaries, seeds, [v.name for v in variants], resamples)
     study = {"benchmark": benchmark, "seeds": list(seeds), "overrides": list(extra),
              "variants": [{"name": v.name, "heatmap": list(v.heatmap), "cae": list(v.cae)} for v in variants],
              "bootstrap": {"resamples": resamples, "seed": bootstrap_seed, "percentiles": list(CI_PERCENTILES)},
-             "reference": summary.reference, "n_id": summary.n_id, "n_ood": summary.n_ood,
+             "ood_sets": {name: {"group": groups.get(name, ""), "reference": summary.reference, "n_id": summary.n_id,
+                                 "n_ood": summary.n_ood} for name, summary in summaries.items()},
              "runs": portable_path(layout.root / "runs"), "timings": timings,
              "classifiers": portable_path(layout.vit(seeds[0]).parent.parent) if classifiers else None}
-    paths = write_summary(layout.root, study, summary.rows, text)
-    return {"summary": summary, "markdown": to_markdown(summary.rows, text), "timings": timings, "paths": paths}
+    paths = write_summary(layout.root, study, rows, text)
+    return {"summaries": summaries, "rows": rows, "markdown": to_markdown(rows, text), "timings": timings,
+            "paths": paths}
