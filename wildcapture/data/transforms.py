@@ -80,6 +80,12 @@ def _eval_steps(size: tuple[int, int], mode: InterpolationMode) -> list[Callable
     return [cover, T.CenterCrop(size)]
 
 
+def eval_resize(input_size: Sequence[int], interpolation: str = "bicubic") -> Callable:
+    """Return the geometric half of `eval_transform`: PIL RGB image -> PIL RGB image of `input_size` (H, W)
+    (resize to cover, centre crop). `eval_transform` is this, then `ToTensor` and `Normalize`."""
+    return T.Compose(_eval_steps((int(input_size[0]), int(input_size[1])), _mode(interpolation)))
+
+
 def eval_transform(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float],
                    interpolation: str = "bicubic") -> Callable:
     """Return the eval transform of `build_transforms`: PIL RGB image -> float tensor 3 x H x W."""
