@@ -24,7 +24,7 @@ from typing import Callable
 from PIL import Image
 
 from wildcapture.data.images import FileImages
-from wildcapture.data.splits import SPLITS, Benchmark, ImageSplit
+from wildcapture.data.splits import SPLITS, DataSplits, ImageSplit
 from wildcapture.data.verify import find_unreadable
 from wildcapture.runtime import available_cpus
 
@@ -48,7 +48,7 @@ def _full_decode(paths: list[str]) -> None:
             image.load()
 
 
-def _check(bench: Benchmark, workers: int) -> None:
+def _check(bench: DataSplits, workers: int) -> None:
     bad = find_unreadable(bench, workers=workers, progress=False)
     if bad:
         raise RuntimeError(f"unexpected bad images: {bad[:3]}")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
                 shutil.copyfile(frame, paths[-1])
         splits = {name: ImageSplit([], [], [], FileImages()) for name in SPLITS}
         splits["train_id"] = ImageSplit(paths, [0] * len(paths), ["x"] * len(paths), FileImages())
-        bench = Benchmark("bench", ["x"], [], splits)
+        bench = DataSplits("bench", ["x"], [], splits)
         cpus = available_cpus()
         times = {"full decode, 1 process": _seconds(lambda: _full_decode(paths)),
                  "find_unreadable, 1 worker": _seconds(lambda: _check(bench, 1)),

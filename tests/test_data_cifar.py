@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torchvision.datasets.cifar
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.errors import DatasetError
 
 C10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -60,7 +60,7 @@ def cifar_root(tmp_path, monkeypatch):
 
 def test_cifar10_vs_cifar100(cifar_root):
     root, tests = cifar_root
-    bench = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.1})
+    bench = build_splits({"name": "cifar10", "root": str(root), "val_fraction": 0.1})
     s = bench.splits
     assert bench.id_class_names == C10_NAMES and bench.ood_class_names == []  # no CIFAR-10 class held out
     assert [(o.name, o.group, o.source) for o in bench.protocol.ood_sets] == [("cifar100", "near", "cifar100")]
@@ -82,13 +82,13 @@ def test_cifar10_vs_cifar100(cifar_root):
 
 def test_cifar100_vs_cifar10_and_class_subset(cifar_root):
     root, tests = cifar_root
-    bench = build_benchmark({"name": "cifar100", "root": str(root), "val_fraction": 0.2})
+    bench = build_splits({"name": "cifar100", "root": str(root), "val_fraction": 0.2})
     s = bench.splits
     assert (len(s["train_id"]), len(s["val_id"]), len(s["test_id"]), len(s["ood_cifar10"])) == (400, 100, 100, 30)
     assert set(s["ood_cifar10"].class_names) == set(C10_NAMES)
 
     # open-set recognition: the classes left out of id_classes (or ood_classes of them) are one more near set
-    sub = build_benchmark({"name": "cifar10", "root": str(root), "val_fraction": 0.25,
+    sub = build_splits({"name": "cifar10", "root": str(root), "val_fraction": 0.25,
                            "id_classes": ["truck", "Cat"], "ood_classes": ["bird", "deer"]})
     assert sub.id_class_names == ["truck", "cat"]
     assert sub.protocol.splits == ("train_id", "val_id", "test_id", "ood_cifar100", "ood_heldout")
@@ -100,12 +100,12 @@ def test_cifar100_vs_cifar10_and_class_subset(cifar_root):
     assert sub.splits["ood_heldout"].sources == [f"cifar10/test/{i}" for i in held]
     assert set(sub.splits["ood_heldout"].class_names) == {"bird", "deer"}
     with pytest.raises(DatasetError, match="class 'truck' from data.ood_classes not found"):
-        build_benchmark({"name": "cifar10", "root": str(root), "id_classes": ["truck"], "ood_classes": ["truck"]})
+        build_splits({"name": "cifar10", "root": str(root), "id_classes": ["truck"], "ood_classes": ["truck"]})
 
 
 def test_missing_cifar_names_folder_and_fix(tmp_path):
     with pytest.raises(DatasetError) as err:
-        build_benchmark({"name": "cifar10", "root": str(tmp_path / "nowhere")})
+        build_splits({"name": "cifar10", "root": str(tmp_path / "nowhere")})
     msg = str(err.value)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg
     assert "data.download=true" in msg and "python-version batches" in msg

@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.errors import DatasetError
 
 SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
 
 
 def _bench(**cfg):
-    return build_benchmark({"name": "digits", **cfg})
+    return build_splits({"name": "digits", **cfg})
 
 
 def test_split_sizes_add_up_and_are_disjoint():

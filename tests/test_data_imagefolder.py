@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.errors import DatasetError
 
 SPLITS = ("train_id", "val_id", "test_id", "ood_heldout")  # the default protocol's splits
@@ -21,7 +21,7 @@ def root(tmp_path):
 def test_ood_defaults_to_other_folders(root):
     cfg = {"name": "imagefolder", "root": str(root), "id_classes": ["dogs", "Cats"],
            "test_fraction": 0.3, "val_fraction": 0.25}
-    bench = build_benchmark(cfg)
+    bench = build_splits(cfg)
     assert bench.id_class_names == ["dogs", "Cats"] and bench.ood_class_names == ["birds", "fish"]
     assert [len(bench.splits[k]) for k in SPLITS] == [6, 2, 4, 5]
     ood = bench.splits["ood_heldout"]
@@ -33,17 +33,17 @@ def test_ood_defaults_to_other_folders(root):
             assert f"/{name.lower()}/" in source and label == ["dogs", "cats"].index(name.lower())
     image = ood.load_image(0)
     assert image.mode == "RGB" and np.asarray(image).shape[:2] == (12, 10)
-    other = build_benchmark({**cfg, "seed": 5})
+    other = build_splits({**cfg, "seed": 5})
     assert other.splits["train_id"].sources != bench.splits["train_id"].sources
 
 
 def test_explicit_ood_and_errors(root):
-    bench = build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"],
+    bench = build_splits({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"],
                              "ood_classes": ["fish"], "test_fraction": 0.3, "val_fraction": 0.25})
     assert set(bench.splits["ood_heldout"].class_names) == {"fish"}
     with pytest.raises(DatasetError, match="id_classes is required"):
-        build_benchmark({"name": "imagefolder", "root": str(root)})
+        build_splits({"name": "imagefolder", "root": str(root)})
     with pytest.raises(DatasetError, match="imagefolder root not found"):
-        build_benchmark({"name": "imagefolder", "root": str(root / "x"), "id_classes": ["a"]})
+        build_splits({"name": "imagefolder", "root": str(root / "x"), "id_classes": ["a"]})
     with pytest.raises(DatasetError, match="stratified"):  # too few images for the requested fractions
-        build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"]})
+        build_splits({"name": "imagefolder", "root": str(root), "id_classes": ["cats", "dogs"]})

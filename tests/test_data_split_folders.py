@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.errors import DatasetError
 
 TRAIN = {"cat": 8, "dog": 8}
@@ -36,7 +36,7 @@ def _all(paths, classes):
 
 def test_train_and_val_come_from_train_test_is_the_test_folder(split_root):
     root, train, test = split_root
-    bench = build_benchmark({"name": "imagefolder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.5})
+    bench = build_splits({"name": "imagefolder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.5})
     s = bench.splits
     assert bench.id_class_names == ["cat", "dog"] and bench.ood_class_names == ["fox", "owl"]
     assert bench.protocol.splits == ("train_id", "val_id", "test_id", "ood_heldout")
@@ -55,13 +55,13 @@ def test_train_and_val_come_from_train_test_is_the_test_folder(split_root):
     assert all("/train/" in p for p in trained)
     assert not trained & set(s["test_id"].sources + s["ood_heldout"].sources)
     # seeded: the same config gives the same splits
-    again = build_benchmark({"name": "imagefolder", "root": str(root), "val_fraction": 0.25})
+    again = build_splits({"name": "imagefolder", "root": str(root), "val_fraction": 0.25})
     assert all(again.splits[k].sources == s[k].sources for k in bench.protocol.splits)
 
 
 def test_id_and_ood_classes_pick_from_the_folders(split_root):
     root, train, test = split_root
-    bench = build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["Dog"],
+    bench = build_splits({"name": "imagefolder", "root": str(root), "id_classes": ["Dog"],
                              "ood_classes": ["owl"], "val_fraction": 0.25})
     s = bench.splits
     assert bench.id_class_names == ["Dog"] and bench.ood_class_names == ["owl"]
@@ -73,15 +73,15 @@ def test_id_and_ood_classes_pick_from_the_folders(split_root):
     Image.new("RGB", (4, 4)).save(root / "train" / "bee" / "0.png")
     with pytest.raises(DatasetError, match=r"class 'bee' from data.id_classes not found among the class folders in "
                                            rf"{root / 'test'}"):
-        build_benchmark({"name": "imagefolder", "root": str(root), "id_classes": ["bee", "cat"]})
+        build_splits({"name": "imagefolder", "root": str(root), "id_classes": ["bee", "cat"]})
     with pytest.raises(DatasetError, match="data.annotations is not supported for data that comes split"):
-        build_benchmark({"name": "imagefolder", "root": str(root), "annotations": str(root / "boxes.csv")})
+        build_splits({"name": "imagefolder", "root": str(root), "annotations": str(root / "boxes.csv")})
 
 
 def test_a_val_folder_is_the_test_folder(tmp_path):
     root = tmp_path / "nette"
     train, val = _tree(root / "train", {"a": 4, "b": 4}, 1), _tree(root / "val", {"a": 2, "b": 2, "c": 2}, 2)
-    bench = build_benchmark({"name": "imagefolder", "root": str(root), "val_fraction": 0.25})
+    bench = build_splits({"name": "imagefolder", "root": str(root), "val_fraction": 0.25})
     assert bench.splits["test_id"].sources == _all(val, ["a", "b"])
     assert bench.splits["ood_heldout"].sources == val["c"]
     assert sorted(bench.splits["train_id"].sources + bench.splits["val_id"].sources) == _all(train, ["a", "b"])
@@ -93,7 +93,7 @@ def test_cifar10_reads_class_folders_when_no_pickles_are_there(tmp_path):
     test = _tree(tmp_path / "cifar10" / "test", dict.fromkeys(names, 2), 2)
     _tree(tmp_path / "far", {"noise": 3}, 3)
     far = {"name": "noise", "group": "far", "source": "imagefolder", "root": "far"}
-    bench = build_benchmark({"name": "cifar10", "root": str(tmp_path), "id_classes": ["cat", "bird"],
+    bench = build_splits({"name": "cifar10", "root": str(tmp_path), "id_classes": ["cat", "bird"],
                              "val_fraction": 0.25, "ood_sets": [far]})
     s = bench.splits
     assert bench.id_class_names == ["cat", "bird"]
@@ -106,6 +106,6 @@ def test_cifar10_reads_class_folders_when_no_pickles_are_there(tmp_path):
     image = s["test_id"].load_image(0)
     assert image.mode == "RGB" and (np.asarray(image) == np.asarray(Image.open(test["cat"][0]))).all()
     # every class ID: no held-out set, the declared list alone
-    whole = build_benchmark({"name": "cifar10", "root": str(tmp_path), "val_fraction": 0.25, "ood_sets": [far]})
+    whole = build_splits({"name": "cifar10", "root": str(tmp_path), "val_fraction": 0.25, "ood_sets": [far]})
     assert whole.protocol.ood_splits == ("ood_noise",) and whole.id_class_names == names
     assert whole.splits["test_id"].sources == _all(test, names)

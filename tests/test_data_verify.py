@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.errors import DatasetError
 from wildcapture.data import verify
 from wildcapture.data.images import FileImages, load_rgb
-from wildcapture.data.splits import Benchmark, ImageSplit
-from wildcapture.data.verify import BadImage, find_unreadable, probe_image, verify_benchmark_images
+from wildcapture.data.splits import DataSplits, ImageSplit
+from wildcapture.data.verify import BadImage, find_unreadable, probe_image, verify_split_images
 
 
 def _jpeg_bytes(width: int, height: int, seed: int = 0, progressive: bool = False, exif=None) -> bytes:
@@ -21,9 +21,9 @@ def _jpeg_bytes(width: int, height: int, seed: int = 0, progressive: bool = Fals
     return buffer.getvalue()
 
 
-def _benchmark(splits: dict[str, list[str]]) -> Benchmark:
+def _benchmark(splits: dict[str, list[str]]) -> DataSplits:
     loader = FileImages()
-    return Benchmark("files", ["a"], ["b"], {
+    return DataSplits("files", ["a"], ["b"], {
         name: ImageSplit(sources, [0] * len(sources), ["a"] * len(sources), loader) for name, sources in splits.items()})
 
 
@@ -127,23 +127,23 @@ def test_truncated_jpeg_detected_despite_draft_decoding(tmp_path, progressive):
 def test_error_lists_every_bad_item_under_a_self_contained_first_line(files, monkeypatch):
     bench, expected = files
     with pytest.raises(DatasetError) as caught:
-        verify_benchmark_images(bench, workers=1, progress=False)
+        verify_split_images(bench, workers=1, progress=False)
     first, *rest = str(caught.value).splitlines()
-    assert first.startswith("7 of 25 items (images or crops) of benchmark 'files' cannot be loaded;")
+    assert first.startswith("7 of 25 items (images or crops) of data set 'files' cannot be loaded;")
     assert "replace or delete" in first and "data.verify_images=false" in first
     assert {tuple(line.strip().split(": ")[:2]) for line in rest} == expected
     monkeypatch.setattr(verify, "MAX_LISTED", 3)
     with pytest.raises(DatasetError) as caught:
-        verify_benchmark_images(bench, workers=1, progress=False)
+        verify_split_images(bench, workers=1, progress=False)
     assert str(caught.value).splitlines()[1:] == [f"  {b.split}: {b.source}: {b.reason}" for b in
                                                   find_unreadable(bench, 1, False)[:3]] + ["  ... and 4 more"]
 
 
 def test_array_benchmark_decodes_nothing(monkeypatch):
-    bench = build_benchmark({"name": "digits"})
+    bench = build_splits({"name": "digits"})
     monkeypatch.setattr(verify, "probe_image", lambda path: pytest.fail(f"decoded {path}"))
     assert find_unreadable(bench, progress=False) == []
-    verify_benchmark_images(bench, progress=False)
+    verify_split_images(bench, progress=False)
 
 
 def test_imagefolder_benchmark(tmp_path):
@@ -153,9 +153,9 @@ def test_imagefolder_benchmark(tmp_path):
             (tmp_path / name / f"{i}.jpg").write_bytes(_jpeg_bytes(16, 16, seed=i))
     cfg = {"name": "imagefolder", "root": str(tmp_path), "id_classes": ["cats", "dogs"],
            "test_fraction": 0.25, "val_fraction": 0.34}
-    verify_benchmark_images(build_benchmark(cfg), progress=False)
+    verify_split_images(build_splits(cfg), progress=False)
     (tmp_path / "birds" / "1.jpg").write_bytes(b"\xff\xd8\xff")  # a JPEG header and nothing else
-    assert find_unreadable(build_benchmark(cfg), progress=False) == [
+    assert find_unreadable(build_splits(cfg), progress=False) == [
         BadImage("ood_heldout", str(tmp_path / "birds" / "1.jpg"), "not an image file PIL can identify")]
 
 

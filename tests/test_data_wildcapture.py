@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.data.images import load_rgb
 from wildcapture.errors import DatasetError
 from wildcapture.data.wildcapture_folders import PAPER_ID_SPECIES, PAPER_OOD_SPECIES
@@ -55,7 +55,7 @@ CFG = {"name": "wildcapture", "id_classes": ["Red Deer", "Grey Wolf"], "ood_clas
 
 def test_whole_images_load_rgb_with_right_size(tree):
     root, folder, sizes = tree
-    bench = build_benchmark({**CFG, "root": str(root / "data")})
+    bench = build_splits({**CFG, "root": str(root / "data")})
     counts = {k: len(v) for k, v in bench.splits.items()}
     assert counts == {"train_id": 14, "val_id": 2, "test_id": 4, "ood_heldout": 4}
     assert bench.id_class_names == ["Red Deer", "Grey Wolf"] and bench.ood_class_names == ["wild_cat"]
@@ -85,8 +85,8 @@ def test_crops_from_annotations_and_manifest(tree):
             ("Other/img_00.jpg", 0, 0, 4, 4)]  # a class not in use: ignored
     with open(ann, "w", newline="") as f:
         csv.writer(f).writerows([("path", "x_min", "y_min", "x_max", "y_max"), *rows])
-    whole = build_benchmark({**CFG, "root": str(root / "data")})
-    bench = build_benchmark({**CFG, "root": str(root / "data"), "annotations": str(ann)})
+    whole = build_splits({**CFG, "root": str(root / "data")})
+    bench = build_splits({**CFG, "root": str(root / "data"), "annotations": str(ann)})
     n_whole = sum(len(v) for v in whole.splits.values())
     assert sum(len(v) for v in bench.splits.values()) == n_whole + 1  # img_05: 2 boxes = 2 items
 
@@ -117,11 +117,11 @@ def test_crops_from_annotations_and_manifest(tree):
 def test_paper_default_species_with_folder_name_variants(tmp_path):
     folders = {n.replace(" ", "_"): 4 for n in PAPER_ID_SPECIES} | {n.upper(): 1 for n in PAPER_OOD_SPECIES}
     _make_tree(tmp_path / "WildCapture", folders)
-    bench = build_benchmark({"name": "wildcapture", "root": str(tmp_path), "test_fraction": 0.25,
+    bench = build_splits({"name": "wildcapture", "root": str(tmp_path), "test_fraction": 0.25,
                              "val_fraction": 0.34, "seed": 1})
     assert bench.id_class_names == PAPER_ID_SPECIES and bench.ood_class_names == PAPER_OOD_SPECIES
     assert [len(bench.splits[k]) for k in SPLITS] == [13, 8, 7, 8]
-    again = build_benchmark({"name": "wildcapture", "root": str(tmp_path), "test_fraction": 0.25,
+    again = build_splits({"name": "wildcapture", "root": str(tmp_path), "test_fraction": 0.25,
                              "val_fraction": 0.34, "seed": 1})
     assert all(bench.splits[k].sources == again.splits[k].sources for k in SPLITS)
 
@@ -139,14 +139,14 @@ def test_exif_orientation_and_16bit_grayscale(tmp_path):
 
 def test_missing_wildcapture_folder(tmp_path):
     with pytest.raises(DatasetError) as err:
-        build_benchmark({"name": "wildcapture", "root": str(tmp_path)})
+        build_splits({"name": "wildcapture", "root": str(tmp_path)})
     assert str(tmp_path / "WildCapture") in str(err.value) and "one folder per species" in str(err.value)
 
 
 def test_missing_species_lists_folders(tree):
     root, _, _ = tree
     with pytest.raises(DatasetError) as err:
-        build_benchmark({**CFG, "root": str(root / "data"), "ood_classes": ["Crested Porcupine"]})
+        build_splits({**CFG, "root": str(root / "data"), "ood_classes": ["Crested Porcupine"]})
     msg = str(err.value)
     assert "Crested Porcupine" in msg and "Red_Deer" in msg and "grey-wolf" in msg
 
@@ -155,7 +155,7 @@ def test_corrupt_image_names_its_path(tree):
     root, folder, _ = tree
     bad = folder / "Wild Cat" / "broken.jpg"
     bad.write_bytes(b"this is not a jpeg at all")
-    bench = build_benchmark({**CFG, "root": str(root / "data")})
+    bench = build_splits({**CFG, "root": str(root / "data")})
     ood = bench.splits["ood_heldout"]
     i = ood.sources.index(str(bad))
     with pytest.raises(DatasetError, match="broken.jpg"):
@@ -169,5 +169,5 @@ def test_annotation_errors(tree):
                         ("path,x_min,y_min,x_max,y_max\nRed_Deer/nope.jpg,0,0,2,2\n", ["Red_Deer/nope.jpg"])]:
         (root / "boxes.csv").write_text(text)
         with pytest.raises(DatasetError) as err:
-            build_benchmark({**CFG, "root": str(root / "data"), "annotations": str(root / "boxes.csv")})
+            build_splits({**CFG, "root": str(root / "data"), "annotations": str(root / "boxes.csv")})
         assert all(w in str(err.value) for w in words), str(err.value)

@@ -7,7 +7,7 @@ import torch
 
 from wildcapture.storage import load_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.heatmap_store import read_meta, read_protocol
 from wildcapture.stages.evaluate_classifier import run
 from wildcapture.vit import WeightsMismatchError, build_vit
@@ -28,7 +28,7 @@ def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
     ckpt = load_checkpoint(tiny_vit_checkpoint)
     model = build_vit(ckpt["model_args"]).eval()
     model.load_state_dict(ckpt["model"])
-    bench = build_benchmark(ckpt["config"]["data"])
+    bench = build_splits(ckpt["config"]["data"])
     attach_transforms(bench, ckpt["config"]["data"], ckpt["input_spec"], augment_train=False)
 
     for split in SPLITS:
@@ -76,7 +76,7 @@ def test_paper_format_weights_load_and_wrong_class_count_is_clear(tiny_vit_check
     # the same weights loaded directly give the same logits on the same images
     model = build_vit(ckpt["model_args"]).eval()
     model.load_state_dict(ckpt["model"])
-    bench = build_benchmark(cfg["data"])
+    bench = build_splits(cfg["data"])
     attach_transforms(bench, cfg["data"], ckpt["input_spec"], augment_train=False)
     images = torch.stack([bench.splits["test_id"][i][0] for i in range(20)])
     with torch.no_grad():

@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.errors import DatasetError
 from wildcapture.megadetector import (WHOLE_IMAGE_DETECTOR, DetectionResult, MDDetection, MDWriter, pixel_box,
                                       read_md_json, whole_image_batch)
@@ -221,7 +221,7 @@ def test_imagefolder_trains_on_megadetector_boxes(folder, tmp_path, capsys):
         {"file": "fish/gone.jpg", "failure": "File not found", "detections": None},  # absent, left out: fine
     ]
     md = _write_json(tmp_path / "md.json", _md(images))
-    bench = build_benchmark({"name": "imagefolder", "root": str(folder), "id_classes": ["cats", "dogs"],
+    bench = build_splits({"name": "imagefolder", "root": str(folder), "id_classes": ["cats", "dogs"],
                              "annotations": str(md), "test_fraction": 0.25, "val_fraction": 0.34})
     assert "leaves out 4 image(s) (2 MegaDetector failed on it; 2 no animal box with conf >= 0.2)" \
         in capsys.readouterr().out
@@ -236,5 +236,5 @@ def test_imagefolder_trains_on_megadetector_boxes(folder, tmp_path, capsys):
     images.append({"file": "dogs/ghost.jpg", "detections": [_det("1", 0.9, [0, 0, 1, 1])]})
     _write_json(md, _md(images))
     with pytest.raises(DatasetError, match="dogs/ghost.jpg"):
-        build_benchmark({"name": "imagefolder", "root": str(folder), "id_classes": ["cats", "dogs"],
+        build_splits({"name": "imagefolder", "root": str(folder), "id_classes": ["cats", "dogs"],
                          "annotations": str(md), "test_fraction": 0.25, "val_fraction": 0.34})

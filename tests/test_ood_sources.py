@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.data.ood_sources import MAX_LISTED, OOD_SOURCES, source_of
 from wildcapture.data.protocol import OODSet
 from wildcapture.errors import DatasetError
@@ -22,7 +22,7 @@ def _png(path, seed, size=(6, 5)):
 
 def _digits(root, *sets):
     """digits (which reads nothing from data.root) with `sets` as its OOD sets, `root` as data.root."""
-    return build_benchmark({"name": "digits", "root": str(root), "ood_sets": list(sets)})
+    return build_splits({"name": "digits", "root": str(root), "ood_sets": list(sets)})
 
 
 def test_imagefolder_set_takes_every_image_below_its_root_class_from_the_first_folder(tmp_path):
@@ -116,7 +116,7 @@ def test_unknown_source_or_key_names_the_set_and_what_is_valid():
 
 
 def test_a_classes_set_needs_held_out_classes():
-    with pytest.raises(DatasetError, match="OOD set 'open' \\(source classes\\): benchmark 'cifar10' holds no "
+    with pytest.raises(DatasetError, match="OOD set 'open' \\(source classes\\): data set 'cifar10' holds no "
                                            "classes out; name fewer data.id_classes"):
         OOD_SOURCES["classes"].build(OODSet("open", "near", "classes"), {"name": "cifar10"}, None)
 
@@ -234,14 +234,14 @@ def test_a_build_without_download_downloads_no_set_even_one_that_asks(tmp_path, 
     asks = {"name": "mnist", "group": "far", "source": "mnist", "download": True}
     follows = {"name": "mnist2", "group": "far", "source": "mnist", "root": "elsewhere"}
     cfg = {"name": "digits", "root": str(tmp_path), "download": True, "ood_sets": [asks, follows]}
-    bench = build_benchmark(cfg)
+    bench = build_splits(cfg)
     assert calls == [{"root": str(tmp_path), "download": True, "train": False},
                      {"root": str(tmp_path / "elsewhere"), "download": True, "train": False}]
     calls.clear()
-    checked = build_benchmark(cfg, download=False)  # what the checks build: nothing is fetched
+    checked = build_splits(cfg, download=False)  # what the checks build: nothing is fetched
     assert [c["download"] for c in calls] == [False, False]
     assert checked.protocol == bench.protocol and checked.protocol.to_record()[0]["download"] is True
     assert checked.splits["ood_mnist"].sources == ["mnist/0", "mnist/1", "mnist/2"]
     calls.clear()
-    build_benchmark({**cfg, "download": False})  # data.download false: a set's own download: true still fetches it
+    build_splits({**cfg, "download": False})  # data.download false: a set's own download: true still fetches it
     assert [c["download"] for c in calls] == [True, False]

@@ -13,7 +13,7 @@ from torch import nn
 from wildcapture.attention import ClsKind, HEATMAP_KINDS
 from wildcapture.cae.architectures import ARCHITECTURES, check_arch_settings
 from wildcapture.classifier.data_setup import attach_transforms
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.detector import Detector
 from wildcapture.errors import ConfigError
 from wildcapture.ood.baselines import DETECTORS
@@ -83,7 +83,7 @@ def _classifier_and_test_images(checkpoint, split, count):
     ckpt = load_checkpoint(checkpoint)
     model = build_vit(ckpt["model_args"]).eval()
     model.load_state_dict(ckpt["model"])
-    bench = build_benchmark(ckpt["config"]["data"])
+    bench = build_splits(ckpt["config"]["data"])
     attach_transforms(bench, ckpt["config"]["data"], ckpt["input_spec"], augment_train=False)
     return model, torch.stack([bench.splits[split][i][0] for i in range(count)])
 

@@ -283,13 +283,13 @@ def test_a_data_config_that_rebuilds_to_other_images_leaves_the_gallery_heatmaps
         stage4, tiny_heatmaps, tiny_cae, tmp_path, monkeypatch, capsys, change):
     # stage 2's data config, rebuilt today, gives splits of 1 row each (stage 2 wrote 40: the gallery's rows index
     # past them), or as many rows of other images (a gallery of the wrong pictures): the gallery shows the heatmaps
-    real, asked = score_cae.build_benchmark, []
+    real, asked = score_cae.build_splits, []
 
     def rebuilt(data, **kw):
         asked.append(kw)
         return real({**data, **change}, **kw)
 
-    monkeypatch.setattr(score_cae, "build_benchmark", rebuilt)
+    monkeypatch.setattr(score_cae, "build_splits", rebuilt)
     capsys.readouterr()
     run(_config(tiny_heatmaps, tiny_cae, tmp_path / "results", "test.batch_size=7"))
     assert asked == [{"download": False}]  # a gallery never downloads

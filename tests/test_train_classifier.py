@@ -100,13 +100,13 @@ def test_torchrun_with_two_cpu_processes(tmp_path):
     from wildcapture.classifier.data_setup import attach_transforms
     from wildcapture.runtime import make_loader
     from wildcapture.classifier.engine import evaluate
-    from wildcapture.data.benchmarks import build_benchmark
+    from wildcapture.data.build import build_splits
     from wildcapture.vit import build_vit
 
     best = load_checkpoint(tmp_path / "best.pth")
     model = build_vit(best["model_args"])
     model.load_state_dict(best["model"])
-    bench = build_benchmark(best["config"]["data"])
+    bench = build_splits(best["config"]["data"])
     attach_transforms(bench, best["config"]["data"], best["input_spec"])
     loader = make_loader(bench.splits["val_id"], 16, None, 0, torch.device("cpu"))
     assert evaluate(model, loader, torch.device("cpu"), progress=False)["val_acc"] == pytest.approx(best["val_acc"])

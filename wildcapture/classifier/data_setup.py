@@ -5,8 +5,9 @@ from typing import Any
 
 from torch import nn
 
-from wildcapture.data.splits import Benchmark
+from wildcapture.data.splits import DataSplits
 from wildcapture.data.transforms import build_transforms
+from wildcapture.data.protocol import TRAIN_ID
 
 
 def input_spec(model: nn.Module, data_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -24,11 +25,11 @@ def input_spec(model: nn.Module, data_cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def attach_transforms(bench: Benchmark, data_cfg: dict[str, Any], spec: dict[str, Any],
+def attach_transforms(bench: DataSplits, data_cfg: dict[str, Any], spec: dict[str, Any],
                       augment_train: bool = True) -> None:
     """Give every split plain resizing and normalisation, in place; `train_id` also gets the
     train-time augmentation when `augment_train`."""
     train_tf, eval_tf = build_transforms(data_cfg, tuple(spec["input_size"]), spec["mean"], spec["std"],
                                          spec["interpolation"])
     for name, split in bench.splits.items():
-        split.transform = train_tf if name == "train_id" and augment_train else eval_tf
+        split.transform = train_tf if name == TRAIN_ID and augment_train else eval_tf

@@ -1,1 +1,1 @@
-"""Datasets (`benchmarks.build_benchmark`: four seeded splits per benchmark), image reading and transforms."""
+"""Datasets (`build.build_splits`: four seeded splits per data set), image reading and transforms."""

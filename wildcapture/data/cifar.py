@@ -1,4 +1,4 @@
-"""The CIFAR-10 and CIFAR-100 benchmarks (ID: the data set's classes, or `data.id_classes` of them).
+"""The CIFAR-10 and CIFAR-100 data sets (ID: the data set's classes, or `data.id_classes` of them).
 
 Data comes from torchvision's loaders in their python-pickle format under ``<root>/cifar-10-batches-py``
 and ``<root>/cifar-100-python``, or from class folders ``<root>/cifar10/{train,test}/<class>/``. Pickled images
@@ -17,7 +17,7 @@ from ..paths import resolve_path
 from .classes import match_classes
 from .images import ArrayImages
 from .split_folders import build_split_folders, split_layout
-from .splits import Benchmark, ImageSplit, stratified_split
+from .splits import DataSplits, ImageSplit, stratified_split
 from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 _DATASETS = {"cifar10": (CIFAR10, "CIFAR-10", "cifar-10-python.tar.gz"),
@@ -52,14 +52,14 @@ def _select(labels: np.ndarray, all_names: list[str], chosen: list[str]) -> tupl
     return rows, remap[labels[rows]]
 
 
-def build_cifar(cfg: dict) -> Benchmark:
+def build_cifar(cfg: dict) -> DataSplits:
     """Build cifar10 or cifar100 from a resolved config: torchvision's pickles under ``data.root`` when they are
     there, else the class-folder layout ``<root>/<name>/{train,test}/<class>/`` (`split_folders`).
 
     train_id/val_id: seeded stratified split of the ID classes' training images by ``val_fraction``; test_id: the
     ID classes' test images. ``id_classes`` picks a subset (by name; null keeps every class); the other classes'
     test images (or ``ood_classes`` of them) are held out: the `classes` OOD set (open-set recognition). The
-    other CIFAR's test set is an OOD set of its own (`ood_sources`), the benchmark's default.
+    other CIFAR's test set is an OOD set of its own (`ood_sources`), the data set's default.
     """
     name = cfg["name"]
     root = resolve_path(cfg["root"])
@@ -94,4 +94,4 @@ def build_cifar(cfg: dict) -> Benchmark:
     }
     held_out = (make(f"{name}/test", ood_rows, np.full(len(ood_rows), -1, dtype=np.int64), test[1])
                 if len(ood_rows) else None)
-    return Benchmark(name, list(id_names), list(ood_names), splits, held_out)
+    return DataSplits(name, list(id_names), list(ood_names), splits, held_out)

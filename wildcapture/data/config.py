@@ -17,7 +17,7 @@ from wildcapture.errors import DatasetError
 from wildcapture.paths import DATA_DEFAULTS_FILE
 
 
-BENCHMARK_NAMES = ("digits", "cifar10", "cifar100", "wildcapture", "imagefolder")
+DATA_NAMES = ("digits", "cifar10", "cifar100", "wildcapture", "imagefolder")
 
 DATA_DEFAULTS: dict[str, Any] = yaml.safe_load(DATA_DEFAULTS_FILE.read_text(encoding="utf-8"))
 AUGMENT_DEFAULTS: dict[str, Any] = DATA_DEFAULTS["augment"]
@@ -63,8 +63,8 @@ def resolve_data_cfg(data_cfg: dict | None) -> dict[str, Any]:
     if unknown:
         raise DatasetError(f"unknown key(s) in data config: {unknown}; valid keys: {sorted(DATA_DEFAULTS)}")
     cfg = copy.deepcopy({**DATA_DEFAULTS, **data_cfg})
-    if cfg["name"] not in BENCHMARK_NAMES:
-        raise DatasetError(f"unknown data.name {cfg['name']!r}; valid names: {', '.join(BENCHMARK_NAMES)}")
+    if cfg["name"] not in DATA_NAMES:
+        raise DatasetError(f"unknown data.name {cfg['name']!r}; valid names: {', '.join(DATA_NAMES)}")
     _check_fraction(cfg, "val_fraction")
     _check_fraction(cfg, "test_fraction")
     _check_class_list(cfg, "id_classes")

@@ -1,4 +1,4 @@
-"""The offline `digits` benchmark: sklearn's 8x8 handwritten digits, some digits ID, the others OOD."""
+"""The offline `digits` data set: sklearn's 8x8 handwritten digits, some digits ID, the others OOD."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from wildcapture.errors import DatasetError
 
 from .classes import check_disjoint, match_classes
 from .images import ArrayImages
-from .splits import Benchmark, ImageSplit, split_id_pool
+from .splits import DataSplits, ImageSplit, split_id_pool
 from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 DIGIT_NAMES = [str(d) for d in range(10)]
@@ -23,8 +23,8 @@ def _digit_names(requested: list, key: str) -> list[str]:
     return match_classes([str(int(v)) for v in requested], DIGIT_NAMES, "digit classes 0..9", key)
 
 
-def build_digits(cfg: dict) -> Benchmark:
-    """Build the digits benchmark from a resolved data config (``root`` and ``download`` are ignored).
+def build_digits(cfg: dict) -> DataSplits:
+    """Build the digits data set from a resolved data config (``root`` and ``download`` are ignored).
 
     Images are 8x8 uint8 grayscale (value * 255 / 16) returned as RGB; sources are ``"digits/<i>"``
     with ``i`` the row of `sklearn.datasets.load_digits`. ID items are split stratified into
@@ -56,4 +56,4 @@ def build_digits(cfg: dict) -> Benchmark:
         VAL_ID: make(id_rows[val], id_labels[val]),
         TEST_ID: make(id_rows[test], id_labels[test]),
     }
-    return Benchmark("digits", id_names, ood_names, splits, make(ood_rows, np.full(len(ood_rows), -1, dtype=np.int64)))
+    return DataSplits("digits", id_names, ood_names, splits, make(ood_rows, np.full(len(ood_rows), -1, dtype=np.int64)))

@@ -4,7 +4,7 @@ A source turns a set of `data.ood_sets` (`protocol.OODSet`) into an `ImageSplit`
 `check_keys` validates the set's own keys (the data config's check); `build` checks that its folder, list and
 every listed file exist, then makes the split without decoding an image. Every problem is one DatasetError naming the set and the missing folder, file or list entry.
 
-- `classes`: the benchmark's held-out classes (what the benchmark's builder holds out of its ID classes).
+- `classes`: the data set's held-out classes (what the data set's builder holds out of its ID classes).
 - `imagefolder`: every image under `root` (class = the first folder below it, or the set's name).
 - `imagelist`: OpenOOD's `benchmark_imglist` format, lines `path label`, paths relative to `root`
   (default `data.root`); the labels are ignored (OOD).
@@ -64,11 +64,11 @@ class OODSource:
 
 
 class HeldOutClasses(OODSource):
-    """The benchmark's held-out classes (`data.ood_classes`, or every class not ID)."""
+    """The data set's held-out classes (`data.ood_classes`, or every class not ID)."""
 
     def build(self, spec: OODSet, data_cfg: dict[str, Any], held_out: ImageSplit | None) -> ImageSplit:
         if held_out is None or len(held_out) == 0:
-            raise DatasetError(f"OOD set {spec.name!r} (source classes): benchmark {data_cfg['name']!r} holds no "
+            raise DatasetError(f"OOD set {spec.name!r} (source classes): data set {data_cfg['name']!r} holds no "
                                "classes out; name fewer data.id_classes or remove the set")
         return held_out
 

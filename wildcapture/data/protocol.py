@@ -1,11 +1,11 @@
-"""The evaluation protocol: a benchmark's ID splits and its named OOD sets, as one declared object.
+"""The evaluation protocol: a data set's ID splits and its named OOD sets, as one declared object.
 
 The one owner of split names and of OOD-ness: a split is OOD exactly when the protocol names it as the split
 of one of its OOD sets (`Protocol.is_ood`); labels (-1 for OOD items) are not consulted. As in OpenOOD v1.5, ID
 test is scored once and each OOD set on its own; each set belongs to a group: `near` and `far` are averaged
 in the OOD table, `val` sets (e.g. OpenOOD's `val_tin`) are scored and reported apart, for choosing settings.
 
-Declared by `data.ood_sets` (a list of `{name, group, source, ...}`; an empty list means the benchmark's
+Declared by `data.ood_sets` (a list of `{name, group, source, ...}`; an empty list means the data set's
 default, `default_ood_sets`), recorded in stage 2's metadata (`to_record` / `from_record`) and iterated by
 stages 2-4, the OOD table and the seed study.
 """
@@ -22,7 +22,7 @@ ID_SPLITS = (TRAIN_ID, VAL_ID, TEST_ID)
 FIT_SPLITS = (TRAIN_ID, VAL_ID)  # what a detector or the CAE learns from (and selects on)
 GROUPS = ("near", "far", "val")
 MEAN_GROUPS = ("near", "far")   # the groups the OOD table averages
-HELDOUT = "heldout"             # the name of the benchmark's held-out classes as a set
+HELDOUT = "heldout"             # the name of the data set's held-out classes as a set
 _OOD_PREFIX = "ood_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 SET_KEYS = ("name", "group", "source")  # the keys every set has; its source adds its own
@@ -54,7 +54,7 @@ class OODSet:
 
 @dataclass(frozen=True)
 class Protocol:
-    """The ID splits (`ID_SPLITS`) and the OOD sets of one benchmark, in their declared order."""
+    """The ID splits (`ID_SPLITS`) and the OOD sets of one data set, in their declared order."""
 
     ood_sets: tuple[OODSet, ...]
 
@@ -128,7 +128,7 @@ class Protocol:
 
 
 def held_out_set(group: str = "near") -> dict[str, Any]:
-    """The benchmark's held-out classes as a set record."""
+    """The data set's held-out classes as a set record."""
     return {"name": HELDOUT, "group": group, "source": "classes"}
 
 
@@ -137,9 +137,9 @@ _CIFAR_OTHER = {"cifar10": "cifar100", "cifar100": "cifar10"}
 
 
 def has_held_out_classes(data_cfg: dict[str, Any]) -> bool:
-    """Whether the benchmark of a resolved data config holds classes out of the ID classes as OOD images.
+    """Whether the data set of a resolved data config holds classes out of the ID classes as OOD images.
 
-    digits, wildcapture and imagefolder always do (their `data.ood_classes`); a CIFAR benchmark does when
+    digits, wildcapture and imagefolder always do (their `data.ood_classes`); a CIFAR data set does when
     `data.id_classes` names fewer than all of its classes (open-set recognition)."""
     name = data_cfg["name"]
     if name not in CIFAR_CLASS_COUNT:
@@ -151,9 +151,9 @@ def has_held_out_classes(data_cfg: dict[str, Any]) -> bool:
 def resolve_protocol(data_cfg: dict[str, Any]) -> Protocol:
     """The protocol a resolved data config declares.
 
-    `data.ood_sets` empty: the benchmark's default, its held-out classes (a CIFAR benchmark: the other CIFAR's
+    `data.ood_sets` empty: the data set's default, its held-out classes (a CIFAR data set: the other CIFAR's
     test set, plus its own held-out classes when `data.id_classes` names fewer). A list: those sets, plus, for a
-    CIFAR benchmark with held-out classes and no `classes` set, one near set of them (`heldout`)."""
+    CIFAR data set with held-out classes and no `classes` set, one near set of them (`heldout`)."""
     declared: list[dict[str, Any]] = list(data_cfg.get("ood_sets") or [])
     name = data_cfg["name"]
     if not declared:

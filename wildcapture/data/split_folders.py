@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DatasetError
 from .classes import check_disjoint, match_classes
 from .images import FileImages, list_class_folders, list_images
-from .splits import Benchmark, ImageSplit, stratified_split
+from .splits import DataSplits, ImageSplit, stratified_split
 from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 TEST_FOLDERS = ("test", "val")
@@ -41,8 +41,8 @@ def _images_of(folder: Path, class_folders: Sequence[str], labels: Sequence[int]
 
 
 def build_split_folders(name: str, train_dir: Path, test_dir: Path, id_classes: Sequence[str] | None,
-                        ood_classes: Sequence[str] | None, cfg: dict) -> Benchmark:
-    """The benchmark of a train/test folder pair. `id_classes` None: every training class; `ood_classes`
+                        ood_classes: Sequence[str] | None, cfg: dict) -> DataSplits:
+    """The data set of a train/test folder pair. `id_classes` None: every training class; `ood_classes`
     None: every test class that is not ID. Class labels follow the order of `id_classes` (folder order when None)."""
     if cfg["annotations"]:
         raise DatasetError(f"data.annotations is not supported for data that comes split ({train_dir}, {test_dir}); "
@@ -79,4 +79,4 @@ def build_split_folders(name: str, train_dir: Path, test_dir: Path, id_classes: 
         ood_sources, ood_labels = _images_of(test_dir, ood_test, list(range(len(ood_test))))
         held_out = ImageSplit(ood_sources, np.full(len(ood_sources), -1, dtype=np.int64),
                               [ood_names[c] for c in ood_labels], loader)
-    return Benchmark(name, id_names, ood_names, splits, held_out)
+    return DataSplits(name, id_names, ood_names, splits, held_out)

@@ -1,4 +1,4 @@
-"""The split containers (`ImageSplit`, `Benchmark`) and the seeded splitting helpers."""
+"""The split containers (`ImageSplit`, `DataSplits`) and the seeded splitting helpers."""
 from __future__ import annotations
 
 import math
@@ -54,11 +54,11 @@ class ImageSplit(torch.utils.data.Dataset):
 
 
 @dataclass
-class Benchmark:
-    """A benchmark: its ID class names, the classes it holds out, its protocol and a split per protocol split.
+class DataSplits:
+    """A data set: its ID class names, the classes it holds out, its protocol and a split per protocol split.
 
-    A builder (`benchmarks._BUILDERS`) fills the ID splits and `held_out` (the held-out classes' images, or
-    None); `build_benchmark` then adds one split per OOD set of `protocol`.
+    A builder (`build._BUILDERS`) fills the ID splits and `held_out` (the held-out classes' images, or
+    None); `build_splits` then adds one split per OOD set of `protocol`.
     """
 
     name: str

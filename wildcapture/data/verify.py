@@ -21,7 +21,7 @@ from wildcapture.errors import DatasetError
 from wildcapture.runtime import available_cpus
 
 from .images import FileImages, clip_box, displayed_size, parse_source
-from .splits import Benchmark
+from .splits import DataSplits
 
 MIN_FILES_PER_WORKER = 8  # fewer files than this per process: decode them in this process (no pool start-up)
 MAX_CHUNKSIZE = 16  # files per task sent to a worker: cheap messaging, yet a smooth progress bar
@@ -73,15 +73,15 @@ def _probe_all(paths: list[str], workers: int, progress: bool) -> dict[str, tupl
         return dict(zip(paths, bar(pool.imap(probe_image, paths, chunksize))))
 
 
-def find_unreadable(benchmark: Benchmark, workers: int | None = None, progress: bool = True) -> list[BadImage]:
-    """Decode every file image of every split of ``benchmark`` once and return the items that cannot be loaded.
+def find_unreadable(data: DataSplits, workers: int | None = None, progress: bool = True) -> list[BadImage]:
+    """Decode every file image of every split of ``data`` once and return the items that cannot be loaded.
 
     An item is bad when its file is missing, empty, not an image, truncated or corrupt, or when its crop
     box lies wholly outside the image. Items come in split then item order. Splits whose loader is not
     `FileImages` (in-memory arrays) are skipped without decoding anything. ``workers``: decoding processes
     (default: every CPU this process may use; 1 or few files: this process only).
     """
-    items = [(name, source, *parse_source(source)) for name, split in benchmark.splits.items()
+    items = [(name, source, *parse_source(source)) for name, split in data.splits.items()
              if isinstance(split.loader, FileImages) for source in split.sources]
     paths = list(dict.fromkeys(path for _, _, path, _ in items))
     probed = _probe_all(paths, available_cpus() if workers is None else workers, progress) if paths else {}
@@ -96,17 +96,17 @@ def find_unreadable(benchmark: Benchmark, workers: int | None = None, progress: 
     return bad
 
 
-def verify_benchmark_images(benchmark: Benchmark, workers: int | None = None, progress: bool = True) -> None:
-    """Return None when every item of ``benchmark`` can be loaded (see `find_unreadable`).
+def verify_split_images(data: DataSplits, workers: int | None = None, progress: bool = True) -> None:
+    """Return None when every item of ``data`` can be loaded (see `find_unreadable`).
 
     Otherwise raise DatasetError whose first line says how many items failed and what to do, followed
     by one line per bad item (the first `MAX_LISTED`).
     """
-    bad = find_unreadable(benchmark, workers, progress)
+    bad = find_unreadable(data, workers, progress)
     if not bad:
         return
-    total = sum(len(split) for split in benchmark.splits.values())
-    lines = [f"{len(bad)} of {total} items (images or crops) of benchmark {benchmark.name!r} cannot be loaded; "
+    total = sum(len(split) for split in data.splits.values())
+    lines = [f"{len(bad)} of {total} items (images or crops) of data set {data.name!r} cannot be loaded; "
              "replace or delete these files (or fix their crop boxes), or set data.verify_images=false to skip "
              "this check:"]
     lines += [f"  {b.split}: {b.source}: {b.reason}" for b in bad[:MAX_LISTED]]

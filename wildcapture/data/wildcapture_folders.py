@@ -1,4 +1,4 @@
-"""Class-folder benchmarks: `wildcapture` (the paper's camera-trap species) and generic `imagefolder`.
+"""Class-folder data sets: `wildcapture` (the paper's camera-trap species) and generic `imagefolder`.
 
 Layout: one folder per class, images (.jpg/.jpeg/.png, any case) anywhere inside it; hidden files
 and folders (name starting with ".") are skipped. wildcapture reads ``<root>/WildCapture/<Species>/``,
@@ -25,7 +25,7 @@ from .annotations import Annotations, normalize_relpath, read_annotation_file
 from .classes import check_disjoint, match_classes, normalize_class_name
 from .images import FileImages, box_source, list_class_folders, list_images
 from .split_folders import build_split_folders, split_layout
-from .splits import Benchmark, ImageSplit, split_id_pool
+from .splits import DataSplits, ImageSplit, split_id_pool
 from wildcapture.data.protocol import TEST_ID, TRAIN_ID, VAL_ID
 
 MAX_LISTED = 50  # unreadable annotated images named in the error
@@ -75,7 +75,7 @@ def _check_annotations_used(folder: Path, annotations: Annotations, used: set[st
 
 
 def _report_skipped(annotations: Annotations, used: set[str]) -> None:
-    """Print how many images of the benchmark the annotation file leaves out, and why."""
+    """Print how many images of the data set the annotation file leaves out, and why."""
     reasons = Counter(annotations.skipped[k] for k in used if k in annotations.skipped)
     if reasons:
         why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
@@ -84,8 +84,8 @@ def _report_skipped(annotations: Annotations, used: set[str]) -> None:
 
 
 def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[str],
-                                 ood_classes: Sequence[str] | None, cfg: dict) -> Benchmark:
-    """Build a benchmark from class folders under ``folder``.
+                                 ood_classes: Sequence[str] | None, cfg: dict) -> DataSplits:
+    """Build a data set from class folders under ``folder``.
 
     ``ood_classes`` None means every class folder not matched by ``id_classes``. Class names are
     reported as configured (folder names for defaulted OOD classes).
@@ -140,7 +140,7 @@ def build_class_folder_benchmark(name: str, folder: Path, id_classes: Sequence[s
         TEST_ID: make_id(test),
     }
     held_out = ImageSplit(ood_sources, np.full(len(ood_sources), -1, dtype=np.int64), ood_item_names, loader)
-    return Benchmark(name, id_names, ood_names, splits, held_out)
+    return DataSplits(name, id_names, ood_names, splits, held_out)
 
 
 def find_wildcapture_folder(root: Path) -> Path:
@@ -167,8 +167,8 @@ def _check_species_folders(folder: Path, species: Sequence[str]) -> None:
             f"the dataset is at {WILDCAPTURE_DOWNLOAD}")
 
 
-def build_wildcapture(cfg: dict) -> Benchmark:
-    """The WildCapture benchmark; default ID/OOD species are the paper's 7/8 split."""
+def build_wildcapture(cfg: dict) -> DataSplits:
+    """The WildCapture data set; default ID/OOD species are the paper's 7/8 split."""
     folder = find_wildcapture_folder(resolve_path(cfg["root"]))
     id_classes = cfg["id_classes"] if cfg["id_classes"] is not None else PAPER_ID_SPECIES
     ood_classes = cfg["ood_classes"] if cfg["ood_classes"] is not None else PAPER_OOD_SPECIES
@@ -176,8 +176,8 @@ def build_wildcapture(cfg: dict) -> Benchmark:
     return build_class_folder_benchmark("wildcapture", folder, id_classes, ood_classes, cfg)
 
 
-def build_imagefolder(cfg: dict) -> Benchmark:
-    """A generic class-folder benchmark at ``root``; id_classes is required, OOD defaults to the other folders.
+def build_imagefolder(cfg: dict) -> DataSplits:
+    """A generic class-folder data set at ``root``; id_classes is required, OOD defaults to the other folders.
 
     A root holding ``train/`` and ``test/`` (or ``val/``) class folders is used as split (`split_folders`); there
     id_classes defaults to every training class."""

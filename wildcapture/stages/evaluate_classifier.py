@@ -24,10 +24,10 @@ from wildcapture.classifier.inference import infer_split_sharded
 from wildcapture.classifier.report import classifier_report, write_report
 from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.data.config import DATA_DEFAULTS, data_identity, resolve_data_cfg
 from wildcapture.data.protocol import Protocol, TEST_ID, TRAIN_ID, resolve_protocol
-from wildcapture.data.splits import Benchmark
+from wildcapture.data.splits import DataSplits
 from wildcapture.errors import DatasetError
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import (ARRAYS, HEATMAP_DTYPES, RESULTS_MARKER, SplitArrays, SplitIndex, SplitWriter,
@@ -81,7 +81,7 @@ def _missing_classifier(cfg: Config, path) -> FileNotFoundError:
                              f"for exp={cfg['exp']} or set checkpoint=PATH")
 
 
-def load_classifier(cfg: Config, download: bool = True) -> tuple[torch.nn.Module, Benchmark, dict[str, Any]]:
+def load_classifier(cfg: Config, download: bool = True) -> tuple[torch.nn.Module, DataSplits, dict[str, Any]]:
     """Return the classifier with its weights, the benchmark it is tested on, and their provenance:
     {"classifier": `classifier_identity`, "input_spec", "data"}. Without `download`, missing data is an error
     naming its folder even where data.download is true.
@@ -102,7 +102,7 @@ def load_classifier(cfg: Config, download: bool = True) -> tuple[torch.nn.Module
         raise ConfigError(f"data.* is set, but {path} carries the data config of its stage-1 run and "
                           "data_from_checkpoint=true uses that: set data_from_checkpoint=false to test on other data")
     data_cfg = resolve_data_cfg(obj["config"]["data"] if from_checkpoint else cfg["data"])
-    bench = build_benchmark(data_cfg, download=download)
+    bench = build_splits(data_cfg, download=download)
     if ours and obj["class_names"] != bench.id_class_names:
         raise DatasetError(f"checkpoint {path} was trained on classes {obj['class_names']} but the data "
                            f"config gives {bench.id_class_names}; set data_from_checkpoint=true or fix data.id_classes")
@@ -147,7 +147,7 @@ def check_gallery_channel(cfg: Config, model: torch.nn.Module) -> None:
                           f"(the channel mean) or {-count}..{count - 1}")
 
 
-def _gallery(bench: Benchmark, outputs: dict[str, SplitArrays], cfg: Config, input_size: list[int], path) -> None:
+def _gallery(bench: DataSplits, outputs: dict[str, SplitArrays], cfg: Config, input_size: list[int], path) -> None:
     """Plot `gallery_size` random test_id images and as many OOD images, drawn from every OOD set in turn
     (seeded by `seed`), with their heatmaps."""
     rng = np.random.default_rng(cfg["seed"])
@@ -203,7 +203,7 @@ def check(cfg: Config) -> list[Path]:
 
 
 def _setup(cfg: Config, device: torch.device, is_main: bool, download: bool = True
-           ) -> tuple[torch.nn.Module, Benchmark, dict[str, Any], str]:
+           ) -> tuple[torch.nn.Module, DataSplits, dict[str, Any], str]:
     """The classifier, its benchmark, the provenance of the heatmaps to make and the precision resolved, after
     every check that needs no inference (on the main process, that a complete output there is not replaced by
     another variant)."""
@@ -255,7 +255,7 @@ def _evaluate(cfg: Config, state: DistState, device: torch.device, out_heat, out
         return _write_outputs(cfg, device, model, bench, provenance, outputs, heat_stage, result_stage)
 
 
-def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, bench: Benchmark,
+def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, bench: DataSplits,
                    provenance: dict[str, Any], outputs: dict[str, SplitArrays], heat_stage: Staging,
                    result_stage: Staging) -> dict[str, Any]:
     """Write every output but the split arrays (`outputs`: memory-mapped from `heat_stage`, already written)

@@ -26,7 +26,7 @@ from wildcapture.cae.gallery import GalleryRow, plot_reconstruction_gallery
 from wildcapture.cae.inputs import TEST_INPUTS, HeatmapSource, heatmap_source
 from wildcapture.cae.settings import check_config
 from wildcapture.config import Config
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.data.protocol import TEST_ID, Protocol
 from wildcapture.errors import DatasetError
 from wildcapture.heatmap_store import SplitIndex, read_baseline_scores
@@ -117,7 +117,7 @@ def _gallery_images(source: HeatmapSource, index: dict[str, SplitIndex]):
     if not source.from_stage2:
         return None
     try:
-        bench = build_benchmark(source.meta["data"], download=False)  # a gallery never downloads
+        bench = build_splits(source.meta["data"], download=False)  # a gallery never downloads
     except DatasetError as err:
         print(f"note: the gallery shows heatmaps only: stage 2's data cannot be rebuilt ({err})", flush=True)
         return None

@@ -14,7 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -23,17 +23,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from wildcapture.classifier.data_setup import attach_transforms, input_spec
+from wildcapture.classifier.image_cache import (CachedBatches, NotCached, batch_augment, cache_setting, decode_split,
+                                                plan_cache)
 from wildcapture.runtime import make_loader
 from wildcapture.classifier.engine import evaluate, train_one_epoch
 from wildcapture.classifier.sampler import EpochSampler
 from wildcapture.config import Config
 from wildcapture.config_checks import check_choice, check_number, check_positive_ints
-from wildcapture.data.benchmarks import build_benchmark
+from wildcapture.data.build import build_splits
 from wildcapture.data.config import resolve_data_cfg
-from wildcapture.data.splits import Benchmark
+from wildcapture.data.splits import DataSplits
 from wildcapture.data.transforms import build_transforms
 from wildcapture.errors import DatasetError
-from wildcapture.data.verify import verify_benchmark_images
+from wildcapture.data.verify import verify_split_images
 from wildcapture.paths import classifier_dir, resolve_path
 from wildcapture.runtime import (DistState, cleanup_distributed, epoch_seed, grad_scaler, init_distributed,
                                  pick_device, seed_everything)
@@ -46,8 +48,10 @@ STAGE = "train_classifier"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("step", "cosine", "none")
 # Keys a resumed run may change: they do not change the model or its optimisation.
+# train.cache_images and train.cache_mb choose how batches are made, not what is trained on (with data.augment
+# they change the random draws, as num_workers does).
 FREE_ON_RESUME = {"exp", "output_dir", "device", "num_workers", "train.resume", "train.eval_batch_size",
-                  "data.verify_images", "data.download"}
+                  "data.verify_images", "data.download", "train.cache_images", "train.cache_mb"}
 
 
 def check_config(cfg: Config) -> None:
@@ -62,6 +66,8 @@ def check_config(cfg: Config) -> None:
     check_choice(cfg, "train.optimizer", OPTIMIZERS)
     check_choice(cfg, "train.scheduler", SCHEDULERS)
     check_number(cfg, "num_workers", minimum=0, integer=True)
+    cache_setting(cfg["train"])
+    check_number(cfg, "train.cache_mb", minimum=0)
     check_number(cfg, "seed", minimum=0, integer=True)
     pick_device(cfg["device"])
     resolve_data_cfg(cfg["data"])
@@ -104,7 +110,7 @@ def check(cfg: Config) -> list[Path]:
     check_config(cfg)
     bench = _benchmark_to_check(cfg["data"])
     if bench is not None and cfg["data"]["verify_images"]:
-        verify_benchmark_images(bench)
+        verify_split_images(bench)
     if bench is not None and len(bench.splits["val_id"]) == 0:
         raise DatasetError("val_id is empty, so no checkpoint could be selected: set data.val_fraction > 0")
     classes = len(bench.id_class_names) if bench is not None else 2
@@ -112,6 +118,8 @@ def check(cfg: Config) -> list[Path]:
         model = build_vit(model_args_from_config(cfg["model"], num_classes=classes))
     spec = input_spec(model, cfg["data"])
     build_transforms(cfg["data"], spec["input_size"], spec["mean"], spec["std"], spec["interpolation"])
+    if bench is not None:
+        plan_cache(_cached_splits(bench), ("train_id",), cfg["data"], spec, cfg["train"])
     weights = cfg["model"]["init_weights"]
     if weights and not resolve_path(weights).is_file():
         raise FileNotFoundError(f"model.init_weights: {resolve_path(weights)} not found")
@@ -119,11 +127,11 @@ def check(cfg: Config) -> list[Path]:
     return outputs(cfg)
 
 
-def _benchmark_to_check(data_cfg: dict[str, Any]) -> Benchmark | None:
+def _benchmark_to_check(data_cfg: dict[str, Any]) -> DataSplits | None:
     """The benchmark, never downloaded: None (with a note) when it is missing and data.download would fetch it;
     DatasetError naming the folder when it is missing otherwise."""
     try:
-        return build_benchmark({**data_cfg, "download": False})
+        return build_splits({**data_cfg, "download": False})
     except DatasetError as err:
         if not data_cfg.get("download"):
             raise
@@ -156,8 +164,8 @@ class _Loop:
     training: TrainingRun
     state: TrainingState
     net: nn.Module  # state.model, wrapped in DistributedDataParallel under torchrun
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DataLoader | CachedBatches
+    val_loader: DataLoader | CachedBatches
     device: torch.device
     amp: bool
     is_main: bool
@@ -169,7 +177,7 @@ def _train(cfg: Config, dist_state: DistState, device: torch.device, training: T
     log record plus `best_val_acc`."""
     seed_everything(cfg["seed"])
     bench, model, meta = _benchmark_and_model(cfg, dist_state, device)
-    train_loader, val_loader = _loaders(cfg, bench, dist_state, device)
+    train_loader, val_loader = _loaders(cfg, bench, dist_state, device, meta["input_spec"])
     amp = cfg["train"]["amp"] and device.type == "cuda"
     state = _training_state(model, cfg["train"], grad_scaler(device, amp))
     start_epoch, saved = state.restore(training.start(cfg, free_on_resume(cfg), prepare=dist_state.is_main))
@@ -188,13 +196,13 @@ def _train(cfg: Config, dist_state: DistState, device: torch.device, training: T
 
 
 def _benchmark_and_model(cfg: Config, dist_state: DistState,
-                         device: torch.device) -> tuple[Benchmark, nn.Module, dict[str, Any]]:
+                         device: torch.device) -> tuple[DataSplits, nn.Module, dict[str, Any]]:
     """Build the data (its images checked if data.verify_images) and the model on `device`; returns (the
     benchmark with the model's transforms, the model, the checkpoints' own entries: model_args,
     class_names, input_spec). DatasetError if val_id is empty."""
-    bench = build_benchmark(cfg["data"])
+    bench = build_splits(cfg["data"])
     if cfg["data"]["verify_images"] and dist_state.is_main:
-        verify_benchmark_images(bench)
+        verify_split_images(bench)
     model_args = model_args_from_config(cfg["model"], num_classes=len(bench.id_class_names))
     # weights to start from replace the pretrained ones: no need to fetch those
     model = build_vit(model_args, pretrained=cfg["model"]["pretrained"] and not cfg["model"]["init_weights"])
@@ -209,18 +217,52 @@ def _benchmark_and_model(cfg: Config, dist_state: DistState,
     return bench, model, {"model_args": model_args, "class_names": bench.id_class_names, "input_spec": spec}
 
 
-def _loaders(cfg: Config, bench: Benchmark, dist_state: DistState,
-             device: torch.device) -> tuple[DataLoader, DataLoader]:
+def _cached_splits(bench: DataSplits) -> dict[str, Any]:
+    """The splits stage 1 reads every epoch, in the order the image cache's budget goes to them."""
+    return {"train_id": bench.splits["train_id"], "val_id": bench.splits["val_id"]}
+
+
+def _loaders(cfg: Config, bench: DataSplits, dist_state: DistState, device: torch.device,
+             spec: dict[str, Any]) -> tuple[DataLoader | CachedBatches, DataLoader | CachedBatches]:
     """Return this rank's loaders: train_id (shuffled per epoch, balanced if train.balanced_sampling) and
-    val_id (in order)."""
+    val_id (in order); each from the image cache (`classifier.image_cache`) where train.cache_images takes it,
+    else a per-image DataLoader. Prints (main process) which, and why."""
     train_cfg, rank, world = cfg["train"], dist_state.rank, dist_state.world_size
-    train_split, val_split = bench.splits["train_id"], bench.splits["val_id"]
-    train_sampler = EpochSampler(train_split.labels, shuffle=True, balanced=train_cfg["balanced_sampling"],
-                                 seed=cfg["seed"], rank=rank, world_size=world)
-    val_sampler = EpochSampler(val_split.labels, shuffle=False, rank=rank, world_size=world, pad=False)
-    workers = cfg["num_workers"]
-    return (make_loader(train_split, train_cfg["batch_size"], train_sampler, workers, device),
-            make_loader(val_split, train_cfg["eval_batch_size"], val_sampler, workers, device))
+    splits = _cached_splits(bench)
+    samplers = {"train_id": EpochSampler(splits["train_id"].labels, shuffle=True, seed=cfg["seed"], rank=rank,
+                                         balanced=train_cfg["balanced_sampling"], world_size=world),
+                "val_id": EpochSampler(splits["val_id"].labels, shuffle=False, rank=rank, world_size=world, pad=False)}
+    sizes = {"train_id": train_cfg["batch_size"], "val_id": train_cfg["eval_batch_size"]}
+    plans, reasons = plan_cache(splits, ("train_id",), cfg["data"], spec, train_cfg)
+    loaders: dict[str, DataLoader | CachedBatches] = {}
+    for name, split in splits.items():
+        if name in plans:
+            try:
+                images = decode_split(split, plans[name], spec["interpolation"], progress=dist_state.is_main)
+            except NotCached as why:  # a native cache whose images differ in size
+                if train_cfg["cache_images"] is True:
+                    raise DatasetError(f"train.cache_images=true, but {name} cannot be cached: {why}; set "
+                                       "train.cache_images=auto (or false)") from None
+                reasons[name] = str(why)
+            else:
+                augment = batch_augment(plans[name], cfg["data"], spec, augmented=name == "train_id")
+                loaders[name] = CachedBatches(images, split.labels, sizes[name], samplers[name], augment, device,
+                                              plans[name])
+                continue
+        loaders[name] = make_loader(split, sizes[name], samplers[name], cfg["num_workers"], device)
+    if dist_state.is_main:
+        print(_data_path_line(train_cfg, loaders, reasons, cfg["num_workers"]), flush=True)
+    return loaders["train_id"], loaders["val_id"]
+
+
+def _data_path_line(train_cfg: dict[str, Any], loaders: dict[str, Iterable], reasons: dict[str, str],
+                    workers: int) -> str:
+    """One line: how each split's batches are made (cached in memory, or loaded per image, and why)."""
+    setting = "auto" if train_cfg["cache_images"] is None else str(train_cfg["cache_images"]).lower()
+    parts = [f"{name}: " + (loader.describe() if isinstance(loader, CachedBatches)
+                            else f"loaded per image every epoch ({workers} worker process(es)): {reasons[name]}")
+             for name, loader in loaders.items()]
+    return f"stage 1 data (train.cache_images={setting}, train.cache_mb={train_cfg['cache_mb']}): " + "; ".join(parts)
 
 
 def _training_state(model: nn.Module, train_cfg: dict[str, Any], scaler: torch.amp.GradScaler) -> TrainingState:
@@ -229,7 +271,7 @@ def _training_state(model: nn.Module, train_cfg: dict[str, Any], scaler: torch.a
     return TrainingState(model, optimizer, build_scheduler(optimizer, train_cfg), scaler)
 
 
-def _write_run_files(training: TrainingRun, cfg: Config, bench: Benchmark, model: nn.Module, where: str) -> None:
+def _write_run_files(training: TrainingRun, cfg: Config, bench: DataSplits, model: nn.Module, where: str) -> None:
     """Stage the run's config.yaml and manifest.csv, and print what the run trains on `where`."""
     write_yaml(training.path("config.yaml"), cfg)
     bench.write_manifest(training.path("manifest.csv"))
