@@ -20,6 +20,7 @@ from PIL import Image
 from wildcapture.cae.checkpoint import load_cae
 from wildcapture.data.images import load_rgb
 from wildcapture.data.transforms import build_transforms
+from detect_helpers import interrupted_detect
 from wildcapture.detection import engine
 from wildcapture.detection.report import ShardProgress
 from wildcapture.detection.report import COLUMNS
@@ -318,20 +319,8 @@ def test_an_interrupted_run_continues_to_the_same_outputs(tmp_path, tiny_cae, mo
     options = DetectOptions(batch_size=2, device="cpu", checkpoint_every=4)
     detect(folder, cae_path, tmp_path / "whole" / "d.csv", options)
 
-    real, calls = engine._scored_rows, []
-
-    def dies_on_the_fifth_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)
-    with pytest.raises(KeyboardInterrupt):
-        detect(folder, cae_path, tmp_path / "cut" / "d.csv", options)
-    progress = json.loads((tmp_path / "cut" / ".d.csv.incomplete" / "progress.rank0.json").read_text())
+    progress = interrupted_detect(folder, cae_path, tmp_path / "cut" / "d.csv", options, 5, monkeypatch)
     assert progress["items_done"] == 8  # checkpoints every 4 items: after batches 2 and 4
-    monkeypatch.setattr(engine, "_scored_rows", real)
     detect(folder, cae_path, tmp_path / "cut" / "d.csv", options)
 
     assert (tmp_path / "cut" / "d.csv").read_bytes() == (tmp_path / "whole" / "d.csv").read_bytes()
@@ -340,11 +329,7 @@ def test_an_interrupted_run_continues_to_the_same_outputs(tmp_path, tiny_cae, mo
         sorted(p.name for p in (tmp_path / "whole" / "d_review").glob("*.jpg"))
     assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["d.csv", "d.html", "d.json", "d_review"]
     with pytest.raises(Exception, match="another job"):  # a checkpoint of other settings is not continued
-        monkeypatch.setattr(engine, "_scored_rows", dies_on_the_fifth_batch)
-        calls.clear()
-        with pytest.raises(KeyboardInterrupt):
-            detect(folder, cae_path, tmp_path / "other" / "d.csv", options)
-        monkeypatch.setattr(engine, "_scored_rows", real)
+        interrupted_detect(folder, cae_path, tmp_path / "other" / "d.csv", options, 5, monkeypatch)
         detect(folder, cae_path, tmp_path / "other" / "d.csv", DetectOptions(batch_size=4, device="cpu"))
     detect(folder, cae_path, tmp_path / "other" / "d.csv", DetectOptions(batch_size=4, device="cpu", overwrite=True))
 

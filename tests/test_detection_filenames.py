@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wildcapture.detection import engine
+from detect_helpers import interrupted_detect
 from wildcapture.detection.review_page import review_folder
 from wildcapture.detection.run import DetectOptions, detect
 from wildcapture.detection.season import Season, scan
@@ -178,20 +178,8 @@ def test_a_resumed_run_matches_rows_to_backslashed_files(backslash_folder, tmp_p
     cae, options = tiny_cae / "cae" / "best.pth", _options(checkpoint_every=2)
     detect(backslash_folder, cae, tmp_path / "whole" / "d.csv", options)
 
-    real, calls = engine._scored_rows, []
-
-    def dies_on_the_third_batch(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "_scored_rows", dies_on_the_third_batch)
-    with pytest.raises(KeyboardInterrupt):
-        detect(backslash_folder, cae, tmp_path / "cut" / "d.csv", options)
-    progress = json.loads((tmp_path / "cut" / ".d.csv.incomplete" / "progress.rank0.json").read_text())
+    progress = interrupted_detect(backslash_folder, cae, tmp_path / "cut" / "d.csv", options, 3, monkeypatch)
     assert progress["items_done"] == 4  # a\b.jpg was scored before the kill
-    monkeypatch.setattr(engine, "_scored_rows", real)
     detect(backslash_folder, cae, tmp_path / "cut" / "d.csv", options)
 
     assert (tmp_path / "cut" / "d.csv").read_bytes() == (tmp_path / "whole" / "d.csv").read_bytes()

@@ -3,7 +3,7 @@ import pytest
 
 from wildcapture.data.config import resolve_data_cfg
 from wildcapture.data.protocol import (FIT_SPLITS, ID_SPLITS, OODSet, Protocol, has_held_out_classes, held_out_set,
-                                       ood_names_of, resolve_protocol)
+                                       resolve_protocol)
 from wildcapture.errors import DatasetError
 
 SETS = [{"name": "heldout", "group": "near", "source": "classes"},
@@ -19,7 +19,7 @@ def test_splits_test_splits_and_ood_ness():
     assert protocol.test_splits == ("test_id", "ood_heldout", "ood_textures", "ood_tin")
     assert [protocol.is_ood(s) for s in protocol.splits] == [False] * 3 + [True] * 3
     assert [protocol.set_name(s) for s in protocol.splits] == ["", "", "", "heldout", "textures", "tin"]
-    assert ood_names_of(protocol, protocol.test_splits) == ["", "heldout", "textures", "tin"]
+    assert [protocol.set_name(s) for s in protocol.test_splits] == ["", "heldout", "textures", "tin"]
     assert protocol.ood_set("ood_textures") == OODSet("textures", "far", "imagefolder", (("root", "dtd"),))
     assert protocol.ood_set("ood_tin").option("list") == "val_tin.txt"
     assert protocol.ood_set("ood_tin").option("absent", 7) == 7

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from wildcapture.errors import DatasetError
 
@@ -165,8 +165,3 @@ def resolve_protocol(data_cfg: dict[str, Any]) -> Protocol:
             and not any(s.get("source") == "classes" for s in declared if isinstance(s, dict))):
         declared = [*declared, held_out_set()]
     return Protocol.from_record(declared)
-
-
-def ood_names_of(protocol: Protocol, splits: Sequence[str]) -> list[str]:
-    """The OOD set name (or "" for ID) of each split in `splits`."""
-    return [protocol.set_name(s) for s in splits]
