@@ -8,8 +8,10 @@
 Seeds 0..N-1 seed stage 1 (and each CAE); the data split (data.seed) stays the same, so every run scores
 the same test images. key=value items apply to every stage that has the key, as in reproduce.py. Writes
 <out>/summary.json and <out>/summary.md (default out: results/<exp>/seeds; the runs go to <out>/runs/,
-layout in wildcapture/study/seed_runs.py) and redoes every run when run again. Prints the table and the
-time of each stage run. Variants: wildcapture/study/variants.py.
+layout in wildcapture/study/seed_runs.py) and redoes every run when run again (--summary-only: no run, only the
+summary, from the runs already there). Prints the table and the time of each stage run. Variants:
+wildcapture/study/variants.py. Each variant's CAE is reported alone and fused with every storable partner
+(wildcapture/study/partner_fusion.py).
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="study folder (default results/<exp>/seeds)")
     parser.add_argument("--classifiers", type=Path, default=None, metavar="STUDY",
                         help="reuse the stage-1 classifiers of another study's folder (same seeds) instead of training")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="run no stage: rebuild the summary from the runs already in the study folder")
     parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
     args = parser.parse_args(argv)
@@ -51,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                     args.bootstrap, args.classifiers))
             return {}
         result = run_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out, args.bootstrap,
-                           args.bootstrap_seed, args.classifiers)
+                           args.bootstrap_seed, args.classifiers, args.summary_only)
     print(result["markdown"])
     for t in result["timings"]:
         print(f"seed {t['seed']}, {t['step']}: {t['seconds']:.1f} s")

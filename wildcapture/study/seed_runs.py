@@ -15,6 +15,7 @@ all in this process.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +33,7 @@ from wildcapture.paths import portable_path, resolve_path
 from wildcapture.pipeline import STAGES, check_pipeline, check_stage_configs, run_stage, stage_configs
 from wildcapture.stages.score_cae import read_recon_errors
 
+from .partner_fusion import cae_val_errors, check_agrees, fuse_with_partners, partner_val_scores
 from .variants import Variant
 
 
@@ -127,9 +129,10 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
     """Return ({OOD set: {detector: DetectorRun}} of one seed, the test images' ids in score order, {OOD set:
     group}).
 
-    Feature detectors come from the baseline scores of the first variant's stage-2 run, `cae[<variant>]`
-    and `cae+<partner>[<variant>]` (fusion, when the CAE has one) from each variant's recon_errors.pkl.
-    DatasetError when the variants' test images differ.
+    Feature detectors come from the baseline scores of the first variant's stage-2 run, `cae[<variant>]` from
+    each variant's recon_errors.pkl, and `cae+<partner>[<variant>]` for every fusion partner from it and the
+    variant's own stage-2 run, as stage 4 fuses (`partner_fusion`; the partner stage 4 fused must agree with stage
+    4's scores). DatasetError when the variants' test images differ.
     """
     first = variants[0]
     meta = read_meta(layout.heatmaps(seed, first))
@@ -137,6 +140,7 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
     features = read_baseline_scores(layout.stage2_results(seed, first) / "baseline_scores.csv", meta)
     runs = {o.name: {name: detector_run(scores[TEST_ID], scores[o.split]) for name, scores in features.items()}
             for o in protocol.ood_sets}
+    stage2: dict[str, tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {}  # per heatmap setting
     ids = None
     for v in variants:
         folder = layout.scores(seed, v)
@@ -147,11 +151,21 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
             raise DatasetError(f"{folder} scores other test images than {layout.scores(seed, first)}: "
                                "the runs of a study must share the data split")
         split = np.asarray(recon["split"])
-        scores = {"cae": recon["errors"], **({recon["fusion"]: recon["fusion_scores"]} if recon["fusion"] else {})}
-        for name, values in scores.items():
-            values = np.asarray(values, dtype=np.float64)
+        per_split = {s: np.asarray(recon["errors"], dtype=np.float64)[split == s] for s in protocol.test_splits}
+        if v.heatmap_folder not in stage2:
+            heat = layout.heatmaps(seed, v)
+            stage2[v.heatmap_folder] = (read_baseline_scores(layout.stage2_results(seed, v) / "baseline_scores.csv",
+                                                             read_meta(heat)), partner_val_scores(heat))
+        partner_test, partner_val = stage2[v.heatmap_folder]
+        fused = fuse_with_partners(cae_val_errors(layout.cae(seed, v) / "best.pth"), partner_val, per_split,
+                                   partner_test)
+        if recon["fusion"]:
+            stage4 = np.asarray(recon["fusion_scores"], dtype=np.float64)
+            check_agrees(fused[recon["fusion"]], {s: stage4[split == s] for s in protocol.test_splits},
+                         f"{recon['fusion']} of {folder}")
+        for name, scores in {"cae": per_split, **fused}.items():
             for o in protocol.ood_sets:
-                runs[o.name][f"{name}[{v.name}]"] = detector_run(values[split == TEST_ID], values[split == o.split])
+                runs[o.name][f"{name}[{v.name}]"] = detector_run(scores[TEST_ID], scores[o.split])
     return runs, ids, {o.name: o.group for o in protocol.ood_sets}
 
 
@@ -187,20 +201,29 @@ def check_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant
             [*(layout.seed_dir(s) for s in seeds), layout.root / "summary.json", layout.root / "summary.md"])
 
 
+def _previous_timings(root: Path) -> list[dict[str, Any]]:
+    """The stage timings the study's summary.json in `root` recorded; [] when there is none."""
+    path = root / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))["study"]["timings"] if path.is_file() else []
+
+
 def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
               root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0,
-              classifiers: Path | None = None) -> dict[str, Any]:
+              classifiers: Path | None = None, summary_only: bool = False) -> dict[str, Any]:
     """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}. With `classifiers` (another
-    study's folder), stage 1 is not run: each seed reuses that study's complete classifier.
+    study's folder), stage 1 is not run: each seed reuses that study's complete classifier. With `summary_only`, no
+    stage runs: the summary is rebuilt from the runs already in ROOT/runs (each run's files checked as it is read),
+    keeping the timings of the summary.json there (none without one).
 
     Every config is built and range-checked before the first stage runs. Returns {"summaries": {OOD set (and
     "mean:<group>"): Summary}, "rows": every row, "markdown": the table with its caption, "timings": [{"seed", "step",
     "seconds"}], "paths": the files}.
     """
     layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
-    timings, runs, test_ids, groups = [], {}, None, {}
+    timings, runs, test_ids, groups = (_previous_timings(layout.root) if summary_only else []), {}, None, {}
     for s in seeds:
-        timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
+        if not summary_only:
+            timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
         per_set, ids, groups = collect_seed(layout, s, variants)
         for name, seed_runs in per_set.items():
             runs.setdefault(name, {})[s] = seed_runs

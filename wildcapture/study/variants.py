@@ -38,6 +38,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("cls_heads/small", ("heatmap.kind=cls_heads",), ("cae.arch=small",)),
     Variant("cls_all/small", ("heatmap.kind=cls_all",), ("cae.arch=small",)),
     Variant("rollout/paper", ("heatmap.kind=rollout",), ("cae.arch=paper",)),
+    # the CAE's input normalisation and capacity (docs/results.md: what was tried on real images)
+    Variant("cls_all/small/norm_none", ("heatmap.kind=cls_all",), ("cae.arch=small", "cae.norm=none")),
+    Variant("cls_all/small/minmax", ("heatmap.kind=cls_all",), ("cae.arch=small", "cae.norm=minmax")),
+    Variant("cls_all/small/w64z32", ("heatmap.kind=cls_all",), ("cae.arch=small", "cae.small.width=64",
+                                                                 "cae.small.zdim=32")),
     # the default variants on float16 heatmaps (heatmap.dtype; docs/heatmaps_and_autoencoders.md)
     Variant("cls_last/paper/f16", ("heatmap.kind=cls_last", "heatmap.dtype=float16"), ("cae.arch=paper",)),
     Variant("cls_last/small/f16", ("heatmap.kind=cls_last", "heatmap.dtype=float16"), ("cae.arch=small",)),
