@@ -4,6 +4,7 @@
     python reproduce.py --benchmark cifar10   # the paper's setup (downloads CIFAR and ViT-B weights)
     python reproduce.py --smoke               # every stage on a few batches
     python reproduce.py device=cuda           # key=value applies to every stage that has the key
+    python reproduce.py 1:train.epochs=4      # N:key=value to stage N alone (here the classifier, not the CAE)
 """
 import argparse
 from typing import Sequence
@@ -22,7 +23,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--benchmark", default="digits", choices=BENCHMARKS)
     parser.add_argument("--smoke", action="store_true", help="run every stage on a few batches (exp <benchmark>-smoke)")
     parser.add_argument("--check", action="store_true", help=CHECK_HELP)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override a key in every stage that has it (N:key=value: in stage N only)")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         if args.check:

@@ -56,6 +56,16 @@ def test_per_stage_items_go_to_their_stage_only():
         stage_configs("digits", per_stage=(("heatmap.kind=rollout",), (), (), ()))  # stage 1 has no such key
 
 
+def test_a_stage_prefix_sends_an_item_to_that_stage_alone():
+    cfgs = stage_configs("digits", extra=["1:train.epochs=4", "train.batch_size=8", "3: train.epochs=7"])
+    assert [c["train"]["epochs"] for c in cfgs if "train" in c] == [4, 7, cfgs[3]["train"]["epochs"]]
+    assert cfgs[3]["train"]["epochs"] not in (4, 7) and {c["train"]["batch_size"] for c in cfgs if "train" in c} == {8}
+    with pytest.raises(ConfigError, match="unknown config key 'heatmap'"):
+        stage_configs("digits", extra=["1:heatmap.kind=rollout"])  # stage 1 has no such key
+    with pytest.raises(ConfigError, match="5:train"):
+        stage_configs("digits", extra=["5:train.epochs=4"])  # there is no stage 5: an unknown key
+
+
 def test_stage_values_are_checked_before_any_stage_runs():
     with pytest.raises(ConfigError, match="cae.paper.input_size must be a positive multiple of 16, got 20"):
         check_stage_configs(stage_configs("digits", extra=["cae.arch=paper", "cae.paper.input_size=20"]))

@@ -44,8 +44,12 @@ def test_run_configs_place_each_run_in_its_folders(tmp_path):
     for item in ("seed=4", "output_dir=x", "heatmap.kind=cls_last", "test.baseline_scores=x.csv"):
         with pytest.raises(ConfigError, match=f"sets {item.split('=')[0]} for each run"):
             run_configs("digits", [item], layout, 0, rollout)
+    with pytest.raises(ConfigError, match="sets seed for each run"):
+        run_configs("digits", ["1:seed=4"], layout, 0, rollout)
     with pytest.raises(ConfigError, match="trian.epochs"):
         run_configs("digits", ["trian.epochs=2"], layout, 0, rollout)
+    short = run_configs("digits", ["1:train.epochs=2"], layout, 0, rollout)  # the classifier's epochs, not the CAE's
+    assert short[0]["train"]["epochs"] == 2 and short[2]["train"]["epochs"] == cae_cfg["train"]["epochs"] != 2
     assert default_root("digits", []) == REPO_ROOT / "results" / "digits" / "seeds"
     assert default_root("digits", ["exp=split2"]) == REPO_ROOT / "results" / "split2" / "seeds"
 

@@ -24,20 +24,33 @@ STAGES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
+def stage_of_item(item: str) -> tuple[int | None, str]:
+    """Split a command-line item into (the 0-based stage it is for, the key=value item): `N:key=value` (N = 1..4)
+    is for stage N alone, a plain `key=value` for every stage that has the key (None)."""
+    head, sep, rest = item.partition(":")
+    if sep and head.strip() in {str(i + 1) for i in range(len(STAGES))} and "=" not in head:
+        return int(head) - 1, rest
+    return None, item
+
+
 def stage_configs(benchmark: str, smoke: bool = False, extra: Sequence[str] = (),
                   per_stage: Sequence[Sequence[str]] = ((), (), (), ())) -> list[Config]:
     """Return the four stage configs: the benchmark's preset (the defaults for digits), the smoke
     overrides and experiment name `<benchmark>-smoke` when `smoke`, then `extra` key=value items
-    that apply to every stage that has the key (ConfigError for a key that no stage has), then
-    `per_stage[i]`: items for stage i alone (ConfigError for a key that stage lacks). A `data.*` item goes to
-    stage 1 only where a stage takes its data from the classifier's checkpoint (`data_from_checkpoint`)."""
+    that apply to every stage that has the key (ConfigError for a key that no stage has) and `N:key=value`
+    items for stage N alone (`stage_of_item`), then `per_stage[i]`: items for stage i alone (ConfigError for a
+    key that stage lacks). A `data.*` item goes to stage 1 only where a stage takes its data from the
+    classifier's checkpoint (`data_from_checkpoint`)."""
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark '{benchmark}'; choose one of {', '.join(BENCHMARKS)}")
     preset = None if benchmark == "digits" else f"{benchmark}.yaml"
-    keys = [parse_override(item)[0] for item in extra]  # ConfigError for an item without '='
-    configs, used, valid = [], set(), {}
     if len(per_stage) != len(STAGES):
         raise ValueError(f"per_stage needs one list of items per stage ({len(STAGES)}), got {len(per_stage)}")
+    staged = [stage_of_item(item) for item in extra]
+    extra = [item for index, item in staged if index is None]
+    per_stage = [[*(item for index, item in staged if index == i), *own] for i, own in enumerate(per_stage)]
+    keys = [parse_override(item)[0] for item in extra]  # ConfigError for an item without '='
+    configs, used, valid = [], set(), {}
     for (_, folder, _, smoke_overrides), own in zip(STAGES, per_stage):
         config_dir = REPO_ROOT / folder / "config"
         defaults = load_config(config_dir, preset)

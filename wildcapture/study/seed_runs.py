@@ -30,7 +30,8 @@ from wildcapture.storage import read_marker
 from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, caption, detector_run, summarise_sets,
                                            to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
-from wildcapture.pipeline import STAGES, check_pipeline, check_stage_configs, run_stage, stage_configs
+from wildcapture.pipeline import (STAGES, check_pipeline, check_stage_configs, run_stage, stage_configs,
+                                  stage_of_item)
 from wildcapture.stages.score_cae import read_recon_errors
 
 from .partner_fusion import cae_val_errors, check_agrees, fuse_with_partners, partner_val_scores
@@ -94,7 +95,7 @@ def run_configs(benchmark: str, extra: Sequence[str], layout: StudyLayout, seed:
     per_stage = _per_stage(layout, seed, variant)
     owned = {"seed", *(parse_override(item)[0] for items in per_stage for item in items)}
     for item in extra:
-        key = parse_override(item)[0]
+        key = parse_override(stage_of_item(item)[1])[0]
         if key in owned:
             raise ConfigError(f"{item}: the seed study sets {key} for each run itself (see "
                               "wildcapture/study/seed_runs.py); use --out for the study folder, --variants for the "
