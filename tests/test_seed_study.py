@@ -135,11 +135,14 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
     for row in rows.values():
         assert row["delta_auroc_ci_low"] <= row["delta_auroc_ci_high"]
         assert row["delta_auroc"] == pytest.approx(row["auroc_mean"] - rows[reference]["auroc_mean"], abs=1e-12)
+    _summary_only_rebuilds_it(script, tmp_path, capsys)
 
-    # --summary-only rebuilds the same summary from the runs, running no stage
-    checkpoint = runs / "seed1" / "cae" / "rollout" / "best.pth"
-    before, written = checkpoint.stat().st_mtime_ns, (tmp_path / "summary.json").read_text()
+
+def _summary_only_rebuilds_it(script, study, capsys):
+    """--summary-only rebuilds the same summary from the study's runs, running no stage."""
+    checkpoint = study / "runs" / "seed1" / "cae" / "rollout" / "best.pth"
+    before, written = checkpoint.stat().st_mtime_ns, (study / "summary.json").read_text()
     script["main"](["--seeds", "2", "--variants", "cls_last", "rollout", "--bootstrap", "200", "--summary-only",
-                    "--out", str(tmp_path), *TINY])
+                    "--out", str(study), *TINY])
     assert "stage 1:" not in capsys.readouterr().out and checkpoint.stat().st_mtime_ns == before
-    assert (tmp_path / "summary.json").read_text() == written
+    assert (study / "summary.json").read_text() == written
