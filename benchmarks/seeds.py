@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--summary-only", action="store_true",
                         help="run no stage: rebuild the summary from the runs already in the study folder")
     parser.add_argument("--check", action="store_true", help=CHECK_HELP)
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a key in every stage that has it (N:key=value: in stage N only)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override a key in every stage that has it (N:key=value: in stage N only)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")

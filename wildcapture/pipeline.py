@@ -28,7 +28,7 @@ def stage_of_item(item: str) -> tuple[int | None, str]:
     """Split a command-line item into (the 0-based stage it is for, the key=value item): `N:key=value` (N = 1..4)
     is for stage N alone, a plain `key=value` for every stage that has the key (None)."""
     head, sep, rest = item.partition(":")
-    if sep and head.strip() in {str(i + 1) for i in range(len(STAGES))} and "=" not in head:
+    if sep and head.strip() in {str(i + 1) for i in range(len(STAGES))}:
         return int(head) - 1, rest
     return None, item
 

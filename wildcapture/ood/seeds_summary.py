@@ -221,3 +221,10 @@ def write_summary(out: Path, study: Mapping[str, Any], rows: Sequence[Mapping[st
     write_text(paths["json"], json.dumps(_json_ready(payload), indent=2) + "\n")
     write_text(paths["md"], to_markdown(rows, text))
     return paths
+
+
+def read_study_timings(out: Path) -> list[dict[str, Any]]:
+    """The stage timings ({"seed", "step", "seconds"}) that `write_summary` recorded in `out/summary.json`; [] when
+    there is no summary there."""
+    path = Path(out) / "summary.json"
+    return json.loads(path.read_text(encoding="utf-8"))["study"]["timings"] if path.is_file() else []

@@ -15,7 +15,6 @@ all in this process.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,8 +26,8 @@ from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.data.protocol import TEST_ID
 from wildcapture.heatmap_store import read_baseline_scores, read_meta, read_protocol
 from wildcapture.storage import read_marker
-from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, caption, detector_run, summarise_sets,
-                                           to_markdown, write_summary)
+from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, caption, detector_run, read_study_timings,
+                                           summarise_sets, to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
 from wildcapture.pipeline import (STAGES, check_pipeline, check_stage_configs, run_stage, stage_configs,
                                   stage_of_item)
@@ -136,12 +135,19 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
     4's scores). DatasetError when the variants' test images differ.
     """
     first = variants[0]
-    meta = read_meta(layout.heatmaps(seed, first))
-    protocol = read_protocol(meta)
-    features = read_baseline_scores(layout.stage2_results(seed, first) / "baseline_scores.csv", meta)
-    runs = {o.name: {name: detector_run(scores[TEST_ID], scores[o.split]) for name, scores in features.items()}
-            for o in protocol.ood_sets}
+    protocol = read_protocol(read_meta(layout.heatmaps(seed, first)))
     stage2: dict[str, tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]] = {}  # per heatmap setting
+
+    def stage2_scores(v: Variant) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """(the baseline scores {detector: {split: scores}}, the partners' val_id scores) of v's stage-2 run."""
+        if v.heatmap_folder not in stage2:
+            heat = layout.heatmaps(seed, v)
+            stage2[v.heatmap_folder] = (read_baseline_scores(layout.stage2_results(seed, v) / "baseline_scores.csv",
+                                                             read_meta(heat)), partner_val_scores(heat))
+        return stage2[v.heatmap_folder]
+
+    runs = {o.name: {name: detector_run(scores[TEST_ID], scores[o.split]) for name, scores in
+                     stage2_scores(first)[0].items()} for o in protocol.ood_sets}
     ids = None
     for v in variants:
         folder = layout.scores(seed, v)
@@ -153,11 +159,7 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
                                "the runs of a study must share the data split")
         split = np.asarray(recon["split"])
         per_split = {s: np.asarray(recon["errors"], dtype=np.float64)[split == s] for s in protocol.test_splits}
-        if v.heatmap_folder not in stage2:
-            heat = layout.heatmaps(seed, v)
-            stage2[v.heatmap_folder] = (read_baseline_scores(layout.stage2_results(seed, v) / "baseline_scores.csv",
-                                                             read_meta(heat)), partner_val_scores(heat))
-        partner_test, partner_val = stage2[v.heatmap_folder]
+        partner_test, partner_val = stage2_scores(v)
         fused = fuse_with_partners(cae_val_errors(layout.cae(seed, v) / "best.pth"), partner_val, per_split,
                                    partner_test)
         if recon["fusion"]:
@@ -202,12 +204,6 @@ def check_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant
             [*(layout.seed_dir(s) for s in seeds), layout.root / "summary.json", layout.root / "summary.md"])
 
 
-def _previous_timings(root: Path) -> list[dict[str, Any]]:
-    """The stage timings the study's summary.json in `root` recorded; [] when there is none."""
-    path = root / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8"))["study"]["timings"] if path.is_file() else []
-
-
 def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
               root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0,
               classifiers: Path | None = None, summary_only: bool = False) -> dict[str, Any]:
@@ -221,7 +217,7 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
     "seconds"}], "paths": the files}.
     """
     layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
-    timings, runs, test_ids, groups = (_previous_timings(layout.root) if summary_only else []), {}, None, {}
+    timings, runs, test_ids, groups = (read_study_timings(layout.root) if summary_only else []), {}, None, {}
     for s in seeds:
         if not summary_only:
             timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
