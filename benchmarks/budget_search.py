@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         elif args.step == "run":
             if not names:
                 parser.error("run needs candidate names")
-            search.run(root, search.pick_candidates(names) and names, args.seed)
+            search.run(root, [c.name for c in search.pick_candidates(names)], args.seed)
         else:
             print(search.summarise(root)["markdown"])
 

@@ -28,7 +28,9 @@ from wildcapture.config import Config
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.storage import read_marker, write_text
 
-PLAN_BATCHES = 24  # batches timed per candidate: long enough for a stable rate, short next to an epoch
+# Each candidate's timing: the median of PLAN_REPEATS passes over its first PLAN_BATCHES batches (one pass of 24
+# batches misjudged the rate by up to 1.6x on a shared 2-core VM).
+PLAN_BATCHES, PLAN_REPEATS = 48, 3
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def time_candidate(benchmark: str, extra: Sequence[str], candidate: Candidate) -
     """Run bench_train_epoch on `candidate` in a child process (one thread); returns its JSON result."""
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train_epoch.py"
     argv = [sys.executable, str(script), "--benchmark", benchmark, *extra, *candidate.items,
-            "--batches", str(PLAN_BATCHES), "--repeats", "1", "--threads", "1", "--json"]
+            "--batches", str(PLAN_BATCHES), "--repeats", str(PLAN_REPEATS), "--threads", "1", "--json"]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise DatasetError(f"timing {candidate.name} failed: {done.stderr.strip().splitlines()[-1:]}")
@@ -164,7 +166,7 @@ def summarise(root: Path) -> dict[str, Any]:
             timing = folder.with_name(f"{name}.seconds.json")
             row["seconds"] = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
         rows.append(row)
-    rows.sort(key=lambda r: -1.0 if r["val_acc"] is None else -r["val_acc"])
+    rows.sort(key=lambda r: (r["val_acc"] is None, -(r["val_acc"] or 0.0)))  # unfinished runs last
     result = {"budget_s": planned["budget_s"], "benchmark": planned["benchmark"], "extra": planned["extra"],
               "rows": rows, "markdown": _markdown(planned, rows)}
     write_text(root / "summary.json", json.dumps(result, indent=1) + "\n")
