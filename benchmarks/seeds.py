@@ -11,7 +11,8 @@ the same test images. key=value items apply to every stage that has the key, as 
 layout in wildcapture/study/seed_runs.py) and redoes every run when run again (--summary-only: no run, only the
 summary, from the runs already there). Prints the table and the time of each stage run. Variants:
 wildcapture/study/variants.py. Each variant's CAE is reported alone and fused with every storable partner
-(wildcapture/study/partner_fusion.py).
+(wildcapture/study/partner_fusion.py); where the OOD sets include a `val` one, also fused with the partner and
+weight each run chooses on it (`cae+val-chosen`, wildcapture/study/fusion_weight.py).
 """
 from __future__ import annotations
 

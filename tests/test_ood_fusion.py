@@ -29,11 +29,31 @@ def test_zscore_fusion_hand_values():
     # attention 1..4: mean 2.5, population std sqrt(1.25); feature 10, 10, 20, 20: mean 15, std 5
     fusion = ZScoreFusion().fit([1.0, 2.0, 3.0, 4.0], [10.0, 10.0, 20.0, 20.0])
     assert fusion.state_dict() == pytest.approx({"attention_mean": 2.5, "attention_std": math.sqrt(1.25),
-                                                 "feature_mean": 15.0, "feature_std": 5.0})
+                                                 "feature_mean": 15.0, "feature_std": 5.0, "attention_weight": 0.5})
     # (2.5 - 2.5)/s_a + (20 - 15)/5 = 1;  (5 - 2.5)/sqrt(1.25) + (5 - 15)/5 = sqrt(5) - 2
     scores = fusion.score(np.array([2.5, 5.0]), np.array([20.0, 5.0]))
     np.testing.assert_allclose(scores, [1.0, math.sqrt(5) - 2], rtol=1e-14)
     assert scores.dtype == np.float64 and scores.shape == (2,)
+
+
+def test_the_weight_shares_the_fused_score():
+    # val: attention 1, 3 (mean 2, std 1); feature -1, 1 (mean 0, std 1). Image: z_attention 2, z_feature -1
+    val = ([1.0, 3.0], [-1.0, 1.0])
+    image = (np.array([4.0]), np.array([-1.0]))
+    for weight, expected in ((0.5, 1.0), (0.4, 2 * (0.4 * 2 - 0.6)), (1.0, 4.0), (0.0, -2.0)):
+        fusion = ZScoreFusion(weight).fit(*val)
+        np.testing.assert_allclose(fusion.score(*image), [expected], rtol=1e-14)
+        assert ZScoreFusion.from_state(fusion.state_dict()).score(*image) == fusion.score(*image)
+    rng = np.random.default_rng(0)
+    a, f = rng.normal(size=50), rng.normal(size=50)
+    plain = ZScoreFusion().fit(a, f)
+    stats = plain.stats
+    sum_of_z = (a - stats["attention_mean"]) / stats["attention_std"] + (f - stats["feature_mean"]) / stats["feature_std"]
+    np.testing.assert_array_equal(plain.score(a, f), sum_of_z)  # 0.5: the plain sum, bit for bit
+    old = {k: v for k, v in plain.state_dict().items() if k != "attention_weight"}  # a checkpoint from before
+    assert ZScoreFusion.from_state(old).weight == 0.5
+    with pytest.raises(ValueError, match=r"weight must be in \[0, 1\], got 1.5"):
+        ZScoreFusion(1.5)
 
 
 def test_a_constant_val_score_gets_the_std_floor():

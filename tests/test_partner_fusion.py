@@ -22,6 +22,10 @@ def test_each_partner_is_fused_by_val_id_z_scores():
     # the CAE's val_id errors are stored sorted: their order does not matter
     again = fuse_with_partners(np.sort(cae_val), {"energy": energy_val}, cae_test, partner_test)
     np.testing.assert_array_equal(again["cae+energy"]["ood_tin"], fused["cae+energy"]["ood_tin"])
+    # the run's fusion.weight: 2 (0.25 z_cae + 0.75 z_energy)
+    weighted = fuse_with_partners(cae_val, {"energy": energy_val}, cae_test, partner_test, weight=0.25)
+    np.testing.assert_allclose(weighted["cae+energy"]["test_id"], [4.5])
+    np.testing.assert_allclose(weighted["cae+energy"]["ood_tin"], [2.0 * (0.5 + 0.0), 2.0 * (-0.5 - 1.5)])
 
 
 def test_a_fusion_that_disagrees_with_stage_4_is_refused():

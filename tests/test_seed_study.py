@@ -12,6 +12,7 @@ from wildcapture.ood.seeds_summary import COLUMNS
 from wildcapture.paths import REPO_ROOT
 from wildcapture.pipeline import check_stage_configs
 from wildcapture.study.seed_runs import StudyLayout, default_root, run_configs
+from wildcapture.study.fusion_weight import WEIGHTS
 from wildcapture.study.variants import Variant, pick_variants
 
 # the study's variants in these tests (VARIANTS itself is the lead's list to edit)
@@ -20,6 +21,9 @@ TINY = ["device=cpu", "data.limit_per_split=40", "train.epochs=1", "train.batch_
         "model.img_size=8", "model.patch_size=2", "model.embed_dim=16", "model.depth=2", "model.num_heads=2",
         "batch_size=16", "gallery_size=0", "baselines.knn_k=5", "cae.paper.input_size=16", "test.batch_size=16",
         "test.gallery_size=0"]
+# the e2e study's OOD sets: a val set (here the same held-out digits) gives each run its fusion chosen on val
+SETS = ("data.ood_sets=[{name: heldout, group: near, source: classes}, "
+        "{name: val_held, group: val, source: classes}]")
 
 
 def test_run_configs_place_each_run_in_its_folders(tmp_path):
@@ -81,28 +85,29 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
     monkeypatch.setattr(variants, "VARIANTS", (CLS_LAST, ROLLOUT))
     script = runpy.run_path(str(REPO_ROOT / "benchmarks" / "seeds.py"))
     script["main"](["--seeds", "2", "--variants", "cls_last", "rollout", "--bootstrap", "200",
-                    "--out", str(tmp_path), *TINY])
+                    "--out", str(tmp_path), *TINY, SETS])
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     markdown = (tmp_path / "summary.md").read_text()
     assert "| OOD set | Group | Detector | Family | AUROC mean |" in printed and markdown.strip() in printed
     assert "seed 1, stage 4 scores rollout:" in printed
 
-    rows = {r["detector"]: r for r in summary["rows"]}
+    rows = {r["detector"]: r for r in summary["rows"] if r["ood_set"] == "heldout"}
     assert summary["columns"] == list(COLUMNS) and all(list(r) == list(COLUMNS) for r in summary["rows"])
     partners = ("msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn")  # every storable one: not vim
-    fused = {f"cae+{p}[{v}]" for p in partners for v in ("cls_last", "rollout")}
+    fused = {f"cae+{p}[{v}]" for p in (*partners, "val-chosen") for v in ("cls_last", "rollout")}
     assert set(rows) == {"cae[cls_last]", "cae[rollout]", *fused, *partners, "vim"}
     assert {d: r["family"] for d, r in rows.items() if r["family"] != "feature"} == {
         "cae[cls_last]": "attention", "cae[rollout]": "attention", **{d: "fusion" for d in fused}}
     assert all(r["delta_auroc_ci_low"] is not None for r in rows.values())  # fusion rows are paired too
     assert {r["n_seeds"] for r in rows.values()} == {2}
-    assert [r["auroc_mean"] for r in summary["rows"]] == sorted((r["auroc_mean"] for r in rows.values()), reverse=True)
+    held = [r["auroc_mean"] for r in summary["rows"] if r["ood_set"] == "heldout"]
+    assert held == sorted((r["auroc_mean"] for r in rows.values()), reverse=True)
     study = summary["study"]
     assert study["seeds"] == [0, 1]
-    assert study["ood_sets"] == {"heldout": {"group": "near", "reference": study["ood_sets"]["heldout"]["reference"],
-                                             "n_id": 40, "n_ood": 40}}
-    assert {(r["ood_set"], r["group"]) for r in summary["rows"]} == {("heldout", "near")}
+    assert study["ood_sets"]["heldout"] == {"group": "near", "reference": study["ood_sets"]["heldout"]["reference"],
+                                            "n_id": 40, "n_ood": 40}
+    _val_set_rows_and_choices(summary, partners)
     assert [v["name"] for v in study["variants"]] == ["cls_last", "rollout"]
     # stage 1 once per seed, stage 2 once per heatmap kind, stages 3-4 once per variant
     assert [t["step"] for t in study["timings"] if t["seed"] == 0] == [
@@ -117,7 +122,7 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
         assert yaml.safe_load((runs / f"seed{seed}" / "vit" / "config.yaml").read_text())["seed"] == seed
         assert yaml.safe_load((runs / f"seed{seed}" / "cae" / "rollout" / "config.yaml").read_text())["seed"] == seed
     tables = {(s, v): {r["detector"]: r for r in json.loads((runs / f"seed{s}" / "ood" / v / "ood_table.json")
-                                                             .read_text())["rows"]}
+                                                             .read_text())["rows"] if r["ood_set"] == "heldout"}
               for s in (0, 1) for v in ("cls_last", "rollout")}
     for name, row in rows.items():
         detector, _, variant = name.rstrip("]").partition("[")
@@ -143,6 +148,18 @@ def _summary_only_rebuilds_it(script, study, capsys):
     checkpoint = study / "runs" / "seed1" / "cae" / "rollout" / "best.pth"
     before, written = checkpoint.stat().st_mtime_ns, (study / "summary.json").read_text()
     script["main"](["--seeds", "2", "--variants", "cls_last", "rollout", "--bootstrap", "200", "--summary-only",
-                    "--out", str(study), *TINY])
+                    "--out", str(study), *TINY, SETS])
     assert "stage 1:" not in capsys.readouterr().out and checkpoint.stat().st_mtime_ns == before
     assert (study / "summary.json").read_text() == written
+
+
+def _val_set_rows_and_choices(summary, partners):
+    """The val set has its own rows, and each run's `cae+val-chosen` row took a storable partner and a weight of
+    the grid."""
+    assert {(r["ood_set"], r["group"]) for r in summary["rows"]} == {("heldout", "near"), ("mean", "near"),
+                                                                   ("val_held", "val")}
+    choices = summary["study"]["val_choices"]
+    assert set(choices) == {"0", "1"} and all(set(c) == {"cls_last", "rollout"} for c in choices.values())
+    for per_variant in choices.values():
+        for choice in per_variant.values():
+            assert choice["partner"] in partners and choice["weight"] in WEIGHTS and 0 <= choice["val_auroc"] <= 1

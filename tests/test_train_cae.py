@@ -141,6 +141,25 @@ def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny
     assert not (tmp_path / "x").exists()
 
 
+def test_fusion_weight_is_stored_and_weighs_the_fused_val_scores(tiny_heatmaps, tmp_path):
+    from wildcapture.config import ConfigError
+
+    with pytest.raises(ConfigError, match="fusion.weight"):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.weight=1.5"))
+    assert not (tmp_path / "x").exists()
+    run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1", "fusion.weight=0.25"))
+    best = _load(tmp_path / "cae" / "best.pth")
+    entry, z = best["fusion"], best["fusion"]["zscore"]
+    assert z["attention_weight"] == 0.25
+    errors = reconstruction_errors(_model(best), torch.from_numpy(_stage2(tiny_heatmaps, "val_id", "heatmaps")),
+                                   PREP, 5, "cpu")
+    partner = Mahalanobis.from_state(entry["partner_state"])
+    val_scores = partner.score(_stage2(tiny_heatmaps, "val_id", "features"), _stage2(tiny_heatmaps, "val_id", "logits"))
+    fused = 2 * (0.25 * (errors - z["attention_mean"]) / z["attention_std"]
+                 + 0.75 * (val_scores - z["feature_mean"]) / z["feature_std"])
+    np.testing.assert_allclose(entry["val_scores"].numpy(), np.sort(fused), rtol=1e-5, atol=1e-5)
+
+
 def test_resume_after_interruption_gives_the_same_weights(tiny_cae, tiny_heatmaps, tmp_path, monkeypatch, capsys):
     original = train_cae.train_one_epoch
 

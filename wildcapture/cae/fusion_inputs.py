@@ -26,16 +26,20 @@ def _external_note(what: str) -> None:
 
 @dataclass
 class FusionCalibration:
-    """Stage 3's half-made fusion detector: the partner, fit on train_id, and its val_id scores (N,)."""
+    """Stage 3's half-made fusion detector: the partner, fit on train_id, its val_id scores (N,) and the CAE's
+    weight in the fused score (`fusion.weight`)."""
 
     partner_name: str
     partner: Detector
     val_scores: np.ndarray
+    weight: float = ZScoreFusion.DEFAULT_WEIGHT
 
     @classmethod
-    def fit(cls, name: str | None, source: HeatmapSource) -> "FusionCalibration | None":
+    def fit(cls, name: str | None, source: HeatmapSource,
+            weight: float = ZScoreFusion.DEFAULT_WEIGHT) -> "FusionCalibration | None":
         """Fit the partner `name` (`fusion.partner`) on the source's train_id features, logits and labels, as
-        stage 2 fits its baselines, and score val_id; None when `name` is None or the source has no features."""
+        stage 2 fits its baselines, and score val_id; the fused score weighs the CAE by `weight` (`fusion.weight`).
+        None when `name` is None or the source has no features."""
         if name is None:
             return None
         if not source.from_stage2:
@@ -43,13 +47,13 @@ class FusionCalibration:
             return None
         train = {**source.features_and_logits(TRAIN_ID), "labels": np.asarray(source.index(TRAIN_ID).labels)}
         partner = fit_partner(name, train)
-        return cls(name, partner, score_on(partner, source.features_and_logits(VAL_ID)))
+        return cls(name, partner, score_on(partner, source.features_and_logits(VAL_ID)), weight)
 
     def entry(self, val_errors: np.ndarray, accept_fraction: float) -> dict[str, Any]:
         """best.pth's `fusion` entry for the CAE whose val_id errors are `val_errors` (N,): the z-scores fit
         on them and the partner's val_id scores, the threshold accepting `accept_fraction` of the fused
         val_id scores (the rule of the CAE's own threshold, `ood_threshold`) and those scores, sorted."""
-        zscore = ZScoreFusion().fit(val_errors, self.val_scores)
+        zscore = ZScoreFusion(self.weight).fit(val_errors, self.val_scores)
         fused = zscore.score(val_errors, self.val_scores)
         return {**FusionDetector(self.partner_name, self.partner, zscore, ood_threshold(fused, accept_fraction)
                                  ).state_dict(), "val_scores": sorted_scores(fused)}

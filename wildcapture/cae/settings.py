@@ -29,4 +29,5 @@ def check_config(cfg: dict[str, Any]) -> None:
     check_number(cfg, "test.gallery_size", minimum=0, integer=True)
     check_number(cfg, "seed", minimum=0, integer=True)
     check_choice(cfg, "fusion.partner", tuple(fusion_partners()), optional=True)
+    check_number(cfg, "fusion.weight", minimum=0, maximum=1)
     pick_device(cfg["device"])

@@ -1,8 +1,9 @@
 """Fusion of the attention score (the CAE's reconstruction error) with a post-hoc feature detector.
 
-Each score is z-scored with its mean and standard deviation on val_id, and the fused score is the sum
-z_attention + z_feature (higher = more OOD). Only val_id is used to fit the z-scores, so test data
-never shape the detector. The feature partner is fit on train_id like stage 2's baselines.
+Each score is z-scored with its mean and standard deviation on val_id, and the fused score is
+2 * (w * z_attention + (1 - w) * z_feature) (higher = more OOD; w = `fusion.weight`, 0.5 = the plain sum
+z_attention + z_feature, to the last bit). Only val_id is used to fit the z-scores, so test data never shape the
+detector. The feature partner is fit on train_id like stage 2's baselines.
 
 `FusionDetector.state_dict()` is the `fusion` entry of a stage-3 `best.pth`: {"partner": name,
 "partner_state": the partner's `state_dict()`, "zscore": `ZScoreFusion.state_dict()`, "threshold":
@@ -32,7 +33,8 @@ def _pair(attention: np.ndarray, feature: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 class ZScoreFusion:
-    """score = (attention - mean_a) / std_a + (feature - mean_f) / std_f, means and stds fit on val_id.
+    """score = 2 * (w * (attention - mean_a) / std_a + (1 - w) * (feature - mean_f) / std_f), means and stds fit
+    on val_id, w (`weight`, in [0, 1]) the attention's share; w = 0.5 gives the plain sum of the two z-scores.
 
     The stds are population stds (ddof=0). A score constant on val_id (std below
     STD_FLOOR * max(1, |mean|)) gets that floor as its std: its z is then 0 at the val_id value and
@@ -40,8 +42,12 @@ class ZScoreFusion:
     """
 
     KEYS = ("attention_mean", "attention_std", "feature_mean", "feature_std")
+    DEFAULT_WEIGHT = 0.5  # what a state without "attention_weight" (written before the weight existed) means
 
-    def __init__(self) -> None:
+    def __init__(self, weight: float = DEFAULT_WEIGHT) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the attention's weight must be in [0, 1], got {weight}")
+        self.weight = float(weight)
         self.stats: dict[str, float] | None = None
 
     def fit(self, val_attention: np.ndarray, val_feature: np.ndarray) -> "ZScoreFusion":
@@ -57,18 +63,20 @@ class ZScoreFusion:
         return self
 
     def score(self, attention: np.ndarray, feature: np.ndarray) -> np.ndarray:
-        """Fused scores z_attention + z_feature of (N,) attention and feature scores: float64 (N,)."""
+        """Fused scores 2 * (w * z_attention + (1 - w) * z_feature) of (N,) attention and feature scores:
+        float64 (N,)."""
         if self.stats is None:
             raise RuntimeError("ZScoreFusion must be fit on val_id scores before score()")
         a, f = _pair(attention, feature)
-        s = self.stats
-        return (a - s["attention_mean"]) / s["attention_std"] + (f - s["feature_mean"]) / s["feature_std"]
+        s, w = self.stats, self.weight
+        z_a, z_f = (a - s["attention_mean"]) / s["attention_std"], (f - s["feature_mean"]) / s["feature_std"]
+        return 2.0 * (w * z_a + (1.0 - w) * z_f)  # scaling by 2 and 0.5 is exact: w = 0.5 is z_a + z_f bit for bit
 
     def state_dict(self) -> dict[str, float]:
-        """{"attention_mean", "attention_std", "feature_mean", "feature_std"} as Python floats."""
+        """{"attention_mean", "attention_std", "feature_mean", "feature_std", "attention_weight"} as Python floats."""
         if self.stats is None:
             raise RuntimeError("ZScoreFusion must be fit before state_dict()")
-        return dict(self.stats)
+        return {**self.stats, "attention_weight": self.weight}
 
     @classmethod
     def from_state(cls, state: dict[str, float]) -> "ZScoreFusion":
@@ -76,7 +84,7 @@ class ZScoreFusion:
         missing = [k for k in cls.KEYS if k not in state]
         if missing:
             raise ValueError(f"z-score state lacks {', '.join(missing)}")
-        fusion = cls()
+        fusion = cls(float(state.get("attention_weight", cls.DEFAULT_WEIGHT)))
         fusion.stats = {k: float(state[k]) for k in cls.KEYS}
         return fusion
 

@@ -237,6 +237,11 @@ def _inputs(cfg: Config, device: torch.device) -> _Inputs:
     return _Inputs(ckpt, source, detector, raw, index, _baseline_scores(cfg, source))
 
 
+def _weights(weight: float) -> str:
+    """The caption's words for the fusion's weights: none for the plain sum (0.5 each)."""
+    return "" if weight == 0.5 else f", weighted {weight:g} (CAE) and {1 - weight:g}"
+
+
 def _score(cfg: Config, device: torch.device, out: Path) -> dict[str, Any]:
     inputs = _inputs(cfg, device)
     ckpt, source, detector, raw, index, baselines = (inputs.ckpt, inputs.source, inputs.detector, inputs.raw,
@@ -255,7 +260,7 @@ def _score(cfg: Config, device: torch.device, out: Path) -> dict[str, Any]:
                + ("; a mean row averages a group's sets" if len(protocol.ood_sets) > 1 else "")
                + "; cae = CAE reconstruction error of the attention heatmaps"
                + (f"; {fusion.name} = the CAE error plus the {fusion.partner_name} score, each z-scored on val_id"
-                  if fusion else ""))
+                  + _weights(fusion.zscore.weight) if fusion else ""))
     with Staging(out, STAGE, MARKER) as staging:
         write_yaml(staging.path("config_test_autoencoder.yaml"), cfg)
         plot_roc_curves(scores, staging.path("roc_curves.png"))

@@ -114,7 +114,7 @@ def _train(cfg: Config, device: torch.device, training: TrainingRun) -> dict[str
     provenance = source.provenance()
     # raw (N, [C,] h, w) heatmaps memory-mapped (or on a GPU that holds them), prepared a chunk at a time
     train_maps, val_maps = (training_source(source.heatmaps(split), device) for split in FIT_SPLITS)
-    fusion = FusionCalibration.fit(cfg["fusion"]["partner"], source)
+    fusion = FusionCalibration.fit(cfg["fusion"]["partner"], source, cfg["fusion"]["weight"])
     model, prep = _cae_for(cae_cfg, train_maps.shape, val_maps.shape)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])

@@ -4,7 +4,7 @@ Stage 3 fuses the CAE with `fusion.partner` only. To compare partners without tr
 study rebuilds each fusion from files the runs already hold, by stage 3's own rule (`wildcapture.ood.fusion`):
 the partner is fit on train_id's features (`FusionCalibration.fit`, as stages 2 and 3 fit it), both scores are
 z-scored on val_id (the CAE's val_id errors are the ones stage 3 keeps in best.pth), and the test splits' fused
-score is z_cae + z_partner, from stage 4's CAE errors and stage 2's baseline scores. The partners are those a
+score is 2 (w z_cae + (1 - w) z_partner) with the run's `fusion.weight` w, from stage 4's CAE errors and stage 2's baseline scores. The partners are those a
 checkpoint can store (`fusion_partners()`), so a winning one can be used as `fusion.partner`.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from wildcapture.cae.checkpoint import load_cae, val_scores_of
+from wildcapture.cae.checkpoint import fusion_of, load_cae, val_scores_of
 from wildcapture.cae.fusion_inputs import FusionCalibration
 from wildcapture.cae.inputs import Stage2Heatmaps
 from wildcapture.errors import DatasetError
@@ -33,15 +33,19 @@ def partner_val_scores(heatmaps: Path) -> dict[str, np.ndarray]:
             for name in fusion_partners()}
 
 
-def cae_val_errors(cae_checkpoint: Path) -> np.ndarray:
-    """The CAE's val_id reconstruction errors (N,) float64, ascending, as stage 3 stored them in best.pth."""
-    return val_scores_of(load_cae(cae_checkpoint, require_complete=True)[1], "cae")
+def cae_val_errors(cae_checkpoint: Path) -> tuple[np.ndarray, float]:
+    """(The CAE's val_id reconstruction errors (N,) float64, ascending, as stage 3 stored them in best.pth; the
+    CAE's weight in its stored fusion, `fusion.weight`: 0.5 when it has none)."""
+    ckpt = load_cae(cae_checkpoint, require_complete=True)[1]
+    fusion = fusion_of(ckpt)
+    return val_scores_of(ckpt, "cae"), ZScoreFusion.DEFAULT_WEIGHT if fusion is None else fusion.zscore.weight
 
 
 def fuse_with_partners(cae_val: np.ndarray, partner_val: Mapping[str, np.ndarray],
-                       cae_test: Mapping[str, np.ndarray], partner_test: Mapping[str, Mapping[str, np.ndarray]]
-                       ) -> dict[str, dict[str, np.ndarray]]:
-    """Return {"cae+<partner>": {split: fused scores (N,) float64}} for each partner of `partner_val`.
+                       cae_test: Mapping[str, np.ndarray], partner_test: Mapping[str, Mapping[str, np.ndarray]],
+                       weight: float = ZScoreFusion.DEFAULT_WEIGHT) -> dict[str, dict[str, np.ndarray]]:
+    """Return {"cae+<partner>": {split: fused scores (N,) float64}} for each partner of `partner_val`, the CAE
+    weighted by `weight` (stage 3's `fusion.weight` of the run).
 
     `cae_val`: the CAE's val_id errors (any order); `partner_val`: {partner: val_id scores}; `cae_test`: {split:
     CAE errors}; `partner_test`: {partner: {split: scores}} (stage 2's baseline scores), in the same image order
@@ -49,7 +53,7 @@ def fuse_with_partners(cae_val: np.ndarray, partner_val: Mapping[str, np.ndarray
     """
     fused = {}
     for name, val in partner_val.items():
-        zscore = ZScoreFusion().fit(np.asarray(cae_val, dtype=np.float64), val)
+        zscore = ZScoreFusion(weight).fit(np.asarray(cae_val, dtype=np.float64), val)
         fused[f"cae+{name}"] = {split: zscore.score(errors, partner_test[name][split])
                                 for split, errors in cae_test.items()}
     return fused

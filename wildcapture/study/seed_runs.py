@@ -33,6 +33,7 @@ from wildcapture.pipeline import (STAGES, check_pipeline, check_stage_configs, r
                                   stage_of_item)
 from wildcapture.stages.score_cae import read_recon_errors
 
+from .fusion_weight import cae_val_errors_in_order, choose, chosen_scores
 from .partner_fusion import cae_val_errors, check_agrees, fuse_with_partners, partner_val_scores
 from .variants import Variant
 
@@ -124,15 +125,28 @@ def run_seed(configs: dict[str, list[Config]], variants: Sequence[Variant], seed
     return timings
 
 
+def _chosen_on_val(layout: StudyLayout, seed: int, v: Variant, val_splits: Sequence[str],
+                   cae_test: dict[str, np.ndarray], partner_test: dict[str, dict[str, np.ndarray]],
+                   partner_val: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The fusion of variant v's CAE whose partner and weight this run chooses on val_id against `val_splits`
+    (`fusion_weight`): ({split: its scores}, the choice as {"partner", "weight", "val_auroc"})."""
+    cae_val = cae_val_errors_in_order(layout.cae(seed, v) / "best.pth", layout.heatmaps(seed, v))
+    choice = choose(cae_val, partner_val, {s: cae_test[s] for s in val_splits},
+                    {p: {s: scores[s] for s in val_splits} for p, scores in partner_test.items() if p in partner_val})
+    return (chosen_scores(choice, cae_val, partner_val, cae_test, partner_test),
+            {"partner": choice.partner, "weight": choice.weight, "val_auroc": round(choice.val_auroc, 6)})
+
+
 def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
-                 ) -> tuple[dict[str, dict[str, DetectorRun]], list[str], dict[str, str]]:
+                 ) -> tuple[dict[str, dict[str, DetectorRun]], list[str], dict[str, str], dict[str, dict[str, Any]]]:
     """Return ({OOD set: {detector: DetectorRun}} of one seed, the test images' ids in score order, {OOD set:
-    group}).
+    group}, {variant: the partner and weight its `cae+val-chosen` row chose}).
 
     Feature detectors come from the baseline scores of the first variant's stage-2 run, `cae[<variant>]` from
     each variant's recon_errors.pkl, and `cae+<partner>[<variant>]` for every fusion partner from it and the
     variant's own stage-2 run, as stage 4 fuses (`partner_fusion`; the partner stage 4 fused must agree with stage
-    4's scores). DatasetError when the variants' test images differ.
+    4's scores). Where the protocol has `val` OOD sets, `cae+val-chosen[<variant>]` is the fusion whose partner
+    and weight the run chose on them (`fusion_weight`). DatasetError when the variants' test images differ.
     """
     first = variants[0]
     protocol = read_protocol(read_meta(layout.heatmaps(seed, first)))
@@ -148,7 +162,7 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
 
     runs = {o.name: {name: detector_run(scores[TEST_ID], scores[o.split]) for name, scores in
                      stage2_scores(first)[0].items()} for o in protocol.ood_sets}
-    ids = None
+    ids, choices, val_splits = None, {}, [o.split for o in protocol.in_group("val")]
     for v in variants:
         folder = layout.scores(seed, v)
         recon = read_recon_errors(folder / "recon_errors.pkl")
@@ -160,16 +174,19 @@ def collect_seed(layout: StudyLayout, seed: int, variants: Sequence[Variant]
         split = np.asarray(recon["split"])
         per_split = {s: np.asarray(recon["errors"], dtype=np.float64)[split == s] for s in protocol.test_splits}
         partner_test, partner_val = stage2_scores(v)
-        fused = fuse_with_partners(cae_val_errors(layout.cae(seed, v) / "best.pth"), partner_val, per_split,
-                                   partner_test)
+        stored_val, weight = cae_val_errors(layout.cae(seed, v) / "best.pth")
+        fused = fuse_with_partners(stored_val, partner_val, per_split, partner_test, weight)
         if recon["fusion"]:
             stage4 = np.asarray(recon["fusion_scores"], dtype=np.float64)
             check_agrees(fused[recon["fusion"]], {s: stage4[split == s] for s in protocol.test_splits},
                          f"{recon['fusion']} of {folder}")
+        if val_splits:
+            fused["cae+val-chosen"], choices[v.name] = _chosen_on_val(layout, seed, v, val_splits, per_split,
+                                                                      partner_test, partner_val)
         for name, scores in {"cae": per_split, **fused}.items():
             for o in protocol.ood_sets:
                 runs[o.name][f"{name}[{v.name}]"] = detector_run(scores[TEST_ID], scores[o.split])
-    return runs, ids, {o.name: o.group for o in protocol.ood_sets}
+    return runs, ids, {o.name: o.group for o in protocol.ood_sets}, choices
 
 
 def _checked_configs(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str],
@@ -218,10 +235,11 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
     """
     layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
     timings, runs, test_ids, groups = (read_study_timings(layout.root) if summary_only else []), {}, None, {}
+    val_choices = {}
     for s in seeds:
         if not summary_only:
             timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
-        per_set, ids, groups = collect_seed(layout, s, variants)
+        per_set, ids, groups, val_choices[str(s)] = collect_seed(layout, s, variants)
         for name, seed_runs in per_set.items():
             runs.setdefault(name, {})[s] = seed_runs
         if test_ids is not None and ids != test_ids:
@@ -236,7 +254,7 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
              "bootstrap": {"resamples": resamples, "seed": bootstrap_seed, "percentiles": list(CI_PERCENTILES)},
              "ood_sets": {name: {"group": groups.get(name, ""), "reference": summary.reference, "n_id": summary.n_id,
                                  "n_ood": summary.n_ood} for name, summary in summaries.items()},
-             "runs": portable_path(layout.root / "runs"), "timings": timings,
+             "runs": portable_path(layout.root / "runs"), "timings": timings, "val_choices": val_choices,
              "classifiers": portable_path(layout.vit(seeds[0]).parent.parent) if classifiers else None}
     paths = write_summary(layout.root, study, rows, text)
     return {"summaries": summaries, "rows": rows, "markdown": to_markdown(rows, text), "timings": timings,
