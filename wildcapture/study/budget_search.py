@@ -4,7 +4,8 @@ Each candidate is a ViT width and depth (patch size, heads and the rest stay the
 is unchanged). The search has three steps, each one command of `benchmarks/budget_search.py`:
 
 plan     times each candidate's epoch with `benchmarks/bench_train_epoch.py` (stage 1's own data path, the
-         first `PLAN_BATCHES` batches, one thread) and gives it the most epochs that fit the budget
+         median of `PLAN_REPEATS` passes over the first `PLAN_BATCHES` batches, one thread, two candidates side by
+         side as two `run` processes share a 2-core machine) and gives it the most epochs that fit the budget
          (`epochs_in_budget`); writes <root>/plan.json
 run      trains the named candidates' stage 1 with their planned epochs, one after the other, into
          <root>/runs/<name>/ (a stage-1 output folder), then writes <root>/runs/<name>.seconds.json
@@ -132,7 +133,7 @@ def run(root: Path, names: Sequence[str], seed: int = 0) -> None:
         write_text(root / "runs" / f"{name}.seconds.json", json.dumps(seconds) + "\n")
 
 
-def test_accuracy(root: Path, planned: dict[str, Any], name: str) -> tuple[float, int]:
+def accuracy_on_test_id(root: Path, planned: dict[str, Any], name: str) -> tuple[float, int]:
     """(test_id accuracy of <root>/runs/<name>/best.pth, its parameter count), on the benchmark's test_id split
     through stage 2's own loading (`load_classifier`), on the CPU without autocast."""
     import torch
@@ -162,7 +163,7 @@ def summarise(root: Path) -> dict[str, Any]:
         folder = root / "runs" / name
         if (folder / STAGE1_MARKER).is_file():
             row["val_acc"] = read_marker(folder / STAGE1_MARKER, ("best_val_acc",))["best_val_acc"]
-            row["test_acc"], row["params"] = test_accuracy(root, planned, name)
+            row["test_acc"], row["params"] = accuracy_on_test_id(root, planned, name)
             timing = folder.with_name(f"{name}.seconds.json")
             row["seconds"] = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
         rows.append(row)
