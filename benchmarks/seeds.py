@@ -4,6 +4,8 @@
     python benchmarks/seeds.py --seeds 3 --variants cls_last/paper rollout/paper --bootstrap 2000
     python benchmarks/seeds.py --seeds 5 exp=digits-79 "data.id_classes=[7,9]"   # another split
     python benchmarks/seeds.py --seeds 5 --out results/digits/seeds_f16 --classifiers results/digits/seeds  # reuse stage 1
+    python benchmarks/seeds.py --seeds 2 --only 0 & python benchmarks/seeds.py --seeds 2 --only 1; wait
+    python benchmarks/seeds.py --seeds 2 --summary-only                   # one process per seed, then the summary
 
 Seeds 0..N-1 seed stage 1 (and each CAE); the data split (data.seed) stays the same, so every run scores
 the same test images. key=value items apply to every stage that has the key, as in reproduce.py. Writes
@@ -42,22 +44,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="reuse the stage-1 classifiers of another study's folder (same seeds) instead of training")
     parser.add_argument("--summary-only", action="store_true",
                         help="run no stage: rebuild the summary from the runs already in the study folder")
+    parser.add_argument("--only", type=int, nargs="+", default=None, metavar="SEED",
+                        help="run only these seeds' stages and write no summary (processes sharing --out, one per "
+                             "core, then --summary-only)")
     parser.add_argument("--check", action="store_true", help=CHECK_HELP)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a key in every stage that has it (N:key=value: in stage N only)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.only is not None and (args.summary_only or not set(args.only) <= set(range(args.seeds))
+                                  or len(set(args.only)) != len(args.only)):
+        parser.error(f"--only takes distinct seeds of 0..{args.seeds - 1} and no --summary-only, got {args.only}")
     with exit_on_user_error():
         picked = pick_variants(args.variants)
         from wildcapture.study.seed_runs import check_study, run_study  # imports torch: after the arguments parse
 
         if args.check:
-            print_plan(*check_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out,
-                                    args.bootstrap, args.classifiers))
+            print_plan(*check_study(args.benchmark, args.only or range(args.seeds), picked, args.overrides,
+                                    args.out, args.bootstrap, args.classifiers))
             return {}
         result = run_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out, args.bootstrap,
-                           args.bootstrap_seed, args.classifiers, args.summary_only)
+                           args.bootstrap_seed, args.classifiers, args.summary_only, args.only)
+    if args.only is not None:
+        for t in result["timings"]:
+            print(f"seed {t['seed']}, {t['step']}: {t['seconds']:.1f} s")
+        print(f"ran seeds {args.only}; once every seed has run, --summary-only writes the summary")
+        return result
     print(result["markdown"])
     for t in result["timings"]:
         print(f"seed {t['seed']}, {t['step']}: {t['seconds']:.1f} s")

@@ -141,6 +141,31 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
         assert row["delta_auroc_ci_low"] <= row["delta_auroc_ci_high"]
         assert row["delta_auroc"] == pytest.approx(row["auroc_mean"] - rows[reference]["auroc_mean"], abs=1e-12)
     _summary_only_rebuilds_it(script, tmp_path, capsys)
+    _only_reruns_its_seeds(script, tmp_path, capsys)
+
+
+def _only_reruns_its_seeds(script, study, capsys):
+    """--only 1 (reusing the study's own classifiers) redoes seed 1's stages 2-4 alone and writes no summary; the
+    --summary-only after it gives the same rows, with seed 1's new timings."""
+    runs, written = study / "runs", (study / "summary.json").read_text()
+    untouched = [runs / "seed0" / "cae" / "rollout" / "best.pth", runs / "seed1" / "vit" / "best.pth"]
+    before = [p.stat().st_mtime_ns for p in untouched]
+    redone = runs / "seed1" / "cae" / "rollout" / "best.pth"
+    redone_before = redone.stat().st_mtime_ns
+    args = ["--seeds", "2", "--variants", "cls_last", "rollout", "--bootstrap", "200", "--out", str(study), *TINY, SETS]
+    script["main"]([*args, "--only", "1", "--classifiers", str(study)])
+    assert "--summary-only writes the summary" in capsys.readouterr().out
+    assert (study / "summary.json").read_text() == written
+    assert [p.stat().st_mtime_ns for p in untouched] == before and redone.stat().st_mtime_ns != redone_before
+    seed1 = json.loads((runs / "seed1" / "timings.json").read_text())
+    assert [t["step"] for t in seed1][0] == "stage 2 heatmaps cls_last" and {t["seed"] for t in seed1} == {1}
+
+    script["main"]([*args, "--summary-only"])
+    summary, old = json.loads((study / "summary.json").read_text()), json.loads(written)
+    assert summary["rows"] == old["rows"]
+    assert summary["study"]["timings"] == [t for t in old["study"]["timings"] if t["seed"] == 0] + seed1
+    with pytest.raises(SystemExit):
+        script["main"]([*args, "--only", "2"])  # not a seed of 0..1
 
 
 def _summary_only_rebuilds_it(script, study, capsys):

@@ -4,6 +4,7 @@ Layout under the study folder ROOT (default `results/<exp>/seeds`):
 
     ROOT/summary.json, ROOT/summary.md        the summary (`wildcapture.ood.seeds_summary`)
     ROOT/runs/seed<S>/vit/                    stage 1 (seed=S)
+    ROOT/runs/seed<S>/timings.json            the seed's stage timings, written after its last stage ran
     ROOT/runs/seed<S>/heatmaps/<heatmap>/     stage 2 heatmaps, once per heatmap setting (Variant.heatmap_folder)
     ROOT/runs/seed<S>/stage2/<heatmap>/       stage 2 results: baseline_scores.csv, classifier report
     ROOT/runs/seed<S>/cae/<variant>/          stage 3 (CAE seed = S), once per variant (Variant.folder)
@@ -11,10 +12,12 @@ Layout under the study folder ROOT (default `results/<exp>/seeds`):
 
 Every run is redone when the study is run again (stage 2 with overwrite=true): the folders belong to the study.
 Stage 1 runs once per seed, stage 2 once per (seed, heatmap setting), stages 3 and 4 once per (seed, variant),
-all in this process.
+all in this process; `only` runs some seeds' stages and no summary, so that processes sharing ROOT can each run
+their own seeds, and a last `summary_only` call summarises them all.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +28,7 @@ from wildcapture.config import Config, parse_override
 from wildcapture.errors import ConfigError, DatasetError
 from wildcapture.data.protocol import TEST_ID
 from wildcapture.heatmap_store import read_baseline_scores, read_meta, read_protocol
-from wildcapture.storage import read_marker
+from wildcapture.storage import read_marker, write_text
 from wildcapture.ood.seeds_summary import (CI_PERCENTILES, DetectorRun, caption, detector_run, read_study_timings,
                                            summarise_sets, to_markdown, write_summary)
 from wildcapture.paths import portable_path, resolve_path
@@ -51,6 +54,9 @@ class StudyLayout:
 
     def seed_dir(self, seed: int) -> Path:
         return self.root / "runs" / f"seed{seed}"
+
+    def timings(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "timings.json"
 
     def vit(self, seed: int) -> Path:
         return (StudyLayout(self.classifiers) if self.classifiers else self).seed_dir(seed) / "vit"
@@ -221,24 +227,43 @@ def check_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant
             [*(layout.seed_dir(s) for s in seeds), layout.root / "summary.json", layout.root / "summary.md"])
 
 
+def _stored_timings(layout: StudyLayout, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The stage timings of the seeds' runs already in the study folder: each seed's timings.json, or for a seed
+    without one (a study written before they existed), its entries in the summary.json there."""
+    summary = read_study_timings(layout.root)
+    timings = []
+    for s in seeds:
+        path = layout.timings(s)
+        timings += (json.loads(path.read_text(encoding="utf-8")) if path.is_file()
+                    else [t for t in summary if t["seed"] == s])
+    return timings
+
+
 def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
               root: Path | None = None, resamples: int = 1000, bootstrap_seed: int = 0,
-              classifiers: Path | None = None, summary_only: bool = False) -> dict[str, Any]:
+              classifiers: Path | None = None, summary_only: bool = False,
+              only: Sequence[int] | None = None) -> dict[str, Any]:
     """Run every (seed, variant), summarise over seeds and write ROOT/summary.{json,md}. With `classifiers` (another
     study's folder), stage 1 is not run: each seed reuses that study's complete classifier. With `summary_only`, no
     stage runs: the summary is rebuilt from the runs already in ROOT/runs (each run's files checked as it is read),
-    keeping the timings of the summary.json there (none without one).
+    with the timings those runs recorded. With `only` (some of `seeds`), only those seeds' stages run and nothing is
+    summarised.
 
     Every config is built and range-checked before the first stage runs. Returns {"summaries": {OOD set (and
     "mean:<group>"): Summary}, "rows": every row, "markdown": the table with its caption, "timings": [{"seed", "step",
-    "seconds"}], "paths": the files}.
+    "seconds"}], "paths": the files} ({"timings", "paths"} alone with `only`).
     """
-    layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
-    timings, runs, test_ids, groups = (read_study_timings(layout.root) if summary_only else []), {}, None, {}
+    if only is not None and (summary_only or not set(only) <= set(seeds) or len(set(only)) != len(only)):
+        raise ConfigError(f"only={list(only)}: give distinct seeds of {list(seeds)}, and no summary_only")
+    layout, configs = _checked_configs(benchmark, only or seeds, variants, extra, root, resamples, classifiers)
+    for s in ([] if summary_only else only or seeds):
+        seed_timings = run_seed(configs[s], variants, s, train_classifier=classifiers is None)
+        write_text(layout.timings(s), json.dumps(seed_timings, indent=1) + "\n")
+    if only is not None:
+        return {"timings": _stored_timings(layout, only), "paths": {"timings": [layout.timings(s) for s in only]}}
+    timings, runs, test_ids, groups = _stored_timings(layout, seeds), {}, None, {}
     val_choices = {}
     for s in seeds:
-        if not summary_only:
-            timings += run_seed(configs[s], variants, s, train_classifier=classifiers is None)
         per_set, ids, groups, val_choices[str(s)] = collect_seed(layout, s, variants)
         for name, seed_runs in per_set.items():
             runs.setdefault(name, {})[s] = seed_runs
