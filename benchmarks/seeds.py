@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         if args.check:
             print_plan(*check_study(args.benchmark, args.only or range(args.seeds), picked, args.overrides,
-                                    args.out, args.bootstrap, args.classifiers))
+                                    args.out, args.bootstrap, args.classifiers, summary=args.only is None))
             return {}
         result = run_study(args.benchmark, range(args.seeds), picked, args.overrides, args.out, args.bootstrap,
                            args.bootstrap_seed, args.classifiers, args.summary_only, args.only)

@@ -55,3 +55,8 @@ def test_plan_run_and_summary_on_tiny_digits(tmp_path):
     assert done["seconds"] > 0 and done["epochs"] == 1
     assert not_run["candidate"] == "d128x4" and not_run["val_acc"] is None and "not run" in result["markdown"]
     assert json.loads((tmp_path / "summary.json").read_text())["rows"] == result["rows"]
+
+    plan_before = (tmp_path / "plan.json").read_text()
+    with pytest.raises(ConfigError, match=r"runs holds runs trained to .*plan.json \(d64x6\)"):
+        search.plan(tmp_path, "digits", TINY, candidates, budget_s=1e-3)
+    assert (tmp_path / "plan.json").read_text() == plan_before  # the runs' plan stays

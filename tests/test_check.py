@@ -56,9 +56,12 @@ def test_check_on_every_entry_point_writes_nothing(tiny_vit_checkpoint, tiny_hea
     _script("detect.py").main()
     _script("reproduce.py").main(["--check", "device=cpu"])
     _script("benchmarks/seeds.py").main(["--seeds", "2", "--out", str(tmp_path / "study"), "--check"])
+    _script("benchmarks/seeds.py").main(["--seeds", "2", "--only", "1", "--out", str(tmp_path / "part"), "--check"])
 
     out = capsys.readouterr().out
-    assert out.count(PASSED) == 7
+    assert out.count(PASSED) == 8
+    part = tmp_path / "part"  # --only: that seed's runs, no summary
+    assert f"{part / 'runs' / 'seed1'}\n" in out and str(part / "summary") not in out and "part/runs/seed0" not in out
     assert f"{vit / 'best.pth'}\n" in out and f"{tiny_cae / 'results' / 'ood_table.csv'}\n" in out
     assert f"{tmp_path / 'out' / 'd.json'}\n" in out and f"{tmp_path / 'study' / 'summary.md'}\n" in out
     assert "resolved config:\n  exp: digits\n" in out  # a stage's config, printed in full

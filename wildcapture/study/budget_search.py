@@ -85,7 +85,12 @@ def plan(root: Path, benchmark: str, extra: Sequence[str], candidates: Sequence[
          budget_s: float) -> dict[str, Any]:
     """Time every candidate, two side by side (as two `run` processes share a 2-core machine), and write
     <root>/plan.json: {"benchmark", "extra", "budget_s", "candidates": {name: {"items", "epochs", "epoch_s"
-    (estimated seconds), "timing" (bench_train_epoch's JSON)}}}; returns it."""
+    (estimated seconds), "timing" (bench_train_epoch's JSON)}}}; returns it. ConfigError, before any timing, when
+    <root>/runs holds runs: they were trained to the plan there, which a new plan would replace."""
+    trained = sorted(p.name for p in (root / "runs").glob("*") if p.is_dir()) if (root / "runs").is_dir() else []
+    if trained:
+        raise ConfigError(f"{root / 'runs'} holds runs trained to {root / 'plan.json'} ({', '.join(trained)}): "
+                          "plan into another --out, or move them away")
     with ThreadPoolExecutor(max_workers=2) as pool:
         timings = list(pool.map(lambda c: time_candidate(benchmark, extra, c), candidates))
     out: dict[str, Any] = {"benchmark": benchmark, "extra": list(extra), "budget_s": budget_s, "candidates": {}}

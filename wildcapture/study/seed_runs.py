@@ -214,17 +214,18 @@ def _checked_configs(benchmark: str, seeds: Sequence[int], variants: Sequence[Va
 
 
 def check_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
-                root: Path | None = None, resamples: int = 1000, classifiers: Path | None = None
-                ) -> tuple[dict[str, Config], list[Path]]:
+                root: Path | None = None, resamples: int = 1000, classifiers: Path | None = None,
+                summary: bool = True) -> tuple[dict[str, Config], list[Path]]:
     """What `seeds.py --check` checks, writing nothing: every run's configs (`run_study`'s checks) and the data
     of stage 1 (never downloaded). Returns (the four stage configs of the first run, by stage, and what the study
-    writes: each run's folder, then the summary)."""
+    writes: each run's folder, then the summary unless `summary` is false, as with `run_study`'s `only`)."""
     layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
     first = configs[seeds[0]][variants[0].name]
     if classifiers is None:
         check_pipeline(first)
     return ({name: cfg for (name, *_), cfg in zip(STAGES, first)},
-            [*(layout.seed_dir(s) for s in seeds), layout.root / "summary.json", layout.root / "summary.md"])
+            [*(layout.seed_dir(s) for s in seeds),
+             *((layout.root / "summary.json", layout.root / "summary.md") if summary else ())])
 
 
 def _stored_timings(layout: StudyLayout, seeds: Sequence[int]) -> list[dict[str, Any]]:
