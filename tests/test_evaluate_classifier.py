@@ -8,7 +8,7 @@ import torch
 from wildcapture.storage import load_checkpoint
 from wildcapture.classifier.data_setup import attach_transforms
 from wildcapture.data.build import build_splits
-from wildcapture.heatmap_store import read_meta, read_protocol
+from wildcapture.heatmap_store import read_head, read_meta, read_protocol
 from wildcapture.stages.evaluate_classifier import run
 from wildcapture.vit import WeightsMismatchError, build_vit
 
@@ -52,6 +52,11 @@ def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
 
     meta = read_meta(tmp_path / "heatmaps")  # the default protocol: the held-out digits as one near set
     assert meta["protocol"] == [{"name": "heldout", "group": "near", "source": "classes"}]
+    weight, bias = read_head(tmp_path / "heatmaps", meta)  # the head ViM fits on: logits = W f + b
+    assert np.array_equal(weight, model.head.weight.detach().numpy()) and weight.dtype == np.float64
+    test_features = np.load(tmp_path / "heatmaps" / "test_id" / "features.npy")
+    np.testing.assert_allclose(test_features @ weight.T + bias, np.load(tmp_path / "heatmaps" / "test_id" / "logits.npy"),
+                               atol=1e-4)
     assert read_protocol(meta).splits == SPLITS and list(meta["splits"]) == list(SPLITS)
     scores = _rows(tmp_path / "results" / "baseline_scores.csv")
     assert [r["split"] for r in scores] == (["test_id"] * len(bench.splits["test_id"])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from wildcapture.errors import ConfigError
 from wildcapture.ood.baselines import DETECTORS, Mahalanobis, ViM, fit_detectors
 from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner, fusion_partners
 
@@ -92,23 +93,27 @@ def test_mahalanobis_state_round_trip_gives_identical_scores(tmp_path, rank_defi
 
 def test_every_partner_is_fit_as_stage_2_fits_its_baseline_and_survives_a_checkpoint(tmp_path):
     feats, logits, labels = _features(per_class=24)  # 72 images: KNN's default k=50 is not capped
-    train = {"features": feats, "logits": logits, "labels": labels}
+    head = (np.random.default_rng(5).normal(size=(3, 6)), np.array([0.1, -0.2, 0.3]))
+    train = {"features": feats, "logits": logits, "labels": labels, "head": head}
     baselines = fit_detectors(train)  # stage 2's defaults: a partner is built with its defaults too
     queries, query_logits = feats[::3] + 0.1, logits[::3] - 0.2
-    # every registered feature detector but ViM, which fits on the classifier's head (stage 3 has none)
-    assert list(fusion_partners()) == ["msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn"]
-    assert [n for n in DETECTORS if n not in fusion_partners()] == ["vim"] and not ViM.storable
+    # every registered feature detector (ViM fits on the classifier's head, which stage 2 stores)
+    assert list(fusion_partners()) == list(DETECTORS) == ["msp", "maxlogit", "energy", "mahalanobis", "rmds", "knn",
+                                                          "vim"]
     for name in fusion_partners():
         partner = fit_partner(name, train)
         expected = baselines[name].score(queries, query_logits)
         assert np.array_equal(partner.score(queries, query_logits), expected), name
         restored = fusion_partners()[name].from_state(_reload(partner.state_dict(), tmp_path))
         assert np.array_equal(restored.score(queries, query_logits), expected), name
-    assert fit_partner("knn", train).k_ == 50
-    with pytest.raises(ValueError, match="unknown fusion partner 'vim'"):
-        fit_partner("vim", train)
-    with pytest.raises(NotImplementedError, match="ViM cannot be stored"):
-        ViM(dim=2).fit(feats, logits, labels, head=(np.ones((3, 6)), np.zeros(3))).state_dict()
+    assert fit_partner("knn", train).k_ == 50 and fit_partner("vim", train).dim_ == 3  # D // 2, the paper's rule
+    with pytest.raises(ValueError, match="unknown fusion partner 'odin'"):
+        fit_partner("odin", train)
+    with pytest.raises(ConfigError, match="fusion.partner=vim: .*'head'"):
+        fit_partner("vim", {k: v for k, v in train.items() if k != "head"})
+    state = fit_partner("vim", train).state_dict()
+    with pytest.raises(ValueError, match="do not fit dim 3"):
+        ViM.from_state({**state, "residual_basis": state["residual_basis"][:, :2]})
 
 
 def test_fusion_detector_entry_round_trip(tmp_path):
@@ -127,8 +132,8 @@ def test_fusion_detector_entry_round_trip(tmp_path):
     dist = np.array([min((x - m) @ partner.precision_ @ (x - m) for m in partner.means_) for x in feats])
     np.testing.assert_allclose(fused, (errors - s["attention_mean"]) / s["attention_std"]
                                + (dist - s["feature_mean"]) / s["feature_std"], rtol=1e-9, atol=1e-9)
-    with pytest.raises(ValueError, match="partner 'vim'"):
-        FusionDetector.from_state({**fusion.state_dict(), "partner": "vim"})
+    with pytest.raises(ValueError, match="partner 'odin'"):
+        FusionDetector.from_state({**fusion.state_dict(), "partner": "odin"})
 
 
 def test_fusion_with_rmds_partner_survives_a_checkpoint_and_matches_by_hand(tmp_path):

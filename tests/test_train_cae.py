@@ -17,7 +17,7 @@ from wildcapture.cae.inputs import heatmap_source
 from wildcapture.errors import DatasetError
 from wildcapture.errors import IncompleteOutputError
 from wildcapture.heatmaps.export import export_heatmap_pngs
-from wildcapture.ood.baselines import Mahalanobis
+from wildcapture.ood.baselines import Mahalanobis, ViM
 from wildcapture.stages import train_cae
 from wildcapture.stages.train_cae import run
 from wildcapture.training_run import epoch_summary
@@ -136,9 +136,33 @@ def test_fusion_partner_null_stores_no_fusion_and_an_unknown_one_is_refused(tiny
     run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1", "fusion.partner=null"))
     assert "fusion" not in _load(tmp_path / "cae" / "best.pth")
     with pytest.raises(ConfigError, match="fusion.partner must be one of msp, maxlogit, energy, mahalanobis, rmds, "
-                                          "knn or null; got 'vim'"):
-        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.partner=vim"))
+                                          "knn, vim or null; got 'odin'"):
+        run(cae_config(tiny_heatmaps / "heatmaps", tmp_path / "x", "fusion.partner=odin"))
     assert not (tmp_path / "x").exists()
+
+
+def test_fusion_with_vim_fits_on_the_head_stage_2_stored(tiny_heatmaps, tmp_path):
+    """ViM as the partner: fit on stage 2's stored head, its test scores are stage 2's own ViM column; a stage-2
+    output without the head (written before stage 2 stored it) is refused, naming the file."""
+    run(cae_config(tiny_heatmaps / "heatmaps", tmp_path, "train.epochs=1", "fusion.partner=vim"))
+    entry = _load(tmp_path / "cae" / "best.pth")["fusion"]
+    assert entry["partner"] == "vim" and entry["partner_state"]["dim"] == 8  # D // 2 of the 16-dim features
+    partner = ViM.from_state(entry["partner_state"])
+    with open(tiny_heatmaps / "results" / "baseline_scores.csv", newline="") as handle:
+        stage2 = np.array([float(r["vim"]) for r in csv.DictReader(handle) if r["split"] == "test_id"])
+    ours = partner.score(_stage2(tiny_heatmaps, "test_id", "features"), _stage2(tiny_heatmaps, "test_id", "logits"))
+    np.testing.assert_allclose(ours, stage2, rtol=1e-12, atol=1e-12)
+
+    old = tmp_path / "old_heatmaps"
+    shutil.copytree(tiny_heatmaps / "heatmaps", old)
+    meta = yaml.safe_load((old / "heatmaps_meta.yaml").read_text())
+    for name in ("head_weight.npy", "head_bias.npy"):
+        del meta["files"][name]
+        (old / name).unlink()
+    (old / "heatmaps_meta.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    with pytest.raises(IncompleteOutputError, match="head_weight.npy is not listed .*rerun stage 2"):
+        run(cae_config(old, tmp_path / "y", "train.epochs=1", "fusion.partner=vim", "test.baseline_scores=null"))
+    assert not (tmp_path / "y" / "cae" / "best.pth").exists()
 
 
 def test_fusion_weight_is_stored_and_weighs_the_fused_val_scores(tiny_heatmaps, tmp_path):

@@ -3,6 +3,7 @@ readers (which check the markers' keys, one run_id in both, every file's SHA-256
     <heatmaps_dir>/heatmaps_meta.yaml    completion marker + provenance (META_KEYS), written last
     <heatmaps_dir>/<split>/heatmaps.npy  (N, [C,] grid_h, grid_w), row-major patch grid, stored as meta heatmap.dtype
     <heatmaps_dir>/<split>/              logits.npy (N, K), features.npy (N, D) float32, index.csv (INDEX_COLUMNS)
+    <heatmaps_dir>/head_weight.npy, head_bias.npy   the classifier head (K, D) and (K,) float32: logits = W f + b
     <results_dir>/baseline_scores.csv    BASELINE_KEY_COLUMNS + per detector (higher = more OOD); marker RESULTS_MARKER
 `commit_outputs` composes and commits both markers (stage 2 and benchmarks/make_synthetic_experiment.py call it);
 cae/inputs.py reads heatmaps.npy as a HeatmapFile after `read_array` checked it; provenance.py takes its digests
@@ -22,7 +23,7 @@ from wildcapture.data.protocol import Protocol
 from wildcapture.errors import DatasetError, IncompleteOutputError, ProvenanceError
 from wildcapture.storage import Staging, read_marker, verify_file
 from wildcapture.paths import HEATMAPS_META
-from wildcapture.storage import write_csv
+from wildcapture.storage import save_array, write_csv
 
 INDEX_COLUMNS = ("row", "source", "label", "class_name", "pred", "pred_name")
 BASELINE_KEY_COLUMNS = ("split", "row", "source", "label")
@@ -112,6 +113,23 @@ class SplitWriter:
             raise RuntimeError(f"{self.split}: no batch was written")
         return SplitArrays(**{name: np.load(self.staging.path(f"{self.split}/{name}.npy"), mmap_mode="r")
                               for name in ARRAYS})
+
+
+def write_head(staging: Staging, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Write the classifier head's weight (K, D) and bias (K,) into `staging` as float32 (ViM fits on them)."""
+    for name, array in (("head_weight", weight), ("head_bias", bias)):
+        save_array(np.asarray(array, dtype=np.float32), staging.path(f"{name}.npy"))
+
+
+def read_head(heatmaps_dir: Path, meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier head stage 2 stored: (weight (K, D), bias (K,)) float64, digests checked against the meta.
+    IncompleteOutputError for a stage-2 output without one (written before stage 2 stored it)."""
+    weight, bias = (np.load(verify_file(meta, heatmaps_dir, f"{name}.npy", RERUN), allow_pickle=False)
+                    for name in ("head_weight", "head_bias"))
+    if weight.ndim != 2 or bias.shape != (weight.shape[0],):
+        raise DatasetError(f"the classifier head in {heatmaps_dir} has weight {weight.shape} and bias {bias.shape}; "
+                           f"rerun {RERUN}")
+    return weight.astype(np.float64), bias.astype(np.float64)
 
 
 def write_index(staging: Staging, split: str, index: SplitIndex, predictions: np.ndarray,

@@ -16,7 +16,7 @@ from wildcapture.cae.checkpoint import fusion_of, sorted_scores
 from wildcapture.cae.engine import ood_threshold
 from wildcapture.cae.inputs import HeatmapSource
 from wildcapture.detector import Detector, score_on
-from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner
+from wildcapture.ood.fusion import FusionDetector, ZScoreFusion, fit_partner, fusion_partners
 from wildcapture.data.protocol import TRAIN_ID, VAL_ID
 
 
@@ -37,8 +37,8 @@ class FusionCalibration:
     @classmethod
     def fit(cls, name: str | None, source: HeatmapSource,
             weight: float = ZScoreFusion.DEFAULT_WEIGHT) -> "FusionCalibration | None":
-        """Fit the partner `name` (`fusion.partner`) on the source's train_id features, logits and labels, as
-        stage 2 fits its baselines, and score val_id; the fused score weighs the CAE by `weight` (`fusion.weight`).
+        """Fit the partner `name` (`fusion.partner`) on the source's train_id features, logits and labels (and
+        the classifier's head, for ViM), as stage 2 fits its baselines, and score val_id; the fused score weighs the CAE by `weight` (`fusion.weight`).
         None when `name` is None or the source has no features."""
         if name is None:
             return None
@@ -46,6 +46,8 @@ class FusionCalibration:
             _external_note(f"no fusion detector is fit (fusion.partner={name} is ignored)")
             return None
         train = {**source.features_and_logits(TRAIN_ID), "labels": np.asarray(source.index(TRAIN_ID).labels)}
+        if "head" in getattr(fusion_partners().get(name), "fit_inputs", ()):  # ViM: the classifier's head too
+            train["head"] = source.head()
         partner = fit_partner(name, train)
         return cls(name, partner, score_on(partner, source.features_and_logits(VAL_ID)), weight)
 

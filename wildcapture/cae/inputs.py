@@ -16,7 +16,7 @@ import numpy as np
 from wildcapture.cae.heatmap_data import HeatmapFile, load_heatmaps
 from wildcapture.data.protocol import ID_SPLITS, Protocol, held_out_set
 from wildcapture.errors import DatasetError
-from wildcapture.heatmap_store import SplitIndex, read_array, read_index, read_meta, read_protocol
+from wildcapture.heatmap_store import SplitIndex, read_array, read_head, read_index, read_meta, read_protocol
 from wildcapture.paths import heatmaps_dir, portable_path, resolve_path
 from wildcapture.provenance import heatmap_provenance
 from wildcapture.storage import sha256_file
@@ -76,6 +76,10 @@ class Stage2Heatmaps:
     def features_and_logits(self, split: str) -> dict[str, np.ndarray]:
         """{"features": (N, D), "logits": (N, C)} float32 of `split` (digests checked)."""
         return {name: read_array(self.folder, self.meta, split, name) for name in ("features", "logits")}
+
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier head of the stage-2 run: (weight (C, D), bias (C,)) float64 (`heatmap_store.read_head`)."""
+        return read_head(self.folder, self.meta)
 
 
 class ExternalHeatmaps:

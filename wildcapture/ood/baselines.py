@@ -2,9 +2,9 @@
 
 Each is a `wildcapture.detector.Detector`: `fit(features, logits, labels)` on train_id (ViM also
 takes the classifier's `head`), then `score(features, logits)`: float64 (N,), higher = more OOD; arrays
-are converted to float64. All but ViM are `storable`, so each can be the fusion's partner (ViM fits on
-the classifier's head, which stage 3 does not have). Stage 2 fits and scores every detector of DETECTORS: a
-new one is a class and a line there.
+are converted to float64. All are `storable`, so each can be the fusion's partner (ViM fits on the classifier's
+head too, which stage 2 stores beside the features). Stage 2 fits and scores every detector of DETECTORS: a new one
+is a class and a line there.
 """
 from __future__ import annotations
 
@@ -326,6 +326,7 @@ class ViM(Detector):
 
     name = "vim"
     fit_inputs = ("features", "logits", "labels", "head")
+    storable = True
 
     def __init__(self, dim: int | None = None) -> None:
         self.dim = dim
@@ -384,6 +385,26 @@ class ViM(Detector):
                              f"subspace (N={feats.shape[0]}, D={d}); lower vim_dim")
         self.alpha_ = float(logs.max(axis=1).mean()) / mean_vlogit
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"dim": the principal subspace's dimension (int), "alpha": float, and float64 tensors "head_weight"
+        (C, D), "origin" (D,) and "residual_basis" (D, D - dim)}: the restored detector scores bit for bit alike."""
+        self._require_fitted("alpha_")
+        return {"dim": self.dim_, "alpha": self.alpha_, "head_weight": torch.from_numpy(self.head_weight.copy()),
+                "origin": torch.from_numpy(self.origin_.copy()),
+                "residual_basis": torch.from_numpy(self.residual_basis_.copy())}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "ViM":
+        det = cls(dim=int(state["dim"]))
+        det.dim_, det.alpha_ = int(state["dim"]), float(state["alpha"])
+        det.head_weight, det.origin_, det.residual_basis_ = (
+            torch.as_tensor(state[k], dtype=torch.float64).numpy() for k in ("head_weight", "origin", "residual_basis"))
+        d = det.head_weight.shape[1] if det.head_weight.ndim == 2 else -1
+        if det.origin_.shape != (d,) or det.residual_basis_.shape != (d, d - det.dim_):
+            raise ValueError(f"ViM state: head_weight {tuple(det.head_weight.shape)}, origin {det.origin_.shape} and "
+                             f"residual_basis {det.residual_basis_.shape} do not fit dim {det.dim_} together")
+        return det
 
     def score(self, features: np.ndarray, logits: np.ndarray) -> np.ndarray:
         self._require_fitted("alpha_")

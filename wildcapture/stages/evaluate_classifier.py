@@ -32,7 +32,7 @@ from wildcapture.errors import DatasetError
 from wildcapture.errors import ConfigError, IncompleteOutputError, ProvenanceError
 from wildcapture.heatmap_store import (ARRAYS, HEATMAP_DTYPES, RESULTS_MARKER, SplitArrays, SplitIndex, SplitWriter,
                                        commit_outputs, heatmaps_staging,
-                                       read_meta, results_staging, write_baseline_scores, write_index)
+                                       read_meta, results_staging, write_baseline_scores, write_head, write_index)
 from wildcapture.attention import heatmap_channels, HEATMAP_KINDS
 from wildcapture.heatmaps.export import export_heatmap_pngs
 from wildcapture.heatmaps.gallery import plot_heatmap_gallery
@@ -276,10 +276,10 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
     write_report(report, result_stage.dir)
     print(f"test_id accuracy {report['accuracy']:.4f} over {report['n']} images", flush=True)
 
-    train, head = outputs[TRAIN_ID], model.head
+    train, head = outputs[TRAIN_ID], (model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy())
+    write_head(heat_stage, *head)
     detectors = fit_detectors({"features": train.features, "logits": train.logits,
-                               "labels": bench.splits[TRAIN_ID].labels,
-                               "head": (head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())},
+                               "labels": bench.splits[TRAIN_ID].labels, "head": head},
                               {"knn": {"k": cfg["baselines"]["knn_k"], "device": str(device)},
                                "vim": {"dim": cfg["baselines"]["vim_dim"]}})
     scores = {s: score_all(detectors, outputs[s]) for s in bench.protocol.test_splits}
