@@ -100,11 +100,10 @@ def test_seeds_script_on_a_tiny_run_writes_the_summary(tmp_path, capsys, monkeyp
     assert {d: r["family"] for d, r in rows.items() if r["family"] != "feature"} == {
         "cae[cls_last]": "attention", "cae[rollout]": "attention", **{d: "fusion" for d in fused}}
     assert all(r["delta_auroc_ci_low"] is not None for r in rows.values())  # fusion rows are paired too
-    assert {r["n_seeds"] for r in rows.values()} == {2}
     held = [r["auroc_mean"] for r in summary["rows"] if r["ood_set"] == "heldout"]
-    assert held == sorted((r["auroc_mean"] for r in rows.values()), reverse=True)
-    study = summary["study"]
-    assert study["seeds"] == [0, 1]
+    assert held == sorted((r["auroc_mean"] for r in rows.values()), reverse=True) and {
+        r["n_seeds"] for r in rows.values()} == {2}
+    assert (study := summary["study"])["seeds"] == [0, 1]
     assert study["ood_sets"]["heldout"] == {"group": "near", "reference": study["ood_sets"]["heldout"]["reference"],
                                             "n_id": 40, "n_ood": 40}
     _val_set_rows_and_choices(summary, partners)
