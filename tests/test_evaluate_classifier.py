@@ -55,8 +55,7 @@ def test_stage2_writes_consistent_outputs(tiny_vit_checkpoint, tmp_path):
     weight, bias = read_head(tmp_path / "heatmaps", meta)  # the head ViM fits on: logits = W f + b
     assert np.array_equal(weight, model.head.weight.detach().numpy()) and weight.dtype == np.float64
     test_features = np.load(tmp_path / "heatmaps" / "test_id" / "features.npy")
-    np.testing.assert_allclose(test_features @ weight.T + bias, np.load(tmp_path / "heatmaps" / "test_id" / "logits.npy"),
-                               atol=1e-4)
+    np.testing.assert_allclose(test_features @ weight.T + bias, test_logits, atol=1e-4)
     assert read_protocol(meta).splits == SPLITS and list(meta["splits"]) == list(SPLITS)
     scores = _rows(tmp_path / "results" / "baseline_scores.csv")
     assert [r["split"] for r in scores] == (["test_id"] * len(bench.splits["test_id"])

@@ -38,8 +38,8 @@ class FusionCalibration:
     def fit(cls, name: str | None, source: HeatmapSource,
             weight: float = ZScoreFusion.DEFAULT_WEIGHT) -> "FusionCalibration | None":
         """Fit the partner `name` (`fusion.partner`) on the source's train_id features, logits and labels (and
-        the classifier's head, for ViM), as stage 2 fits its baselines, and score val_id; the fused score weighs the CAE by `weight` (`fusion.weight`).
-        None when `name` is None or the source has no features."""
+        the classifier's head, for ViM), as stage 2 fits its baselines, and score val_id; the fused score weighs
+        the CAE by `weight` (`fusion.weight`). None when `name` is None or the source has no features."""
         if name is None:
             return None
         if not source.from_stage2:

@@ -276,7 +276,8 @@ def _write_outputs(cfg: Config, device: torch.device, model: torch.nn.Module, be
     write_report(report, result_stage.dir)
     print(f"test_id accuracy {report['accuracy']:.4f} over {report['n']} images", flush=True)
 
-    train, head = outputs[TRAIN_ID], (model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy())
+    train = outputs[TRAIN_ID]
+    head = (model.head.weight.detach().cpu().numpy(), model.head.bias.detach().cpu().numpy())
     write_head(heat_stage, *head)
     detectors = fit_detectors({"features": train.features, "logits": train.logits,
                                "labels": bench.splits[TRAIN_ID].labels, "head": head},

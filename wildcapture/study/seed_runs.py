@@ -213,19 +213,27 @@ def _checked_configs(benchmark: str, seeds: Sequence[int], variants: Sequence[Va
     return layout, configs
 
 
+def _check_only(seeds: Sequence[int], only: Sequence[int] | None, summary_only: bool = False) -> None:
+    """ConfigError unless `only` (run_study's) is None or distinct seeds of `seeds`, without `summary_only`."""
+    if only is not None and (summary_only or not set(only) <= set(seeds) or len(set(only)) != len(only)):
+        raise ConfigError(f"--only takes distinct seeds of 0..{max(seeds)} and no --summary-only, got {list(only)}")
+
+
 def check_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant], extra: Sequence[str] = (),
                 root: Path | None = None, resamples: int = 1000, classifiers: Path | None = None,
-                summary: bool = True) -> tuple[dict[str, Config], list[Path]]:
+                only: Sequence[int] | None = None) -> tuple[dict[str, Config], list[Path]]:
     """What `seeds.py --check` checks, writing nothing: every run's configs (`run_study`'s checks) and the data
     of stage 1 (never downloaded). Returns (the four stage configs of the first run, by stage, and what the study
-    writes: each run's folder, then the summary unless `summary` is false, as with `run_study`'s `only`)."""
+    writes: each run's folder, then the summary; with `only`, those seeds' folders alone, as `run_study`)."""
+    _check_only(seeds, only)
+    seeds = only or seeds
     layout, configs = _checked_configs(benchmark, seeds, variants, extra, root, resamples, classifiers)
     first = configs[seeds[0]][variants[0].name]
     if classifiers is None:
         check_pipeline(first)
     return ({name: cfg for (name, *_), cfg in zip(STAGES, first)},
             [*(layout.seed_dir(s) for s in seeds),
-             *((layout.root / "summary.json", layout.root / "summary.md") if summary else ())])
+             *((layout.root / "summary.json", layout.root / "summary.md") if only is None else ())])
 
 
 def _stored_timings(layout: StudyLayout, seeds: Sequence[int]) -> list[dict[str, Any]]:
@@ -254,8 +262,7 @@ def run_study(benchmark: str, seeds: Sequence[int], variants: Sequence[Variant],
     "mean:<group>"): Summary}, "rows": every row, "markdown": the table with its caption, "timings": [{"seed", "step",
     "seconds"}], "paths": the files} ({"timings", "paths"} alone with `only`).
     """
-    if only is not None and (summary_only or not set(only) <= set(seeds) or len(set(only)) != len(only)):
-        raise ConfigError(f"only={list(only)}: give distinct seeds of {list(seeds)}, and no summary_only")
+    _check_only(seeds, only, summary_only)
     layout, configs = _checked_configs(benchmark, only or seeds, variants, extra, root, resamples, classifiers)
     for s in ([] if summary_only else only or seeds):
         seed_timings = run_seed(configs[s], variants, s, train_classifier=classifiers is None)
